@@ -1,0 +1,81 @@
+"""``python -m moee``: the Lightning subcommands and the project's own tools.
+
+The four Lightning subcommands are a :class:`MoEECLI` (a ``LightningCLI``): each takes
+``--config FILE`` (repeatable, later files win), dotted overrides such as
+``--model.init_args.lr 1e-5`` and ``--print_config``; the stage, the data module and every
+swappable part are chosen by ``class_path``/``init_args``. The project's own tools (synthetic
+data, data preparation, sweeps, animation) are subcommands beside them, each a module with a
+``main(argv)`` that parses its own arguments with jsonargparse.
+"""
+
+from __future__ import annotations
+
+import importlib
+import os
+import sys
+
+from lightning.pytorch.cli import LightningCLI
+
+LIGHTNING_COMMANDS: dict[str, str] = {
+    "fit": "train a stage: backbone, one emotion expert, or the gates (--config configs/...)",
+    "validate": "run a stage's validation loop on a checkpoint",
+    "test": "generate the test split and score it: FID, FVD, LPIPS, AKD, AED, Sync-C/D",
+    "predict": "animate a list of jobs (portrait, audio, emotion) into mp4 videos",
+}
+
+PROJECT_COMMANDS: dict[str, tuple[str, str]] = {}
+"""Project subcommands: name -> (module with ``main(argv)``, one-line description)."""
+
+
+def register_command(name: str, module: str, description: str) -> None:
+    """Add a project subcommand served by ``module.main(argv)``."""
+    PROJECT_COMMANDS[name] = (module, description)
+
+
+
+
+class MoEECLI(LightningCLI):
+    """The LightningCLI of MoEE: any stage LightningModule and any LightningDataModule."""
+
+    def __init__(self, *args, **kwargs):
+        kwargs.setdefault("subclass_mode_model", True)
+        kwargs.setdefault("subclass_mode_data", True)
+        kwargs.setdefault("save_config_kwargs", {"overwrite": True})
+        kwargs.setdefault("seed_everything_default", 0)
+        kwargs.setdefault("parser_kwargs", {"default_env": False})
+        super().__init__(*args, **kwargs)
+
+
+def usage() -> str:
+    """The top-level help: every subcommand with one line each."""
+    width = max(map(len, [*LIGHTNING_COMMANDS, *PROJECT_COMMANDS]))
+    lines = [
+        "usage: python -m moee <command> [options]   (python -m moee <command> --help)",
+        "",
+        "Lightning commands (--config FILE repeatable, dotted overrides, --print_config):",
+        *(f"  {name:<{width}}  {text}" for name, text in LIGHTNING_COMMANDS.items()),
+        "",
+        "Project commands:",
+        *(f"  {name:<{width}}  {text}" for name, (_, text) in PROJECT_COMMANDS.items()),
+        "",
+        "Example: python -m moee fit --config configs/tiny/expert_sad.yaml",
+    ]
+    return "\n".join(lines)
+
+
+def main(argv: list[str] | None = None) -> None:
+    """Entry point of ``python -m moee`` and the ``moee`` script."""
+    from_command_line = argv is None
+    argv = sys.argv[1:] if from_command_line else list(argv)
+    os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+    if not argv or argv[0] in ("-h", "--help"):
+        print(usage())
+        return
+    command = argv[0]
+    if command in PROJECT_COMMANDS:
+        module, _ = PROJECT_COMMANDS[command]
+        importlib.import_module(module).main(argv[1:])
+        return
+    if command not in LIGHTNING_COMMANDS:
+        sys.exit(f"moee: unknown command {command!r}\n\n{usage()}")
+    MoEECLI(args=None if from_command_line else argv)

@@ -1,0 +1,48 @@
+"""``python -m moee``: the top-level help, Lightning subcommands, configs and overrides."""
+
+import subprocess
+import sys
+
+import pytest
+import yaml
+
+from moee.cli import LIGHTNING_COMMANDS, PROJECT_COMMANDS
+
+
+def moee(*args, check=True):
+    result = subprocess.run([sys.executable, "-m", "moee", *args], capture_output=True,
+                            text=True, timeout=120)
+    if check:
+        assert result.returncode == 0, result.stderr
+    return result
+
+
+def test_help_lists_every_command():
+    out = moee("--help").stdout
+    for name in [*LIGHTNING_COMMANDS, *PROJECT_COMMANDS]:
+        assert f"  {name} " in out
+
+
+def test_unknown_command_fails_with_usage():
+    result = moee("trian", check=False)
+    assert result.returncode != 0 and "unknown command 'trian'" in result.stderr
+
+
+def test_fit_help():
+    assert "--trainer.max_epochs" in moee("fit", "--help").stdout
+
+
+def test_print_config_later_config_and_overrides_win(tmp_path):
+    first, second = tmp_path / "a.yaml", tmp_path / "b.yaml"
+    first.write_text("trainer:\n  max_epochs: 1\n  accelerator: cpu\n")
+    second.write_text("trainer:\n  max_epochs: 2\n")
+    out = moee("fit", "--config", str(first), "--config", str(second),
+               "--trainer.log_every_n_steps", "7", "--print_config").stdout
+    trainer = yaml.safe_load(out)["trainer"]
+    assert trainer["max_epochs"] == 2 and trainer["accelerator"] == "cpu"
+    assert trainer["log_every_n_steps"] == 7
+
+
+@pytest.mark.parametrize("command", sorted(PROJECT_COMMANDS))
+def test_project_command_help(command):
+    assert "usage" in moee(command, "--help").stdout.lower()
