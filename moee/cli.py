@@ -34,6 +34,10 @@ def register_command(name: str, module: str, description: str) -> None:
 
 
 
+register_command("prepare", "moee.data.prepare",
+                 "turn folders of real talking videos (MEAD, HDTF, ...) into shards")
+
+
 class MoEECLI(LightningCLI):
     """The LightningCLI of MoEE: any stage LightningModule and any LightningDataModule."""
 
@@ -44,6 +48,15 @@ class MoEECLI(LightningCLI):
         kwargs.setdefault("seed_everything_default", 0)
         kwargs.setdefault("parser_kwargs", {"default_env": False})
         super().__init__(*args, **kwargs)
+
+    def before_instantiate_classes(self) -> None:
+        """An expert stage trains on its own emotion's clips unless the data config says else."""
+        config = self.config[self.subcommand] if self.subcommand else self.config
+        model, data = config.get("model"), config.get("data")
+        if (model and data and str(model.get("class_path", "")).endswith("ExpertModule")
+                and "emotions" in data.get("init_args", {})
+                and data.init_args.emotions is None):
+            data.init_args.emotions = [model.init_args.emotion]
 
 
 def usage() -> str:

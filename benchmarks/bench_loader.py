@@ -1,0 +1,65 @@
+"""Loader throughput: decoded clips/s and training samples/s per worker, at 64 and 512 px.
+
+Writes procedural shards (moee.data.testclips) into a temporary folder, then times full passes
+of ``MoEEDataModule.train_dataloader`` (MNS and jitter on, as in expert training) after one
+warm-up pass that starts the workers. Prints one line per (size, workers).
+
+    python benchmarks/bench_loader.py [--clips 16] [--frames 50] [--num_frames 16]
+"""
+
+from __future__ import annotations
+
+import argparse
+import tempfile
+import time
+
+from moee.data.datamodule import MoEEDataModule
+from moee.data.testclips import write_test_shards
+
+
+def measure(folder: str, workers: int, num_frames: int, windows: int, batch_size: int,
+            clips: int, passes: int) -> tuple[float, float]:
+    """(clips/s, samples/s) of the whole loader with ``workers`` processes."""
+    samples = clips * windows
+    dm = MoEEDataModule(train=folder, batch_size=batch_size, num_workers=workers,
+                        num_frames=num_frames, windows_per_clip=windows, mns_prob=0.3,
+                        jitter_prob=0.3, samples_per_epoch=samples, shuffle_buffer=8)
+    loader = dm.train_dataloader()
+    for _ in loader:  # warm-up: worker start and first shard opens
+        pass
+    start, seen = time.perf_counter(), 0
+    for _ in range(passes):
+        seen += sum(len(batch["key"]) for batch in loader)
+    elapsed = time.perf_counter() - start
+    return seen / windows / elapsed, seen / elapsed
+
+
+def main() -> None:
+    """Write shards at each size and print throughput per worker count."""
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--clips", type=int, default=16)
+    parser.add_argument("--frames", type=int, default=50, help="frames per clip (2 s)")
+    parser.add_argument("--num_frames", type=int, default=16)
+    parser.add_argument("--windows_per_clip", type=int, default=4)
+    parser.add_argument("--batch_size", type=int, default=4)
+    parser.add_argument("--sizes", type=int, nargs="+", default=[64, 512])
+    parser.add_argument("--workers", type=int, nargs="+", default=[1, 2])
+    parser.add_argument("--passes", type=int, default=2)
+    args = parser.parse_args()
+    for size in args.sizes:
+        with tempfile.TemporaryDirectory() as folder:
+            t0 = time.perf_counter()
+            write_test_shards(folder, identities=args.clips // 4, clips_per_emotion=1,
+                              num_frames=args.frames, size=size, shard_size=4)
+            print(f"{size} px: wrote {args.clips} clips of {args.frames} frames in "
+                  f"{time.perf_counter() - t0:.1f} s")
+            for workers in args.workers:
+                clips, samples = measure(folder, workers, args.num_frames, args.windows_per_clip,
+                                         args.batch_size, args.clips, args.passes)
+                print(f"  {size:4d} px, {workers} worker(s): {clips:7.1f} clips/s "
+                      f"{samples:7.1f} samples/s total; per worker {clips / workers:7.1f} "
+                      f"clips/s {samples / workers:7.1f} samples/s")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,116 @@
+"""The training batch: its layout, the collate function, and ``make_batch`` for tests.
+
+Every stage reads the same keys (``b`` batch, ``f`` frames per window, ``H = W`` image side).
+Loader workers keep the three image tensors uint8 (4× less to convert and to pass between
+processes); ``MoEEDataModule.on_after_batch_transfer`` turns them into float32 in [-1, 1] on
+the device, so a LightningModule always sees the layout below. Outside Lightning, call
+:func:`normalize_images` on a loader batch; :func:`make_batch` returns it normalised::
+
+    frames               (b, f, 3, H, W) float32 in [-1, 1]
+    reference            (b, 3, H, W)    float32 in [-1, 1], mouth masked where reference_is_masked
+    motion_frames        (b, 2, 3, H, W) the 2 frames before the window (first frame at clip start)
+    reference_is_masked  (b,) bool       reference from masked noisy emotion sampling
+    audio                (b, (f + 4) * 640) float32, 16 kHz, 2 frames of context each side
+    audio_features       (b, f + 4, ...) precomputed features (only when every sample has them)
+    emotion              dict:
+        label            (b, 6)  basic-emotion weights × intensity (BASIC_EMOTIONS order)
+        au               (b, 17) mean AU intensities over the window (ACTION_UNITS order)
+        text             list[str] descriptions ("" when absent)
+        speech           (b, f * 640) the window's audio, for the speech-emotion encoder
+        present          (b, 4) bool: which of (label, au, text, speech) the sample has
+    emotion_index        (b,) long: basic-emotion index, -1 for neutral and compounds
+    emotion_name         list[str]
+    intensity            (b,) float32
+    landmarks            (b, f, 68, 2) iBUG-68 (x, y) in [0, 1]
+    au_frames            (b, f, 17)
+    mouth_mask           (b, 1, H, W) float32 {0, 1}, mouth of the reference frame
+    identity, key        list[str]
+    start_frame          (b,) long: first frame of the window in its clip
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+from typing import Any
+
+import numpy as np
+import torch
+
+from moee.data.sampling import ClipSampler, SamplingOptions
+from moee.data.shards import Clip
+
+STRING_KEYS = ("emotion_name", "identity", "key")
+SCALAR_DTYPES = {
+    "reference_is_masked": torch.bool,
+    "emotion_index": torch.long,
+    "intensity": torch.float32,
+    "start_frame": torch.long,
+}
+
+
+def collate(samples: list[dict[str, Any]]) -> dict[str, Any]:
+    """Stack samples from :class:`~moee.data.sampling.ClipSampler` into one batch."""
+    if not samples:
+        raise ValueError("cannot collate an empty list of samples")
+    batch: dict[str, Any] = {}
+    for key, value in samples[0].items():
+        if key == "audio_features" and not all(key in s for s in samples):
+            continue
+        if key == "emotion":
+            emotions = [s["emotion"] for s in samples]
+            batch[key] = {
+                name: [e[name] for e in emotions] if name == "text"
+                else torch.stack([e[name] for e in emotions])
+                for name in value
+            }
+        elif key in STRING_KEYS:
+            batch[key] = [s[key] for s in samples]
+        elif key in SCALAR_DTYPES:
+            batch[key] = torch.tensor([s[key] for s in samples], dtype=SCALAR_DTYPES[key])
+        else:
+            batch[key] = torch.stack([s[key] for s in samples])
+    return batch
+
+
+IMAGE_KEYS = ("frames", "reference", "motion_frames")
+
+
+def normalize_images(batch: dict[str, Any]) -> dict[str, Any]:
+    """uint8 images of a batch → float32 in [-1, 1], in place (no-op if already float).
+
+    Masked mouths of MNS references become exactly 0.0 (grey).
+    """
+    if batch["frames"].dtype != torch.uint8:
+        return batch
+    for key in IMAGE_KEYS:
+        batch[key] = batch[key].float().div_(127.5).sub_(1.0)
+    masked = batch["reference_is_masked"].view(-1, 1, 1, 1) & batch["mouth_mask"].bool()
+    batch["reference"].masked_fill_(masked, 0.0)
+    return batch
+
+
+def make_batch(
+    clips: Clip | Iterable[Clip],
+    num_frames: int = 16,
+    options: SamplingOptions | None = None,
+    seed: int = 0,
+) -> dict[str, Any]:
+    """Build a batch from decoded clips, one window each (evaluation sampling by default).
+
+    For tests and tools: ``make_batch(decode_clip(raw), num_frames=8)``. Pass ``options``
+    (e.g. with ``mns_prob``/``jitter_prob``) for training-style random sampling.
+    """
+    clips = [clips] if isinstance(clips, Clip) else list(clips)
+    options = options or SamplingOptions.evaluation(num_frames)
+    sampler = ClipSampler(options, seed=seed)
+    samples = [s for clip in clips for s in sampler(clip)]
+    if not samples:
+        lengths = [len(c.frames) for c in clips]
+        raise ValueError(f"no clip is long enough for {options.num_frames} frames: {lengths}")
+    return normalize_images(collate(samples))
+
+
+def to_numpy_frames(images: torch.Tensor) -> np.ndarray:
+    """``(..., 3, H, W)`` in [-1, 1] → ``(..., H, W, 3) uint8`` (for writing or viewing)."""
+    array = images.detach().cpu().movedim(-3, -1).add(1.0).mul(127.5).round().clamp(0, 255)
+    return array.to(torch.uint8).numpy()

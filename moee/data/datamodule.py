@@ -1,0 +1,348 @@
+"""``MoEEDataModule``: WebDataset shards streamed into training batches for every stage.
+
+Shard sources (train, val, test) may each be a shard folder with a ``manifest.json``, a single
+``.tar``, a brace pattern (``/data/mead/shard-{000000..000127}.tar``), a ``pipe:`` command or a
+URL understood by WebDataset (``pipe:aws s3 cp s3://bucket/shard-000001.tar -``), or a list
+of any of these. The training stream resamples shards endlessly (``resampled``) and is cut
+into epochs of ``samples_per_epoch``; DDP ranks and loader workers read disjoint shards
+(``split_by_rank`` then ``split_by_worker``) when not resampling, and independently seeded
+random shards when resampling. Clips pass the emotion / identity / intensity filter on their
+``json`` alone, before any video is decoded. A corrupt shard or sample is logged by key and
+counted (:class:`SkipLog`), never fatal and never silent. Loader batches carry uint8 images,
+normalised on the device by ``on_after_batch_transfer``. See :mod:`moee.data.batch` for the
+batch layout and :mod:`moee.data.sampling` for windows, MNS and jitter.
+"""
+
+from __future__ import annotations
+
+import functools
+import glob
+import json
+import logging
+import math
+import os
+from collections.abc import Callable, Iterable, Iterator
+from dataclasses import dataclass
+from typing import Any
+
+import lightning as L
+import torch
+import webdataset as wds
+
+from moee.data.batch import collate, normalize_images
+from moee.data.media import MediaError
+from moee.data.sampling import ClipSampler, SamplingOptions
+from moee.data.shards import MANIFEST, ShardError, decode_clip, read_manifest, shard_urls
+from moee.emotions import canonical_emotion_name
+
+log = logging.getLogger(__name__)
+
+ShardSource = str | list[str]
+
+
+def resolve_shards(source: ShardSource) -> list[str]:
+    """Expand a shard source (see the module docstring) into a list of shard URLs."""
+    if isinstance(source, (list, tuple)):
+        return [url for item in source for url in resolve_shards(item)]
+    source = str(source)
+    if source.startswith("pipe:") or "://" in source:
+        return list(wds.shardlists.expand_urls(source))
+    if os.path.isdir(source):
+        if os.path.isfile(os.path.join(source, MANIFEST)):
+            return shard_urls(source)
+        urls = sorted(glob.glob(os.path.join(source, "*.tar")))
+        if not urls:
+            raise ShardError(f"no manifest and no .tar shards in {source!r}")
+        return urls
+    urls = list(wds.shardlists.expand_urls(source))
+    missing = [url for url in urls if not os.path.exists(url)]
+    if missing:
+        raise ShardError(f"{len(missing)} shard(s) of {source!r} do not exist, e.g. {missing[0]!r}")
+    return urls
+
+
+def manifest_samples(source: ShardSource) -> int | None:
+    """Total samples of a source made of manifest folders, or ``None`` when unknown."""
+    sources = source if isinstance(source, (list, tuple)) else [source]
+    if not all(os.path.isfile(os.path.join(str(s), MANIFEST)) for s in sources):
+        return None
+    return sum(read_manifest(s)["samples"] for s in sources)
+
+
+def split_by_rank(src: Iterable, rank: int = 0, world_size: int = 1) -> Iterator:
+    """WebDataset node splitter: every ``world_size``-th shard, starting at ``rank``."""
+    for index, item in enumerate(src):
+        if index % world_size == rank:
+            yield item
+
+
+def _worker_seed(rank: int) -> int:
+    info = torch.utils.data.get_worker_info()
+    return rank * 1000 + (info.id if info is not None else 0)
+
+
+class SkipLog:
+    """WebDataset exception handler: log a bad shard or sample by key, count it, carry on."""
+
+    def __init__(self, what: str = "data"):
+        self.what = what
+        self.count = 0
+
+    def __call__(self, error: Exception) -> bool:
+        """Handle one error; returning True tells WebDataset to continue."""
+        self.count += 1
+        log.warning("skipping bad %s (%d so far in this process): %s", self.what, self.count,
+                    error)
+        return True
+
+
+@dataclass
+class ClipFilter:
+    """Which clips a stage sees, decided on the ``json`` metadata before decoding.
+
+    Attributes:
+        emotions: canonical or alias names (``[sad]``, ``[neutral, happy]``); ``None``: all.
+        compound_only: keep only clips whose condition mixes several basic emotions.
+        identities: keep only these people; ``None``: all.
+        min_intensity: keep clips with at least this intensity (neutral has intensity 0).
+    """
+
+    emotions: list[str] | None = None
+    compound_only: bool = False
+    identities: list[str] | None = None
+    min_intensity: float = 0.0
+
+    def __post_init__(self) -> None:
+        if self.emotions is not None:
+            self.emotions = [canonical_emotion_name(name) for name in self.emotions]
+
+    @property
+    def active(self) -> bool:
+        """Whether the filter can reject anything."""
+        return bool(self.emotions is not None or self.compound_only or self.identities is not None
+                    or self.min_intensity > 0)
+
+    def accepts(self, meta: dict[str, Any]) -> bool:
+        """Whether a clip with this metadata passes."""
+        if self.emotions is not None and meta["emotion"] not in self.emotions:
+            return False
+        if self.compound_only and sum(w > 0 for w in meta["weights"]) < 2:
+            return False
+        if self.identities is not None and meta["identity"] not in self.identities:
+            return False
+        return meta["intensity"] >= self.min_intensity
+
+    def __call__(self, sample: dict[str, Any]) -> bool:
+        """WebDataset ``select`` predicate on a raw sample (undecodable json passes on to
+        decoding, which reports it)."""
+        try:
+            return self.accepts(json.loads(sample["json"]))
+        except (KeyError, TypeError, ValueError):
+            return True
+
+
+def decode_and_sample(src: Iterable[dict[str, Any]], sampler: ClipSampler,
+                      handler: Callable[[Exception], bool]) -> Iterator[dict[str, Any]]:
+    """Pipeline stage: raw samples → decoded clips → training samples; bad ones go to handler."""
+    for raw in src:
+        try:
+            clip = decode_clip(raw)
+        except (ShardError, MediaError) as error:
+            if handler(error):
+                continue
+            raise
+        yield from sampler(clip)
+
+
+def build_pipeline(
+    urls: list[str],
+    sampler: ClipSampler,
+    batch_size: int,
+    clip_filter: ClipFilter | None = None,
+    train: bool = True,
+    resampled: bool = False,
+    shuffle_buffer: int = 64,
+    batches_per_worker: int | None = None,
+    rank: int = 0,
+    world_size: int = 1,
+    seed: int = 0,
+    handler: SkipLog | None = None,
+) -> wds.DataPipeline:
+    """The WebDataset pipeline of one split, yielding collated batches.
+
+    Training shuffles shards and samples; with ``resampled`` it draws shards at random forever
+    (seeded per rank and worker), otherwise it splits them by rank and by worker.
+    ``batches_per_worker`` cuts the stream into epochs of that many batches per worker.
+    """
+    handler = handler or SkipLog()
+    if resampled:
+        stages: list[Any] = [wds.ResampledShards(
+            urls, seed=seed, deterministic=True,
+            worker_seed=functools.partial(_worker_seed, rank))]
+    else:
+        # the same shard permutation on every rank and worker, then disjoint slices of it
+        stages = [wds.SimpleShardList(urls)]
+        if train:
+            stages.append(wds.detshuffle(len(urls), initial=len(urls), seed=seed))
+        stages += [functools.partial(split_by_rank, rank=rank, world_size=world_size),
+                   wds.split_by_worker]
+    stages.append(wds.tarfile_to_samples(handler=handler))
+    if train and shuffle_buffer > 1:
+        stages.append(wds.detshuffle(shuffle_buffer, initial=shuffle_buffer, seed=seed + rank))
+    if clip_filter is not None and clip_filter.active:
+        stages.append(wds.select(clip_filter))
+    stages.append(functools.partial(decode_and_sample, sampler=sampler, handler=handler))
+    if train and shuffle_buffer > 1 and sampler.options.windows_per_clip > 1:
+        stages.append(wds.detshuffle(shuffle_buffer, initial=shuffle_buffer, seed=seed + 1))
+    stages.append(wds.batched(batch_size, collation_fn=collate, partial=not train))
+    pipeline = wds.DataPipeline(*stages)
+    if batches_per_worker is not None:
+        pipeline = pipeline.with_epoch(batches_per_worker)
+    return pipeline
+
+
+class MoEEDataModule(L.LightningDataModule):
+    """Shards → batches for the backbone, expert and gating stages.
+
+    Args:
+        train: training shard source (folder with manifest, .tar, brace pattern, ``pipe:``/URL,
+            or a list of them); ``None`` if this run does not fit.
+        val: validation shard source.
+        test: test shard source.
+        batch_size: samples per batch (per device).
+        val_batch_size: samples per validation/test batch; ``None``: ``batch_size``.
+        num_workers: loader worker processes per device (0: load in the training process).
+        num_frames: frames per window.
+        image_size: output image side; ``None`` keeps the shards' size.
+        windows_per_clip: training windows drawn from each decoded clip.
+        emotions: keep only clips of these emotions (e.g. ``[sad]`` for ``expert_sad``).
+        compound_only: keep only compound-emotion clips (gating stage).
+        identities: keep only these identities.
+        min_intensity: keep only clips at least this intense.
+        mns_prob: probability of a masked noisy emotion reference (training only).
+        mask_dilation: mouth-mask growth, as a fraction of the image side.
+        jitter_prob: probability of jittering a sample's emotion condition (training only).
+        intensity_noise: standard deviation of the intensity jitter.
+        weight_noise: standard deviation of the basic-emotion weight jitter.
+        modality_dropout: probability that a jitter drops each of label, AU and text.
+        resampled: draw training shards at random with replacement (endless, DDP-safe even with
+            fewer shards than ranks × workers); ``False``: one pass over disjoint shards.
+        samples_per_epoch: training samples per epoch over all devices; ``None``: the manifest's
+            sample count × ``windows_per_clip`` (folder sources only).
+        shuffle_buffer: clips held for shuffling in each worker (memory: decoded only after).
+        seed: seed of shard order, shuffling, windows, MNS and jitter.
+        pin_memory: pin batches for faster host-to-GPU copies.
+    """
+
+    def __init__(
+        self,
+        train: ShardSource | None = None,
+        val: ShardSource | None = None,
+        test: ShardSource | None = None,
+        batch_size: int = 2,
+        val_batch_size: int | None = None,
+        num_workers: int = 2,
+        num_frames: int = 16,
+        image_size: int | None = None,
+        windows_per_clip: int = 1,
+        emotions: list[str] | None = None,
+        compound_only: bool = False,
+        identities: list[str] | None = None,
+        min_intensity: float = 0.0,
+        mns_prob: float = 0.0,
+        mask_dilation: float = 0.05,
+        jitter_prob: float = 0.0,
+        intensity_noise: float = 0.1,
+        weight_noise: float = 0.05,
+        modality_dropout: float = 0.2,
+        resampled: bool = True,
+        samples_per_epoch: int | None = None,
+        shuffle_buffer: int = 64,
+        seed: int = 0,
+        pin_memory: bool = False,
+    ):
+        super().__init__()
+        self.save_hyperparameters()
+        self.sources = {"train": train, "val": val, "test": test}
+        self.batch_size = batch_size
+        self.val_batch_size = val_batch_size or batch_size
+        self.num_workers = num_workers
+        self.clip_filter = ClipFilter(emotions, compound_only, identities, min_intensity)
+        self.train_options = SamplingOptions(
+            num_frames=num_frames, image_size=image_size, windows_per_clip=windows_per_clip,
+            mns_prob=mns_prob, mask_dilation=mask_dilation, jitter_prob=jitter_prob,
+            intensity_noise=intensity_noise, weight_noise=weight_noise,
+            modality_dropout=modality_dropout,
+        )
+        self.eval_options = SamplingOptions.evaluation(num_frames, image_size)
+        self.eval_options.mask_dilation = mask_dilation
+        self.resampled = resampled
+        self.samples_per_epoch = samples_per_epoch
+        self.shuffle_buffer = shuffle_buffer
+        self.seed = seed
+        self.pin_memory = pin_memory
+        self.skips = {split: SkipLog(f"{split} data") for split in self.sources}
+
+    def _rank_and_world(self) -> tuple[int, int]:
+        trainer = getattr(self, "trainer", None)
+        if trainer is not None:
+            return trainer.global_rank, trainer.world_size
+        rank, world_size, _, _ = wds.utils.pytorch_worker_info()
+        return rank, world_size
+
+    def _source(self, split: str) -> list[str]:
+        source = self.sources[split]
+        if source is None:
+            raise ValueError(f"MoEEDataModule has no {split} shards; set data.{split}")
+        return resolve_shards(source)
+
+    def _loader(self, dataset: wds.DataPipeline) -> torch.utils.data.DataLoader:
+        return torch.utils.data.DataLoader(
+            dataset, batch_size=None, num_workers=self.num_workers,
+            persistent_workers=self.num_workers > 0, pin_memory=self.pin_memory,
+        )
+
+    def on_after_batch_transfer(self, batch: dict[str, Any], dataloader_idx: int) -> dict:
+        """Images arrive uint8 from the workers; make them float32 in [-1, 1] on the device."""
+        return normalize_images(batch)
+
+    def train_dataloader(self) -> torch.utils.data.DataLoader:
+        """Endless (resampled) or single-pass shuffled training batches, epochs of fixed size."""
+        urls = self._source("train")
+        rank, world_size = self._rank_and_world()
+        workers = max(1, self.num_workers)
+        samples = self.samples_per_epoch
+        if samples is None:
+            clips = manifest_samples(self.sources["train"])
+            if clips is None:
+                raise ValueError("set data.samples_per_epoch: the train source has no manifest")
+            samples = clips * self.train_options.windows_per_clip
+        per_worker = max(1, math.ceil(samples / (world_size * workers * self.batch_size)))
+        if not self.resampled and len(urls) < world_size * workers:
+            log.warning("%d shards for %d ranks × %d workers: some read nothing; use resampled",
+                        len(urls), world_size, workers)
+        pipeline = build_pipeline(
+            urls, ClipSampler(self.train_options, seed=self.seed, rank=rank), self.batch_size,
+            clip_filter=self.clip_filter, train=True, resampled=self.resampled,
+            shuffle_buffer=self.shuffle_buffer, batches_per_worker=per_worker, rank=rank,
+            world_size=world_size, seed=self.seed, handler=self.skips["train"],
+        )
+        return self._loader(pipeline.with_length(per_worker * workers, silent=True))
+
+    def _eval_dataloader(self, split: str) -> torch.utils.data.DataLoader:
+        rank, world_size = self._rank_and_world()
+        pipeline = build_pipeline(
+            self._source(split), ClipSampler(self.eval_options, seed=self.seed, rank=rank),
+            self.val_batch_size, clip_filter=self.clip_filter, train=False, rank=rank,
+            world_size=world_size, seed=self.seed, handler=self.skips[split],
+        )
+        return self._loader(pipeline)
+
+    def val_dataloader(self) -> torch.utils.data.DataLoader:
+        """One deterministic pass over the validation shards (centred windows, no MNS/jitter)."""
+        return self._eval_dataloader("val")
+
+    def test_dataloader(self) -> torch.utils.data.DataLoader:
+        """One deterministic pass over the test shards."""
+        return self._eval_dataloader("test")
+

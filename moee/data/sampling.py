@@ -1,0 +1,280 @@
+"""From a decoded clip to training samples: windows, motion frames, audio, MNS and jitter.
+
+A sample is a window of ``num_frames`` frames of one clip with everything the stages need
+(see :mod:`moee.data.batch` for the batch layout):
+
+* the window's audio at 16 kHz with :data:`AUDIO_CONTEXT` frames of context on each side,
+  zero-padded at the clip's edges: frame ``k`` owns samples ``[k * 640, (k + 1) * 640)``;
+* the :data:`MOTION_FRAMES` frames before the window (the first frame repeated at clip start);
+* a reference frame: a random frame of the same clip, or — masked noisy emotion sampling
+  (MNS), with probability ``mns_prob`` — a frame of the same person in another emotion
+  (the sample's ``mnsref.npy`` extra) with its mouth masked;
+* the emotion condition in every modality the clip has, jittered with probability
+  ``jitter_prob`` (intensity and weight noise, random dropout of the label / AU / text channels).
+
+All randomness comes from one NumPy generator per data-loader worker, seeded from
+``(seed, rank, worker)``, so a run is reproducible for a fixed worker layout; evaluation
+samples are seeded by their key and do not depend on the layout at all.
+"""
+
+from __future__ import annotations
+
+import logging
+import zlib
+from dataclasses import dataclass
+from typing import Any
+
+import cv2
+import numpy as np
+import torch
+
+from moee.data.faces import mouth_mask
+from moee.data.media import SAMPLES_PER_FRAME
+from moee.data.shards import Clip
+from moee.emotions import BASIC_EMOTIONS
+
+log = logging.getLogger(__name__)
+
+MOTION_FRAMES = 2
+"""Frames before the window that seed temporal continuity (the previous clip's last frames)."""
+AUDIO_CONTEXT = 2
+"""Frames of audio context on each side of the window (wav2vec features are windowed ±2)."""
+MODALITIES = ("label", "au", "text", "speech")
+"""The emotion modalities, in the order of ``emotion["present"]``."""
+MNS_REFERENCE = "mnsref.npy"
+MNS_LANDMARKS = "mnslmk.npy"
+AUDIO_FEATURES = "w2v.npy"
+"""Optional precomputed, frame-aligned audio features ``(T, ...)`` stored in a shard."""
+NO_SOURCE = "none"
+"""``meta.extra["au_source"]`` / ``["label_source"]`` value of a channel the clip lacks."""
+MASK_FILL = 128
+"""uint8 grey of masked mouth pixels (0.0 in [-1, 1] once normalised)."""
+
+
+@dataclass
+class SamplingOptions:
+    """How samples are cut from clips.
+
+    Attributes:
+        num_frames: frames per window (the clip length the denoiser sees).
+        image_size: output side in pixels; ``None`` keeps the shard's size.
+        windows_per_clip: windows drawn from each decoded clip (decoding is the costly part).
+        random_window: draw window starts and reference frames at random (training); otherwise
+            the centred window and its middle frame as reference (evaluation, reproducible).
+        mns_prob: probability of a masked noisy emotion reference, for clips that have one.
+        mask_dilation: growth of the mouth polygon, as a fraction of the image side.
+        jitter_prob: probability that the emotion condition of a sample is jittered.
+        intensity_noise: standard deviation of the intensity noise of a jitter.
+        weight_noise: standard deviation of the noise added to the basic-emotion weights.
+        modality_dropout: per-channel probability that a jitter drops label, AU or text.
+    """
+
+    num_frames: int = 16
+    image_size: int | None = None
+    windows_per_clip: int = 1
+    random_window: bool = True
+    mns_prob: float = 0.0
+    mask_dilation: float = 0.05
+    jitter_prob: float = 0.0
+    intensity_noise: float = 0.1
+    weight_noise: float = 0.05
+    modality_dropout: float = 0.2
+
+    def __post_init__(self) -> None:
+        if self.num_frames < 1 or self.windows_per_clip < 1:
+            raise ValueError("num_frames and windows_per_clip must be ≥ 1")
+        for name in ("mns_prob", "jitter_prob", "modality_dropout"):
+            if not 0.0 <= getattr(self, name) <= 1.0:
+                raise ValueError(f"{name} must be in [0, 1], got {getattr(self, name)}")
+
+    @classmethod
+    def evaluation(cls, num_frames: int, image_size: int | None = None) -> SamplingOptions:
+        """Deterministic windows, same-clip references, no jitter: for validation and tests."""
+        return cls(num_frames=num_frames, image_size=image_size, random_window=False)
+
+
+def window_audio(audio: np.ndarray, start: int, num_frames: int,
+                 context: int = AUDIO_CONTEXT) -> np.ndarray:
+    """Audio of frames ``[start - context, start + num_frames + context)``, zeros outside."""
+    chunks = audio.reshape(-1, SAMPLES_PER_FRAME)
+    return window_frames(chunks, start, num_frames, context).reshape(-1)
+
+
+def window_frames(per_frame: np.ndarray, start: int, num_frames: int, context: int) -> np.ndarray:
+    """Rows ``[start - context, start + num_frames + context)`` of per-frame data, zero-padded."""
+    out = np.zeros((num_frames + 2 * context, *per_frame.shape[1:]), dtype=per_frame.dtype)
+    lo, hi = start - context, start + num_frames + context
+    src_lo, src_hi = max(lo, 0), min(hi, len(per_frame))
+    if src_hi > src_lo:
+        out[src_lo - lo : src_hi - lo] = per_frame[src_lo:src_hi]
+    return out
+
+
+def clip_audio(clip: Clip) -> np.ndarray:
+    """The clip's audio trimmed or zero-padded to exactly ``frames × 640`` samples."""
+    total = len(clip.frames) * SAMPLES_PER_FRAME
+    audio = clip.audio[:total]
+    return np.pad(audio, (0, total - len(audio))) if len(audio) < total else audio
+
+
+def to_tensor_images(frames: np.ndarray, size: int | None) -> torch.Tensor:
+    """``(..., H, W, 3) uint8`` → ``(..., 3, size, size)`` uint8 (see ``normalize_images``)."""
+    if size is not None and frames.shape[-2] != size:
+        flat = frames.reshape(-1, *frames.shape[-3:])
+        interpolation = cv2.INTER_AREA if frames.shape[-2] > size else cv2.INTER_LINEAR
+        flat = np.stack([cv2.resize(f, (size, size), interpolation=interpolation) for f in flat])
+        frames = flat.reshape(*frames.shape[:-3], size, size, 3)
+    return torch.from_numpy(np.ascontiguousarray(frames)).movedim(-1, -3)
+
+
+@dataclass
+class EmotionSample:
+    """The emotion condition of one sample, in all its modalities (before collation)."""
+
+    label: np.ndarray  # (6,) weights × intensity
+    au: np.ndarray  # (17,) mean AU intensities over the window
+    text: str
+    intensity: float
+    present: np.ndarray  # (4,) bool, order MODALITIES
+
+    @classmethod
+    def from_clip(cls, clip: Clip, aus: np.ndarray) -> EmotionSample:
+        """The clip's own condition; ``aus`` are the window's per-frame AU intensities."""
+        extra = clip.meta.extra or {}
+        weights = np.asarray(clip.meta.weights, dtype=np.float32)
+        present = np.array([
+            extra.get("label_source") != NO_SOURCE,
+            extra.get("au_source") != NO_SOURCE,
+            bool(clip.meta.text),
+            True,
+        ])
+        return cls(
+            label=weights * np.float32(clip.meta.intensity),
+            au=aus.mean(axis=0).astype(np.float32),
+            text=clip.meta.text,
+            intensity=float(clip.meta.intensity),
+            present=present,
+        )
+
+    def jittered(self, rng: np.random.Generator, options: SamplingOptions) -> EmotionSample:
+        """A noisy copy: intensity and weight noise, then random dropout of label / AU / text."""
+        label, intensity = self.label, self.intensity
+        total = float(label.sum())
+        if total > 0:
+            weights = np.clip(label / total + rng.normal(0, options.weight_noise, label.shape), 0,
+                              None)
+            weights /= max(float(weights.sum()), 1e-6)
+            intensity = float(np.clip(intensity + rng.normal(0, options.intensity_noise), 0, 1))
+            label = (weights * intensity).astype(np.float32)
+        present = self.present.copy()
+        drop = rng.random(3) < options.modality_dropout
+        present[:3] &= ~drop
+        return EmotionSample(
+            label=label if present[0] else np.zeros_like(label),
+            au=self.au if present[1] else np.zeros_like(self.au),
+            text=self.text if present[2] else "",
+            intensity=intensity,
+            present=present,
+        )
+
+
+class ClipSampler:
+    """Cuts training or evaluation samples (dicts of tensors) out of decoded clips.
+
+    Picklable; the random generator is created lazily inside each data-loader worker from
+    ``(seed, rank, worker id)``.
+    """
+
+    def __init__(self, options: SamplingOptions, seed: int = 0, rank: int = 0):
+        self.options = options
+        self.seed = seed
+        self.rank = rank
+        self._rng: np.random.Generator | None = None
+
+    @property
+    def rng(self) -> np.random.Generator:
+        """This worker's generator."""
+        if self._rng is None:
+            info = torch.utils.data.get_worker_info()
+            worker = info.id if info is not None else 0
+            self._rng = np.random.default_rng([self.seed, self.rank, worker])
+        return self._rng
+
+    def __call__(self, clip: Clip) -> list[dict[str, Any]]:
+        """All samples of one clip (``windows_per_clip`` of them; none if it is too short)."""
+        f = self.options.num_frames
+        total = len(clip.frames)
+        if total < f:
+            log.warning("clip %r has %d frames, fewer than a window of %d: skipped",
+                        clip.key, total, f)
+            return []
+        if self.options.random_window:
+            rng = self.rng
+            starts = rng.integers(0, total - f + 1, size=self.options.windows_per_clip)
+        else:
+            rng = np.random.default_rng(zlib.crc32(clip.key.encode()))
+            starts = [(total - f) // 2]
+        audio = clip_audio(clip)
+        return [self.sample(clip, int(start), audio, rng) for start in starts]
+
+    def sample(self, clip: Clip, start: int, audio: np.ndarray,
+               rng: np.random.Generator) -> dict[str, Any]:
+        """The sample of the window starting at frame ``start``."""
+        opts = self.options
+        f = opts.num_frames
+        size = opts.image_size or clip.meta.size
+        window = slice(start, start + f)
+        motion = [max(start - k, 0) for k in range(MOTION_FRAMES, 0, -1)]
+        reference, ref_landmarks, masked = self._reference(clip, start, rng)
+        mask = torch.from_numpy(mouth_mask(ref_landmarks, size, opts.mask_dilation))
+        reference = to_tensor_images(reference, size)
+        if masked:
+            reference = reference.clone()  # never write into the clip's own arrays
+            reference[:, mask] = MASK_FILL
+        emotion = EmotionSample.from_clip(clip, clip.aus[window])
+        if opts.jitter_prob and rng.random() < opts.jitter_prob:
+            emotion = emotion.jittered(rng, opts)
+        name = clip.meta.emotion
+        sample = {
+            "frames": to_tensor_images(clip.frames[window], size),
+            "reference": reference,
+            "motion_frames": to_tensor_images(clip.frames[motion], size),
+            "reference_is_masked": masked,
+            "audio": torch.from_numpy(window_audio(audio, start, f)),
+            "emotion": {
+                "label": torch.from_numpy(emotion.label),
+                "au": torch.from_numpy(emotion.au),
+                "text": emotion.text,
+                "speech": torch.from_numpy(window_audio(audio, start, f, context=0)),
+                "present": torch.from_numpy(emotion.present),
+            },
+            "emotion_index": BASIC_EMOTIONS.index(name) if name in BASIC_EMOTIONS else -1,
+            "emotion_name": name,
+            "intensity": emotion.intensity,
+            "landmarks": torch.from_numpy(clip.landmarks[window].astype(np.float32)),
+            "au_frames": torch.from_numpy(clip.aus[window].astype(np.float32)),
+            "mouth_mask": mask[None].float(),
+            "identity": clip.meta.identity,
+            "key": clip.key,
+            "start_frame": start,
+        }
+        if AUDIO_FEATURES in clip.extras:
+            features = clip.extras[AUDIO_FEATURES].astype(np.float32)
+            sample["audio_features"] = torch.from_numpy(
+                window_frames(features, start, f, AUDIO_CONTEXT))
+        return sample
+
+    def _reference(self, clip: Clip, start: int,
+                   rng: np.random.Generator) -> tuple[np.ndarray, np.ndarray, bool]:
+        """(frame, its landmarks, whether it is an MNS reference to be masked)."""
+        opts = self.options
+        refs = clip.extras.get(MNS_REFERENCE)
+        if (opts.mns_prob and refs is not None and len(refs)
+                and MNS_LANDMARKS in clip.extras and rng.random() < opts.mns_prob):
+            index = int(rng.integers(len(refs)))
+            return refs[index], clip.extras[MNS_LANDMARKS][index].astype(np.float32), True
+        if opts.random_window:
+            index = int(rng.integers(len(clip.frames)))
+        else:
+            index = start + opts.num_frames // 2
+        return clip.frames[index], clip.landmarks[index], False

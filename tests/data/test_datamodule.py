@@ -1,0 +1,205 @@
+"""MoEEDataModule: streaming, alignment after decoding, DDP/worker splits, filters, bad data."""
+
+import io
+import logging
+import shutil
+import tarfile
+
+import pytest
+import torch
+
+from moee.data.batch import normalize_images, to_numpy_frames
+from moee.data.datamodule import (
+    ClipFilter,
+    MoEEDataModule,
+    SkipLog,
+    build_pipeline,
+    resolve_shards,
+)
+from moee.data.media import SAMPLES_PER_FRAME
+from moee.data.sampling import ClipSampler, SamplingOptions
+from moee.data.shards import read_manifest, shard_urls
+from moee.data.testclips import decode_audio_index, decode_frame_index, write_test_shards
+
+NUM_FRAMES = 6
+
+
+@pytest.fixture(scope="module")
+def shards(tmp_path_factory):
+    """2 identities × (happy, sad, happily surprised, neutral) × 1 clip, 2 clips per shard."""
+    return write_test_shards(tmp_path_factory.mktemp("shards"), num_frames=20, size=32)
+
+
+ALL_KEYS = {f"id{i}__{e}0" for i in range(2)
+            for e in ("happy", "sad", "happily_surprised", "neutral")}
+
+
+def keys_of(loader) -> list[str]:
+    return [key for batch in loader for key in batch["key"]]
+
+
+def test_eval_batches_are_aligned_after_decoding(shards):
+    dm = MoEEDataModule(val=str(shards), batch_size=3, num_workers=0, num_frames=NUM_FRAMES)
+    batches = [dm.on_after_batch_transfer(b, 0) for b in dm.val_dataloader()]
+    assert sorted(keys_of(batches)) == sorted(ALL_KEYS)
+    assert batches[0]["frames"].dtype == torch.float32
+    for batch in batches:
+        for i, start in enumerate(batch["start_frame"].tolist()):
+            frames = [decode_frame_index(f) for f in to_numpy_frames(batch["frames"][i])]
+            assert frames == list(range(start, start + NUM_FRAMES))
+            chunks = batch["audio"][i].numpy().reshape(-1, SAMPLES_PER_FRAME)
+            audio = [decode_audio_index(c) for c in chunks]
+            assert audio == list(range(start - 2, start + NUM_FRAMES + 2))
+
+
+def test_train_loader_with_two_workers_has_fixed_epochs(shards):
+    dm = MoEEDataModule(train=str(shards), batch_size=3, num_workers=2, num_frames=NUM_FRAMES,
+                        samples_per_epoch=12, mns_prob=0.5, jitter_prob=0.5)
+    loader = dm.train_dataloader()
+    assert len(loader) == 4  # ceil(12 / (2 workers × 3)) = 2 batches per worker
+    for _ in range(2):  # persistent workers, a second epoch of the same size
+        batches = list(loader)
+        assert len(batches) == 4
+    batch = batches[0]
+    assert batch["frames"].dtype == torch.uint8  # until on_after_batch_transfer
+    batch = normalize_images(batch)
+    assert batch["frames"].dtype == torch.float32 and batch["frames"].abs().max() <= 1
+    assert batch["frames"].shape == (3, NUM_FRAMES, 3, 32, 32)
+    assert batch["audio"].shape == (3, (NUM_FRAMES + 4) * SAMPLES_PER_FRAME)
+    assert batch["reference_is_masked"].dtype == torch.bool
+
+
+def test_epoch_size_defaults_to_manifest(shards):
+    dm = MoEEDataModule(train=str(shards), batch_size=2, num_workers=0, num_frames=NUM_FRAMES)
+    assert len(dm.train_dataloader()) == 4  # 8 clips / batch 2
+
+
+def test_ranks_and_workers_read_disjoint_shards(shards):
+    urls = resolve_shards(str(shards))
+    assert len(urls) == 4
+    seen = []
+    for rank in range(2):
+        pipeline = build_pipeline(urls, ClipSampler(SamplingOptions(num_frames=NUM_FRAMES)), 1,
+                                  train=True, resampled=False, rank=rank, world_size=2)
+        loader = torch.utils.data.DataLoader(pipeline, batch_size=None, num_workers=2)
+        by_worker = keys_of(loader)
+        seen.append(set(by_worker))
+        assert len(by_worker) == len(set(by_worker)) == 4  # each clip once per rank
+    assert not seen[0] & seen[1]
+    assert seen[0] | seen[1] == ALL_KEYS
+
+
+def test_worker_split_is_disjoint_within_a_rank(shards, monkeypatch):
+    urls = resolve_shards(str(shards))
+    keys = []
+    for worker in range(2):  # what DataLoader worker `worker` of 2 sees
+        info = type("Info", (), {"id": worker, "num_workers": 2, "seed": 0, "dataset": None})
+        monkeypatch.setattr(torch.utils.data, "get_worker_info", lambda info=info: info)
+        pipeline = build_pipeline(urls, ClipSampler(SamplingOptions(num_frames=NUM_FRAMES)), 1,
+                                  train=False)
+        keys.append({k for batch in pipeline for k in batch["key"]})
+    assert not keys[0] & keys[1] and keys[0] | keys[1] == ALL_KEYS
+
+
+@pytest.mark.parametrize(
+    ("filters", "check"),
+    [
+        ({"emotions": ["sad"]}, lambda b: set(b["emotion_name"]) == {"sad"}),
+        ({"emotions": ["sadness", "joy"]}, lambda b: set(b["emotion_name"]) <= {"sad", "happy"}),
+        ({"compound_only": True}, lambda b: set(b["emotion_name"]) == {"happily surprised"}),
+        ({"identities": ["id1"]}, lambda b: set(b["identity"]) == {"id1"}),
+        ({"min_intensity": 0.4}, lambda b: "neutral" not in b["emotion_name"]),
+    ],
+)
+def test_filters(shards, filters, check):
+    dm = MoEEDataModule(val=str(shards), batch_size=8, num_workers=0, num_frames=NUM_FRAMES,
+                        **filters)
+    (batch,) = list(dm.val_dataloader())
+    assert check(batch) and len(batch["key"]) >= 2
+
+
+def test_expert_filter_keeps_mns_references_of_other_emotions(shards):
+    dm = MoEEDataModule(train=str(shards), batch_size=2, num_workers=0, num_frames=NUM_FRAMES,
+                        emotions=["sad"], mns_prob=1.0, samples_per_epoch=2)
+    batch = next(iter(dm.train_dataloader()))
+    assert batch["emotion_name"] == ["sad", "sad"]
+    assert batch["reference_is_masked"].all()
+
+
+def test_filter_rejects_on_json_only():
+    keep = ClipFilter(emotions=["happy"], min_intensity=0.5)
+    assert keep({"json": b'{"emotion": "happy", "weights": [0,0,0,1,0,0], "intensity": 0.6,'
+                         b' "identity": "a"}'})
+    assert not keep({"json": b'{"emotion": "happy", "weights": [0,0,0,1,0,0], "intensity": 0.4,'
+                             b' "identity": "a"}'})
+    assert keep({"json": b"not json"})  # passed on, so decoding reports it by key
+
+
+@pytest.mark.parametrize("form", ["folder", "list", "brace", "pipe"])
+def test_shard_source_forms(shards, form):
+    urls = shard_urls(shards)
+    source = {
+        "folder": str(shards),
+        "list": urls,
+        "brace": str(shards / "shard-{000000..000003}.tar"),
+        "pipe": [f"pipe:cat {u}" for u in urls],
+    }[form]
+    dm = MoEEDataModule(val=source, batch_size=8, num_workers=0, num_frames=NUM_FRAMES)
+    assert sorted(keys_of(dm.val_dataloader())) == sorted(ALL_KEYS)
+
+
+def test_missing_source_is_a_clear_error(tmp_path):
+    with pytest.raises(ValueError, match="no manifest"):
+        resolve_shards(str(tmp_path))
+    with pytest.raises(ValueError, match="do not exist"):
+        resolve_shards(str(tmp_path / "x-{000..001}.tar"))
+    with pytest.raises(ValueError, match="no train shards"):
+        MoEEDataModule(val=str(tmp_path)).train_dataloader()
+
+
+def test_corrupt_samples_and_shards_are_logged_and_skipped(shards, tmp_path, caplog):
+    folder = tmp_path / "bad"
+    shutil.copytree(shards, folder)
+    urls = shard_urls(folder)
+    # shard 0: one sample's video replaced by garbage
+    with tarfile.open(urls[0]) as tar:
+        members = [(m, tar.extractfile(m).read()) for m in tar.getmembers()]
+    with tarfile.open(urls[0], "w") as tar:
+        for member, data in members:
+            if member.name.endswith(".mp4") and "id0__happy0" in member.name:
+                data = b"this is not an mp4"
+            member.size = len(data)
+            tar.addfile(member, io.BytesIO(data))
+    # shard 1: truncated in the middle
+    data = open(urls[1], "rb").read()
+    open(urls[1], "wb").write(data[: len(data) // 2 + 100])
+    dm = MoEEDataModule(val=str(folder), batch_size=8, num_workers=0, num_frames=NUM_FRAMES)
+    with caplog.at_level(logging.WARNING, logger="moee.data.datamodule"):
+        keys = keys_of(dm.val_dataloader())
+    assert "id0__happy0" not in keys
+    assert set(keys) >= ALL_KEYS - {"id0__happy0", "id0__sad0", "id0__happily_surprised0",
+                                    "id0__neutral0"}
+    assert dm.skips["val"].count >= 2
+    assert "id0__happy0" in caplog.text
+
+
+def test_skiplog_counts():
+    handler = SkipLog("x")
+    assert handler(ValueError("sample 'a' is bad")) and handler(ValueError("b"))
+    assert handler.count == 2
+
+
+def test_resampled_ranks_draw_differently(shards):
+    urls = resolve_shards(str(shards))
+    draws = []
+    for rank in range(2):
+        pipeline = build_pipeline(urls, ClipSampler(SamplingOptions(num_frames=NUM_FRAMES)), 2,
+                                  resampled=True, batches_per_worker=4, rank=rank, world_size=2)
+        draws.append([k for b in pipeline for k in b["key"]])
+    assert len(draws[0]) == len(draws[1]) == 8
+    assert draws[0] != draws[1]
+
+
+def test_manifest_counts(shards):
+    manifest = read_manifest(shards)
+    assert manifest["samples"] == 8 and len(manifest["shards"]) == 4

@@ -1,0 +1,178 @@
+"""Windows, audio alignment, motion frames, MNS and jitter of moee.data.sampling."""
+
+import numpy as np
+import pytest
+import torch
+
+from moee.data.batch import collate, make_batch, normalize_images
+from moee.data.faces import mouth_mask
+from moee.data.media import SAMPLES_PER_FRAME
+from moee.data.sampling import (
+    AUDIO_FEATURES,
+    ClipSampler,
+    SamplingOptions,
+    clip_audio,
+    window_audio,
+)
+from moee.data.testclips import (
+    decode_audio_index,
+    decode_frame_index,
+    face_template,
+    make_test_clip,
+)
+from moee.emotions import ACTION_UNITS, BASIC_EMOTIONS
+
+
+@pytest.fixture(scope="module")
+def clip():
+    return make_test_clip(num_frames=30, size=32, mns_refs=3, text="a happy face")
+
+
+def frame_indices(images: torch.Tensor) -> list[int]:
+    return [decode_frame_index(f) for f in images.movedim(-3, -1).numpy()]
+
+
+@pytest.mark.parametrize("start", [0, 1, 2, 7, 22])
+def test_window_frames_audio_and_motion_align(clip, start):
+    f = 8
+    sampler = ClipSampler(SamplingOptions(num_frames=f))
+    sample = sampler.sample(clip, start, clip_audio(clip), np.random.default_rng(0))
+    assert frame_indices(sample["frames"]) == list(range(start, start + f))
+    assert frame_indices(sample["motion_frames"]) == [max(start - 2, 0), max(start - 1, 0)]
+    chunks = sample["audio"].numpy().reshape(-1, SAMPLES_PER_FRAME)
+    assert len(chunks) == f + 4
+    expected = [k if 0 <= k < 30 else None for k in range(start - 2, start + f + 2)]
+    assert [decode_audio_index(c) for c in chunks] == expected
+    # frame k owns exactly samples [k * 640, (k + 1) * 640)
+    k = start + 3
+    np.testing.assert_array_equal(chunks[5], clip.audio[k * 640 : (k + 1) * 640])
+    speech = sample["emotion"]["speech"].numpy().reshape(-1, SAMPLES_PER_FRAME)
+    assert [decode_audio_index(c) for c in speech] == list(range(start, start + f))
+    assert sample["start_frame"] == start
+    np.testing.assert_allclose(sample["landmarks"].numpy(), clip.landmarks[start : start + f])
+
+
+def test_window_audio_pads_both_edges():
+    audio = np.arange(3 * SAMPLES_PER_FRAME, dtype=np.float32)
+    out = window_audio(audio, 0, 3)
+    assert out.shape == (7 * SAMPLES_PER_FRAME,)
+    assert not out[: 2 * SAMPLES_PER_FRAME].any() and not out[-2 * SAMPLES_PER_FRAME :].any()
+    np.testing.assert_array_equal(out[2 * SAMPLES_PER_FRAME : 5 * SAMPLES_PER_FRAME], audio)
+
+
+def test_random_windows_are_seeded(clip):
+    def starts(seed):
+        sampler = ClipSampler(SamplingOptions(num_frames=4, windows_per_clip=20), seed=seed)
+        return [s["start_frame"] for s in sampler(clip)]
+
+    assert starts(1) == starts(1)
+    assert starts(1) != starts(2)
+    assert all(0 <= s <= 26 for s in starts(3))
+
+
+def test_too_short_clip_gives_no_sample():
+    short = make_test_clip(num_frames=5, size=32)
+    assert ClipSampler(SamplingOptions(num_frames=8))(short) == []
+    with pytest.raises(ValueError, match="long enough"):
+        make_batch(short, num_frames=8)
+
+
+def test_mns_fraction_matches_probability(clip):
+    p, n = 0.3, 1500
+    sampler = ClipSampler(SamplingOptions(num_frames=1, windows_per_clip=n, mns_prob=p), seed=0)
+    masked = np.array([s["reference_is_masked"] for s in sampler(clip)])
+    assert abs(masked.mean() - p) < 0.05
+    plain = make_test_clip(num_frames=30, size=32)  # no MNS extras: always same-clip reference
+    sampler = ClipSampler(SamplingOptions(num_frames=1, windows_per_clip=50, mns_prob=1.0))
+    assert not any(s["reference_is_masked"] for s in sampler(plain))
+
+
+def test_mns_reference_is_other_frame_with_masked_mouth(clip):
+    options = SamplingOptions(num_frames=2, mns_prob=1.0)
+    sample = ClipSampler(options)(clip)[0]
+    refs_before = clip.extras["mnsref.npy"].copy()
+    batch = normalize_images(collate([sample]))
+    assert sample["reference_is_masked"]
+    mask = batch["mouth_mask"][0, 0].bool()
+    expected = torch.from_numpy(mouth_mask(clip.extras["mnslmk.npy"][0].astype(np.float32), 32,
+                                           options.mask_dilation))
+    assert torch.equal(mask, expected)
+    reference = batch["reference"][0]
+    assert (reference[:, mask] == 0).all()
+    assert np.array_equal(clip.extras["mnsref.npy"], refs_before)  # the clip is untouched
+    refs = torch.from_numpy(clip.extras["mnsref.npy"][0]).float().div(127.5).sub(1).permute(2, 0, 1)
+    torch.testing.assert_close(reference[:, ~mask], refs[:, ~mask])
+
+
+def test_mouth_mask_covers_every_mouth_landmark():
+    landmarks = face_template()
+    for size in (32, 64, 256):
+        mask = mouth_mask(landmarks, size, dilation=0.03)
+        points = np.clip(np.round(landmarks[48:68] * size).astype(int), 0, size - 1)
+        assert mask[points[:, 1], points[:, 0]].all()
+        eyes = np.round(landmarks[36:48] * size).astype(int)
+        assert not mask[eyes[:, 1], eyes[:, 0]].any()
+
+
+def test_jitter_drops_modalities_and_perturbs_labels(clip):
+    drop_all = SamplingOptions(num_frames=2, jitter_prob=1.0, modality_dropout=1.0)
+    sample = ClipSampler(drop_all)(clip)[0]
+    assert sample["emotion"]["present"].tolist() == [False, False, False, True]
+    assert not sample["emotion"]["label"].any() and sample["emotion"]["text"] == ""
+    noisy = SamplingOptions(num_frames=2, jitter_prob=1.0, modality_dropout=0.0,
+                            windows_per_clip=200)
+    samples = ClipSampler(noisy, seed=3)(clip)
+    labels = torch.stack([s["emotion"]["label"] for s in samples])
+    intensities = torch.tensor([s["intensity"] for s in samples])
+    assert (labels >= 0).all()
+    torch.testing.assert_close(labels.sum(1), intensities)
+    assert labels.std(0).max() > 0.01 and 0.02 < intensities.std() < 0.2
+    assert labels[:, BASIC_EMOTIONS.index("happy")].mean() > 0.7 * intensities.mean()
+    again = ClipSampler(noisy, seed=3)(clip)
+    assert torch.equal(labels, torch.stack([s["emotion"]["label"] for s in again]))
+
+
+def test_batch_contract_and_audio_features():
+    clips = [make_test_clip(emotion="happy", num_frames=12, size=32),
+             make_test_clip(name="c1", emotion="happily surprised", num_frames=12, size=32,
+                            intensity=0.5)]
+    for c in clips:
+        c.extras[AUDIO_FEATURES] = np.arange(12 * 3, dtype=np.float32).reshape(12, 3)
+    batch = make_batch(clips, num_frames=6)
+    b, f, size = 2, 6, 32
+    shapes = {
+        "frames": (b, f, 3, size, size), "reference": (b, 3, size, size),
+        "motion_frames": (b, 2, 3, size, size), "reference_is_masked": (b,),
+        "audio": (b, (f + 4) * 640), "audio_features": (b, f + 4, 3),
+        "emotion_index": (b,), "intensity": (b,), "landmarks": (b, f, 68, 2),
+        "au_frames": (b, f, len(ACTION_UNITS)), "mouth_mask": (b, 1, size, size),
+        "start_frame": (b,),
+    }
+    for key, shape in shapes.items():
+        assert tuple(batch[key].shape) == shape, key
+    emotion = batch["emotion"]
+    assert emotion["label"].shape == (b, 6) and emotion["au"].shape == (b, 17)
+    assert emotion["speech"].shape == (b, f * 640) and emotion["present"].dtype == torch.bool
+    assert batch["emotion_index"].tolist() == [BASIC_EMOTIONS.index("happy"), -1]
+    assert batch["emotion_name"] == ["happy", "happily surprised"]
+    torch.testing.assert_close(emotion["label"].sum(1), torch.tensor([1.0, 0.5]))
+    assert batch["frames"].dtype == torch.float32
+    assert -1 <= batch["frames"].min() and batch["frames"].max() <= 1
+    assert batch["start_frame"].tolist() == [3, 3]  # centred window
+    assert batch["audio_features"][0, 0].tolist() == [3.0, 4.0, 5.0]  # frame 1 (context)
+    assert batch["audio_features"][0, 2].tolist() == [9.0, 10.0, 11.0]  # frame 3
+    assert batch["key"] == [c.key for c in clips] and batch["identity"] == ["id0", "id0"]
+
+
+def test_collate_drops_features_missing_in_some_samples():
+    with_features = make_test_clip(num_frames=8, size=32)
+    with_features.extras[AUDIO_FEATURES] = np.zeros((8, 2), dtype=np.float32)
+    sampler = ClipSampler(SamplingOptions.evaluation(4))
+    batch = collate(sampler(with_features) + sampler(make_test_clip(num_frames=8, size=32)))
+    assert "audio_features" not in batch
+
+
+def test_resize_to_image_size():
+    batch = make_batch(make_test_clip(num_frames=8, size=64),
+                       options=SamplingOptions.evaluation(4, image_size=32))
+    assert batch["frames"].shape[-2:] == (32, 32) and batch["mouth_mask"].shape[-1] == 32
