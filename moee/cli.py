@@ -34,6 +34,8 @@ def register_command(name: str, module: str, description: str) -> None:
 
 
 
+register_command("quickstart", "moee.quickstart",
+                 "SynthEmo -> train every tiny stage -> animate test portraits (CPU, no downloads)")
 register_command("prepare", "moee.data.prepare",
                  "turn folders of real talking videos (MEAD, HDTF, ...) into shards")
 

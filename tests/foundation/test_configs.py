@@ -10,7 +10,7 @@ from moee.cli import MoEECLI
 CONFIGS = Path(__file__).resolve().parents[2] / "configs"
 TRAINER_FRAGMENTS = sorted((CONFIGS / "trainer").glob("*.yaml"))
 STAGE_CONFIGS = sorted(
-    p for p in CONFIGS.rglob("*.yaml") if p.parent.name not in ("trainer", "sweeps")
+    p for p in CONFIGS.rglob("*.yaml") if p.parent.name not in ("trainer", "sweeps", "common")
 )
 
 
@@ -42,4 +42,33 @@ def test_trainer_fragment_parses(fragment):
 
 @pytest.mark.parametrize("path", STAGE_CONFIGS, ids=lambda p: str(p.relative_to(CONFIGS)))
 def test_stage_config_parses(path):
-    assert parse(path).model is not None
+    config = parse(path)
+    assert config.model.class_path.startswith("moee.stages.")
+    assert config.data.class_path == "moee.data.datamodule.MoEEDataModule"
+    if config.model.class_path.endswith("ExpertModule"):
+        emotion = config.model.init_args.emotion
+        assert path.stem == f"expert_{emotion}"
+        assert config.data.init_args.emotions == [emotion]
+
+
+def test_every_expert_has_a_config_at_both_scales():
+    from moee.emotions import BASIC_EMOTIONS
+
+    for folder in (CONFIGS, CONFIGS / "tiny"):
+        assert {p.stem for p in folder.glob("expert_*.yaml")} == {
+            f"expert_{e}" for e in BASIC_EMOTIONS}
+
+
+def test_paper_scale_network_builds_on_meta():
+    import torch
+
+    from moee.models.moee_net import MoEENet, MoEENetConfig
+    from moee.models.pretrained import WeightSources
+
+    net_config = parse(CONFIGS / "expert_sad.yaml").model.init_args.net.as_dict()
+    net_config.pop("__path__", None)
+    assert net_config["preset"] == "sd15" and net_config["weights"]["unet"]
+    with torch.device("meta"):
+        net = MoEENet(MoEENetConfig(**{**net_config, "weights": WeightSources()}))
+    assert sum(p.numel() for p in net.denoiser.unet.parameters()) == 859_520_964  # SD-1.5
+    assert sum(p.numel() for p in net.parameters()) > 2 * 859_520_964

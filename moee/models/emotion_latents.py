@@ -1,0 +1,193 @@
+"""Emotion-to-Latents: every way of naming an emotion becomes ``m`` emotion latent tokens.
+
+Each modality is encoded, then mapped by FC layers to ``m`` query tokens of a common width:
+
+* ``label``: basic-emotion weights x intensity (b 6), a 2-layer MLP (single, compound and
+  weighted mixes; neutral is all zeros);
+* ``au``: action-unit intensities (b 17), a 2-layer MLP (fine-grained control);
+* ``text``: a T5 encoder, mean-pooled over tokens;
+* ``speech``: an emotion2vec-like speech encoder (a wav2vec2-family model), mean-pooled.
+
+The queries of the modalities present for a sample are averaged and attend to a set of learnable
+embeddings (keys and values); the attention output is the emotion latent (b m d). A sample with
+no modality present, or whose condition is dropped for classifier-free guidance, gets the learned
+null latent instead.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+from einops import rearrange
+from torch import nn
+from transformers import PreTrainedModel, PreTrainedTokenizerBase, T5EncoderModel
+
+from moee.emotions import NUM_ACTION_UNITS, NUM_EXPERTS
+from moee.models.audio import normalize_waveform
+
+MODALITIES = ("label", "au", "text", "speech")
+"""Order of the columns of :attr:`EmotionInputs.present`."""
+
+
+@dataclass
+class EmotionInputs:
+    """One batch of emotion conditions; every modality is optional.
+
+    Attributes:
+        label: (b 6) basic-emotion weights x intensity, ``BASIC_EMOTIONS`` order.
+        au: (b 17) action-unit intensities in [0, 1], ``ACTION_UNITS`` order.
+        text: ``b`` descriptions (``None`` where a sample has none).
+        speech: (b s) 16 kHz mono waveform whose tone conveys the emotion.
+        present: (b 4) bool, which modalities a sample uses, ``MODALITIES`` order; by default
+            every given modality (and every non-``None`` text) is present.
+        drop: (b,) bool, replace the condition by the null latent (classifier-free guidance).
+    """
+
+    label: torch.Tensor | None = None
+    au: torch.Tensor | None = None
+    text: list[str | None] | None = None
+    speech: torch.Tensor | None = None
+    present: torch.Tensor | None = None
+    drop: torch.Tensor | None = None
+
+    def batch_size(self) -> int:
+        """Number of samples ``b``."""
+        for value in (self.label, self.au, self.speech, self.present, self.drop):
+            if value is not None:
+                return value.shape[0]
+        if self.text is not None:
+            return len(self.text)
+        raise ValueError("EmotionInputs holds no modality: pass at least one, or `drop`")
+
+    def presence(self, device: torch.device) -> torch.Tensor:
+        """(b 4) bool: which modalities each sample uses (given AND marked present)."""
+        b = self.batch_size()
+        given = [self.label is not None, self.au is not None, False, self.speech is not None]
+        present = torch.tensor(given, device=device).expand(b, -1).clone()
+        if self.text is not None:
+            present[:, 2] = torch.tensor([t is not None for t in self.text], device=device)
+        if self.present is not None:
+            present &= self.present.to(device=device, dtype=torch.bool)
+        return present
+
+
+def _mlp(in_dim: int, hidden: int, out_dim: int) -> nn.Sequential:
+    return nn.Sequential(nn.Linear(in_dim, hidden), nn.SiLU(), nn.Linear(hidden, out_dim))
+
+
+class TextEmotionEncoder(nn.Module):
+    """A T5 encoder and its tokenizer: descriptions -> mean-pooled features (b c)."""
+
+    def __init__(self, model: T5EncoderModel, tokenizer: PreTrainedTokenizerBase, max_length=64):
+        super().__init__()
+        self.model = model
+        self.tokenizer = tokenizer
+        self.max_length = max_length
+
+    @property
+    def hidden_size(self) -> int:
+        """Width of the pooled features."""
+        return self.model.config.d_model
+
+    def forward(self, texts: list[str]) -> torch.Tensor:
+        """``b`` strings -> (b c)."""
+        device = self.model.device
+        tokens = self.tokenizer(
+            texts, padding=True, truncation=True, max_length=self.max_length, return_tensors="pt"
+        ).to(device)
+        hidden = self.model(**tokens).last_hidden_state  # b l c
+        mask = tokens["attention_mask"][..., None].to(hidden.dtype)  # b l 1
+        return (hidden * mask).sum(1) / mask.sum(1).clamp(min=1)
+
+
+class SpeechEmotionEncoder(nn.Module):
+    """An emotion2vec-like speech encoder: waveform (b s) -> mean-pooled features (b c).
+
+    Any transformers wav2vec2-family model with ``last_hidden_state`` fits (``Wav2Vec2Model``,
+    ``HubertModel``, ``Data2VecAudioModel``).
+    """
+
+    def __init__(self, model: PreTrainedModel) -> None:
+        super().__init__()
+        self.model = model
+
+    @property
+    def hidden_size(self) -> int:
+        """Width of the pooled features."""
+        return self.model.config.hidden_size
+
+    def forward(self, waveform: torch.Tensor) -> torch.Tensor:
+        """(b s) 16 kHz -> (b c)."""
+        return self.model(normalize_waveform(waveform)).last_hidden_state.mean(1)
+
+
+class EmotionToLatents(nn.Module):
+    """Map an :class:`EmotionInputs` batch to emotion latents (b m d).
+
+    Args:
+        text_encoder: T5 text encoder (frozen by the builder).
+        speech_encoder: speech emotion encoder (frozen by the builder).
+        dim: width ``d`` of the queries, embeddings and latents.
+        num_tokens: number of latent tokens ``m``.
+        num_embeddings: size of the learnable key/value embedding set.
+        heads: attention heads of the query-to-embedding attention.
+        hidden_dim: hidden width of the label and AU MLPs.
+    """
+
+    def __init__(
+        self,
+        text_encoder: TextEmotionEncoder,
+        speech_encoder: SpeechEmotionEncoder,
+        dim: int,
+        num_tokens: int = 32,
+        num_embeddings: int = 64,
+        heads: int = 8,
+        hidden_dim: int = 256,
+    ) -> None:
+        super().__init__()
+        self.num_tokens = num_tokens
+        self.text_encoder = text_encoder
+        self.speech_encoder = speech_encoder
+        queries = num_tokens * dim
+        self.to_queries = nn.ModuleDict(
+            {
+                "label": _mlp(NUM_EXPERTS, hidden_dim, queries),
+                "au": _mlp(NUM_ACTION_UNITS, hidden_dim, queries),
+                "text": _mlp(text_encoder.hidden_size, hidden_dim, queries),
+                "speech": _mlp(speech_encoder.hidden_size, hidden_dim, queries),
+            }
+        )
+        self.embeddings = nn.Parameter(torch.randn(num_embeddings, dim) * dim**-0.5)
+        self.attention = nn.MultiheadAttention(dim, heads, batch_first=True)
+        self.norm = nn.LayerNorm(dim)
+        self.null_latent = nn.Parameter(torch.randn(num_tokens, dim) * dim**-0.5)
+
+    def null(self, batch_size: int) -> torch.Tensor:
+        """The learned null condition, (b m d), for classifier-free guidance."""
+        return self.null_latent.expand(batch_size, -1, -1)
+
+    def _features(self, inputs: EmotionInputs, name: str) -> torch.Tensor:
+        if name == "text":
+            return self.text_encoder([t or "" for t in inputs.text])
+        if name == "speech":
+            return self.speech_encoder(inputs.speech)
+        return getattr(inputs, name).to(self.embeddings.dtype)
+
+    def forward(self, inputs: EmotionInputs) -> torch.Tensor:
+        """Emotion latents (b m d)."""
+        b, device = inputs.batch_size(), self.embeddings.device
+        present = inputs.presence(device)  # b 4
+        queries = torch.zeros(b, self.num_tokens, self.embeddings.shape[1], device=device)
+        for column, name in enumerate(MODALITIES):
+            if present[:, column].any():
+                q = self.to_queries[name](self._features(inputs, name))  # b (m d)
+                q = rearrange(q, "b (m d) -> b m d", m=self.num_tokens)
+                queries = queries + q * present[:, column, None, None]
+        queries = queries / present.sum(1).clamp(min=1)[:, None, None]
+        kv = self.embeddings.expand(b, -1, -1)
+        latents = self.norm(self.attention(queries, kv, kv, need_weights=False)[0])
+        use_null = ~present.any(1)
+        if inputs.drop is not None:
+            use_null |= inputs.drop.to(device=device, dtype=torch.bool)
+        return torch.where(use_null[:, None, None], self.null(b), latents)

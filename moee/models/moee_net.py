@@ -1,0 +1,296 @@
+"""MoEENet: every network of MoEE in one module, built from one config.
+
+reference image ──VAE, CLIP──▶ ReferenceNet ──▶ ReferenceFeatures (once per clip)
+waveform ──wav2vec2 (all layers, ±2 frames)──▶ AudioProjection ──▶ audio tokens (b f t c)
+EmotionInputs ──EmotionToLatents──▶ emotion latents (b m c)
+noisy latents (b f c h w), timesteps (b,) ──Denoiser──▶ predicted noise (b f c h w)
+"""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass, field
+
+import torch
+from torch import nn
+
+from moee.emotions import NUM_EXPERTS
+from moee.models import pretrained
+from moee.models.audio import AudioEncoder, AudioProjection
+from moee.models.emotion_latents import (
+    EmotionInputs,
+    EmotionToLatents,
+    SpeechEmotionEncoder,
+    TextEmotionEncoder,
+)
+from moee.models.image_encoder import ImageEncoder
+from moee.models.reference import ReferenceFeatures, ReferenceNet
+from moee.models.unet import Denoiser, DenoiserContext
+from moee.models.vae import VideoVAE
+
+log = logging.getLogger(__name__)
+
+PARAMETER_GROUPS = (
+    "backbone",
+    "reference",
+    "audio",
+    "temporal",
+    *(f"expert_{i}" for i in range(NUM_EXPERTS)),
+    "gates",
+    "emotion_latents",
+    "frozen",
+)
+"""Training-stage parameter groups; ``frozen`` holds pretrained encoders and dead parameters."""
+
+_FROZEN_MODULES = (
+    "vae",
+    "image_encoder",
+    "audio_encoder",
+    "emotion_to_latents.text_encoder",
+    "emotion_to_latents.speech_encoder",
+)
+
+
+@dataclass
+class MoEENetConfig:
+    """Everything that decides MoEENet's architecture and weights (YAML-fillable).
+
+    Attributes:
+        preset: ``"tiny"`` (CPU, random weights) or ``"sd15"`` (SD-1.5 layout).
+        weights: real checkpoints per part; all ``None`` builds random weights (see
+            ``pretrained.SD15_WEIGHTS`` for the real ones).
+        fused_moe: run each Emotion MoE's experts as one batched computation.
+        gradient_checkpointing: recompute U-Net blocks in backward to save memory.
+        max_frames: longest clip (frames) the temporal attention's positions cover.
+    """
+
+    preset: pretrained.Preset = "tiny"
+    weights: pretrained.WeightSources = field(default_factory=pretrained.WeightSources)
+    fused_moe: bool = True
+    gradient_checkpointing: bool = False
+    max_frames: int = 32
+
+    @classmethod
+    def sd15(cls, **kwargs) -> MoEENetConfig:
+        """The real configuration: SD-1.5 layout with every pretrained checkpoint."""
+        return cls(preset="sd15", weights=pretrained.SD15_WEIGHTS, **kwargs)
+
+
+def _keep_mask(drop: torch.Tensor | None) -> torch.Tensor | None:
+    return None if drop is None else ~drop.bool()
+
+
+class MoEENet(nn.Module):
+    """The whole MoEE network.
+
+    Submodules: ``vae`` (:class:`VideoVAE`), ``image_encoder``, ``reference_net``,
+    ``denoiser``, ``audio_encoder`` + ``audio_projection``, ``emotion_to_latents``.
+    Pretrained encoders (VAE, CLIP, wav2vec2, T5, speech emotion) are frozen and stay in eval
+    mode; ``self.load_report`` counts loaded vs newly initialised parameters.
+    """
+
+    def __init__(self, config: MoEENetConfig | None = None) -> None:
+        super().__init__()
+        self.config = config = config or MoEENetConfig()
+        arch, src = pretrained.PRESETS[config.preset], config.weights
+        unet_dim = arch.unet["cross_attention_dim"]
+        self.vae = VideoVAE(pretrained.build_vae(arch, src.vae))
+        self.image_encoder = ImageEncoder(pretrained.build_image_encoder(arch, src.image_encoder))
+        self.reference_net = ReferenceNet(pretrained.build_unet(arch, src.unet))
+        self.denoiser = Denoiser(
+            pretrained.build_unet(arch, src.unet),
+            audio_dim=unet_dim,
+            emotion_dim=unet_dim,
+            moe_heads=arch.moe_heads,
+            fused_moe=config.fused_moe,
+            temporal_groups=arch.temporal_groups,
+            max_frames=config.max_frames,
+        )
+        self.audio_encoder = AudioEncoder(pretrained.build_audio_encoder(arch, src.audio_encoder))
+        self.audio_projection = AudioProjection(
+            self.audio_encoder.window,
+            self.audio_encoder.num_layers,
+            self.audio_encoder.hidden_size,
+            arch.audio_hidden,
+            unet_dim,
+            arch.audio_tokens,
+        )
+        self.emotion_to_latents = EmotionToLatents(
+            TextEmotionEncoder(*pretrained.build_text_encoder(arch, src.text_encoder)),
+            SpeechEmotionEncoder(pretrained.build_speech_encoder(arch, src.speech_encoder)),
+            dim=unet_dim,
+            num_tokens=arch.emotion_tokens,
+            num_embeddings=arch.emotion_embeddings,
+            heads=arch.emotion_heads,
+            hidden_dim=arch.emotion_hidden,
+        )
+        if src.motion_adapter:
+            adapter = pretrained.build_motion_adapter(arch, src.motion_adapter)
+            log.info("motion adapter: %s", self.denoiser.load_motion_adapter(adapter.state_dict()))
+        for name in _FROZEN_MODULES:
+            self.get_submodule(name).requires_grad_(False)
+        for name in self.reference_net.unused_parameter_names():
+            self.reference_net.get_parameter(name).requires_grad_(False)
+        self.set_gradient_checkpointing(config.gradient_checkpointing)
+        self.train()  # puts the frozen encoders in eval mode
+        self.load_report = self._load_report()
+        log.info("MoEENet(%s): %s", config.preset, self.load_report)
+
+    def _load_report(self) -> dict[str, int]:
+        src = self.config.weights
+        loaded = {
+            "vae": src.vae,
+            "image_encoder": src.image_encoder,
+            "reference_net": src.unet,
+            "denoiser.unet": src.unet,
+            "audio_encoder": src.audio_encoder,
+            "emotion_to_latents.text_encoder": src.text_encoder,
+            "emotion_to_latents.speech_encoder": src.speech_encoder,
+        }
+        count = {"loaded": 0, "new": 0}
+        for name, p in self.named_parameters():
+            from_weights = any(s and name.startswith(f"{m}.") for m, s in loaded.items())
+            from_weights |= bool(src.motion_adapter) and ".temporal." in name
+            count["loaded" if from_weights else "new"] += p.numel()
+        return count
+
+    def train(self, mode: bool = True) -> MoEENet:
+        """Set training mode; frozen pretrained encoders always stay in eval mode."""
+        super().train(mode)
+        for name in _FROZEN_MODULES:
+            self.get_submodule(name).eval()
+        return self
+
+    def set_gradient_checkpointing(self, enabled: bool) -> None:
+        """Recompute the U-Nets' blocks (with MoEE's per-block layers) during backward."""
+        for unet in (self.denoiser.unet, self.reference_net.unet):
+            if enabled:
+                unet.enable_gradient_checkpointing()
+            else:
+                unet.disable_gradient_checkpointing()
+
+    def encode_reference(
+        self,
+        reference_image: torch.Tensor,
+        motion_latents: torch.Tensor | None = None,
+        reference_latent: torch.Tensor | None = None,
+    ) -> ReferenceFeatures:
+        """Reference features, computed ONCE per clip and reused at every denoising step.
+
+        Args:
+            reference_image: (b 3 H W) in [-1, 1].
+            motion_latents: (b r c h w) latents of the previous clip's last frames, or ``None``.
+            reference_latent: (b c h w) scaled VAE latent of the image (encoded when ``None``).
+        """
+        if reference_latent is None:
+            reference_latent = self.vae.encode(reference_image[:, None], sample=False)[:, 0]
+        return self.reference_net(
+            reference_latent, self.image_encoder(reference_image), motion_latents
+        )
+
+    def encode_audio(self, waveform: torch.Tensor) -> torch.Tensor:
+        """16 kHz waveform (b, (f + 4) * 640) -> audio tokens (b f t c)."""
+        return self.audio_projection(self.audio_encoder(waveform))
+
+    def encode_emotion(self, emotion: EmotionInputs) -> torch.Tensor:
+        """Emotion conditions -> emotion latents (b m c)."""
+        return self.emotion_to_latents(emotion)
+
+    def forward(
+        self,
+        noisy_latents: torch.Tensor,
+        timesteps: torch.Tensor,
+        *,
+        reference: ReferenceFeatures | None = None,
+        reference_image: torch.Tensor | None = None,
+        motion_latents: torch.Tensor | None = None,
+        audio_tokens: torch.Tensor | None = None,
+        audio: torch.Tensor | None = None,
+        emotion_latents: torch.Tensor | None = None,
+        emotion: EmotionInputs | None = None,
+        expert: int | torch.Tensor | None = None,
+        weights: torch.Tensor | None = None,
+        drop_reference: torch.Tensor | None = None,
+        drop_audio: torch.Tensor | None = None,
+        drop_emotion: torch.Tensor | None = None,
+        image_mode: bool = False,
+    ) -> torch.Tensor:
+        """Predict the noise of ``noisy_latents``.
+
+        Args:
+            noisy_latents: (b f c h w); ``f = 1`` with ``image_mode=True`` trains on stills.
+            timesteps: (b,).
+            reference: precomputed :meth:`encode_reference` output, or ``None`` to compute it
+                from ``reference_image`` (b 3 H W) and ``motion_latents`` (b r c h w).
+            audio_tokens: (b f t c), or ``audio``: waveform (b, (f + 4) * 640); neither: no audio.
+            emotion_latents: (b m c), or ``emotion``: :class:`EmotionInputs`; neither: no MoE.
+            expert: single-expert path (int or (b,) LongTensor).
+            weights: (b e) explicit expert mixture replacing the global gate.
+            drop_reference, drop_audio, drop_emotion: (b,) bool, conditions dropped for
+                classifier-free guidance (reference tokens masked and image embedding zeroed;
+                audio tokens zeroed; emotion replaced by the learned null latent).
+            image_mode: skip audio and temporal layers.
+
+        Returns:
+            (b f c h w)
+        """
+        if reference is None:
+            reference = self.encode_reference(reference_image, motion_latents)
+        image_embeds = reference.image_embeds
+        if drop_reference is not None:
+            image_embeds = image_embeds * _keep_mask(drop_reference)[:, None, None]
+        if audio_tokens is None and audio is not None and not image_mode:
+            audio_tokens = self.encode_audio(audio)
+        if audio_tokens is not None and drop_audio is not None:
+            audio_tokens = audio_tokens * _keep_mask(drop_audio)[:, None, None, None]
+        if emotion_latents is None and emotion is not None:
+            emotion_latents = self.encode_emotion(emotion)
+        if emotion_latents is not None and drop_emotion is not None:
+            null = self.emotion_to_latents.null(emotion_latents.shape[0])
+            emotion_latents = torch.where(drop_emotion.bool()[:, None, None], null, emotion_latents)
+        ctx = DenoiserContext(
+            num_frames=noisy_latents.shape[1],
+            reference=reference.features,
+            reference_keep=_keep_mask(drop_reference),
+            audio=audio_tokens,
+            emotion=emotion_latents,
+            expert=expert,
+            weights=weights,
+            image_mode=image_mode,
+        )
+        return self.denoiser(noisy_latents, timesteps, image_embeds, ctx)
+
+
+def parameter_group(name: str, frozen: frozenset[str] = frozenset()) -> str:
+    """The training-stage group of the MoEENet parameter ``name`` (see ``PARAMETER_GROUPS``)."""
+    if name in frozen or name.startswith(tuple(f"{m}." for m in _FROZEN_MODULES)):
+        return "frozen"
+    if name.startswith("reference_net."):
+        return "reference"
+    if name.startswith("denoiser.unet."):
+        return "backbone"
+    if name.startswith("emotion_to_latents."):
+        return "emotion_latents"
+    if name.startswith("audio_projection.") or ".audio." in name:
+        return "audio"
+    if ".temporal." in name:
+        return "temporal"
+    if ".emotion.experts." in name:
+        return f"expert_{name.split('.emotion.experts.')[1].split('.')[0]}"
+    if ".emotion." in name and "_gate." in name:
+        return "gates"
+    raise KeyError(f"parameter {name!r} has no group")
+
+
+def parameter_groups(net: MoEENet) -> dict[str, list[nn.Parameter]]:
+    """{group: [parameters]} over every parameter of ``net``, each in exactly one group.
+
+    A training stage freezes everything, then sets ``requires_grad`` on the groups it trains;
+    ``frozen`` (pretrained encoders, ReferenceNet parameters that cannot affect its features)
+    is never trained.
+    """
+    dead = frozenset(f"reference_net.{n}" for n in net.reference_net.unused_parameter_names())
+    groups: dict[str, list[nn.Parameter]] = {g: [] for g in PARAMETER_GROUPS}
+    for name, p in net.named_parameters():
+        groups[parameter_group(name, dead)].append(p)
+    return groups

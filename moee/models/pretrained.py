@@ -1,0 +1,278 @@
+"""The one place that builds every pretrained-shaped part: real weights or a tiny random config.
+
+Each part is either loaded with its library's own ``from_pretrained`` (a hub id or a local
+folder; safetensors) or built from the preset's config with random weights. A requested
+checkpoint that cannot be found raises :class:`MissingWeightsError` with one line naming the
+model, where it was looked for, and what to do.
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass, field
+from typing import Any, Literal
+
+from diffusers import AutoencoderKL, MotionAdapter, UNet2DConditionModel
+from transformers import (
+    AutoTokenizer,
+    ByT5Tokenizer,
+    CLIPVisionConfig,
+    CLIPVisionModelWithProjection,
+    HubertConfig,
+    HubertModel,
+    T5Config,
+    T5EncoderModel,
+    Wav2Vec2Config,
+    Wav2Vec2Model,
+)
+
+Preset = Literal["tiny", "sd15"]
+
+
+class MissingWeightsError(FileNotFoundError):
+    """A real checkpoint was asked for and is not where the config points."""
+
+
+@dataclass
+class WeightSources:
+    """Where each pretrained part's weights come from: a hub id or a local folder.
+
+    ``None`` builds the part from the preset's config with random weights. Diffusers parts look
+    in the ``unet`` / ``vae`` / ``image_encoder`` subfolder when the source has one.
+    """
+
+    unet: str | None = None
+    vae: str | None = None
+    image_encoder: str | None = None
+    audio_encoder: str | None = None
+    text_encoder: str | None = None
+    speech_encoder: str | None = None
+    motion_adapter: str | None = None
+
+
+SD15_WEIGHTS = WeightSources(
+    unet="runwayml/stable-diffusion-v1-5",
+    vae="runwayml/stable-diffusion-v1-5",
+    image_encoder="lambdalabs/sd-image-variations-diffusers",
+    audio_encoder="facebook/wav2vec2-base-960h",
+    text_encoder="google-t5/t5-base",
+    speech_encoder="superb/hubert-base-superb-er",
+    motion_adapter="guoyww/animatediff-motion-adapter-v1-5-2",
+)
+"""The checkpoints of the real (GPU cluster) configuration."""
+
+_NAMES = {
+    "unet": "SD-1.5 U-Net",
+    "vae": "SD-1.5 VAE",
+    "image_encoder": "CLIP image encoder",
+    "audio_encoder": "wav2vec2 audio encoder",
+    "text_encoder": "T5 text encoder",
+    "speech_encoder": "speech emotion encoder",
+    "motion_adapter": "AnimateDiff motion adapter",
+}
+_SUBFOLDERS = {"unet": "unet", "vae": "vae", "image_encoder": "image_encoder"}
+
+
+@dataclass
+class Architecture:
+    """Widths of one preset: config kwargs of every pretrained-shaped part, and MoEE's own."""
+
+    unet: dict[str, Any]
+    vae: dict[str, Any]
+    image_encoder: dict[str, Any]
+    audio_encoder: dict[str, Any]
+    text_encoder: dict[str, Any]
+    speech_encoder: dict[str, Any]
+    audio_tokens: int
+    audio_hidden: int
+    emotion_tokens: int
+    emotion_embeddings: int
+    emotion_heads: int
+    emotion_hidden: int
+    moe_heads: int
+    temporal_groups: int
+    motion_adapter: dict[str, Any] = field(default_factory=dict)
+
+
+_SD15_UNET = dict(
+    sample_size=64,
+    in_channels=4,
+    out_channels=4,
+    down_block_types=("CrossAttnDownBlock2D",) * 3 + ("DownBlock2D",),
+    up_block_types=("UpBlock2D",) + ("CrossAttnUpBlock2D",) * 3,
+    block_out_channels=(320, 640, 1280, 1280),
+    layers_per_block=2,
+    cross_attention_dim=768,
+    attention_head_dim=8,
+    norm_num_groups=32,
+)
+_TINY_UNET = dict(
+    sample_size=16,
+    in_channels=4,
+    out_channels=4,
+    down_block_types=("DownBlock2D", "CrossAttnDownBlock2D"),
+    up_block_types=("CrossAttnUpBlock2D", "UpBlock2D"),
+    block_out_channels=(32, 64),
+    layers_per_block=1,
+    cross_attention_dim=32,
+    attention_head_dim=4,  # diffusers' legacy name: the number of heads
+    norm_num_groups=8,
+)
+_TINY_CONV = dict(conv_dim=(16,) * 7, num_conv_pos_embeddings=16, num_conv_pos_embedding_groups=2)
+_TINY_SPEECH = dict(
+    hidden_size=32, num_hidden_layers=2, num_attention_heads=2, intermediate_size=64, **_TINY_CONV
+)
+
+PRESETS: dict[str, Architecture] = {
+    "tiny": Architecture(
+        unet=_TINY_UNET,
+        vae=dict(
+            down_block_types=("DownEncoderBlock2D",) * 3,
+            up_block_types=("UpDecoderBlock2D",) * 3,
+            block_out_channels=(16, 32, 32),
+            layers_per_block=1,
+            latent_channels=4,
+            norm_num_groups=8,
+            sample_size=64,
+        ),
+        image_encoder=dict(
+            hidden_size=32,
+            intermediate_size=64,
+            num_hidden_layers=2,
+            num_attention_heads=2,
+            image_size=32,
+            patch_size=8,
+            projection_dim=32,
+        ),
+        audio_encoder=_TINY_SPEECH,
+        text_encoder=dict(vocab_size=384, d_model=32, d_kv=8, d_ff=64, num_layers=2, num_heads=4),
+        speech_encoder=_TINY_SPEECH,
+        audio_tokens=4,
+        audio_hidden=64,
+        emotion_tokens=8,
+        emotion_embeddings=16,
+        emotion_heads=4,
+        emotion_hidden=64,
+        moe_heads=4,
+        temporal_groups=8,
+        motion_adapter=dict(block_out_channels=(32, 64), motion_norm_num_groups=8),
+    ),
+    "sd15": Architecture(
+        unet=_SD15_UNET,
+        vae=dict(
+            down_block_types=("DownEncoderBlock2D",) * 4,
+            up_block_types=("UpDecoderBlock2D",) * 4,
+            block_out_channels=(128, 256, 512, 512),
+            layers_per_block=2,
+            latent_channels=4,
+            sample_size=512,
+        ),
+        image_encoder=dict(
+            hidden_size=1024,
+            intermediate_size=4096,
+            num_hidden_layers=24,
+            num_attention_heads=16,
+            image_size=224,
+            patch_size=14,
+            projection_dim=768,
+        ),
+        audio_encoder={},  # Wav2Vec2Config() defaults are wav2vec2-base
+        text_encoder=dict(
+            vocab_size=384, d_model=768, d_kv=64, d_ff=3072, num_layers=12, num_heads=12
+        ),  # t5-base widths; byte vocabulary when random
+        speech_encoder={},  # HubertConfig() defaults are hubert-base
+        audio_tokens=32,
+        audio_hidden=512,
+        emotion_tokens=32,
+        emotion_embeddings=64,
+        emotion_heads=8,
+        emotion_hidden=256,
+        moe_heads=8,
+        temporal_groups=32,
+    ),
+}
+
+
+def _load(part: str, source: str, loader, **kwargs):
+    """``loader(source, ...)`` with a one-line :class:`MissingWeightsError` when it fails."""
+    subfolder = _SUBFOLDERS.get(part)
+    if subfolder and os.path.isdir(source) and not os.path.isdir(os.path.join(source, subfolder)):
+        subfolder = None  # a local folder holding just this part
+    if subfolder:
+        kwargs["subfolder"] = subfolder
+    try:
+        return loader(source, **kwargs)
+    except (OSError, ValueError) as err:
+        offline = " (offline)" if os.environ.get("HF_HUB_OFFLINE") == "1" else ""
+        raise MissingWeightsError(
+            f"{_NAMES[part]} weights not found at {source!r}{offline}: "
+            f"{type(err).__name__}. Download them with `hf download {source}` or set "
+            f"model.weights.{part} to a local folder."
+        ) from None
+
+
+def _speech_config(cls, kwargs: dict[str, Any]):
+    # frozen feature extractors: no SpecAugment masking, no layer drop
+    return cls(**kwargs, apply_spec_augment=False, layerdrop=0.0)
+
+
+def build_unet(arch: Architecture, source: str | None) -> UNet2DConditionModel:
+    """The spatial U-Net (used twice: denoiser and ReferenceNet)."""
+    if source:
+        return _load("unet", source, UNet2DConditionModel.from_pretrained)
+    return UNet2DConditionModel(**arch.unet)
+
+
+def build_vae(arch: Architecture, source: str | None) -> AutoencoderKL:
+    """The latent autoencoder."""
+    if source:
+        return _load("vae", source, AutoencoderKL.from_pretrained)
+    return AutoencoderKL(**arch.vae)
+
+
+def build_image_encoder(arch: Architecture, source: str | None) -> CLIPVisionModelWithProjection:
+    """The CLIP vision tower whose projected embedding the U-Nets cross-attend to."""
+    if source:
+        return _load("image_encoder", source, CLIPVisionModelWithProjection.from_pretrained)
+    return CLIPVisionModelWithProjection(CLIPVisionConfig(**arch.image_encoder))
+
+
+def build_audio_encoder(arch: Architecture, source: str | None) -> Wav2Vec2Model:
+    """wav2vec2 for lip-sync features (50 Hz, every hidden state used)."""
+    if source:
+        return _load(
+            "audio_encoder",
+            source,
+            Wav2Vec2Model.from_pretrained,
+            apply_spec_augment=False,
+            layerdrop=0.0,
+        )
+    return Wav2Vec2Model(_speech_config(Wav2Vec2Config, arch.audio_encoder))
+
+
+def build_speech_encoder(arch: Architecture, source: str | None) -> HubertModel:
+    """The emotion2vec-like speech emotion encoder (a HuBERT)."""
+    if source:
+        return _load(
+            "speech_encoder",
+            source,
+            HubertModel.from_pretrained,
+            apply_spec_augment=False,
+            layerdrop=0.0,
+        )
+    return HubertModel(_speech_config(HubertConfig, arch.speech_encoder))
+
+
+def build_text_encoder(arch: Architecture, source: str | None):
+    """T5 encoder and its tokenizer (a byte-level tokenizer when the encoder is random)."""
+    if source:
+        model = _load("text_encoder", source, T5EncoderModel.from_pretrained)
+        return model, _load("text_encoder", source, AutoTokenizer.from_pretrained)
+    return T5EncoderModel(T5Config(**arch.text_encoder)), ByT5Tokenizer()
+
+
+def build_motion_adapter(arch: Architecture, source: str | None) -> MotionAdapter:
+    """AnimateDiff motion adapter whose modules initialise the temporal attention."""
+    if source:
+        return _load("motion_adapter", source, MotionAdapter.from_pretrained)
+    return MotionAdapter(**arch.motion_adapter)

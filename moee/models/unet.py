@@ -1,0 +1,355 @@
+"""The denoising U-Net on video latents, composed around diffusers' own ``UNet2DConditionModel``.
+
+Frames are folded into the batch, ``(b f) c h w``. Every ``BasicTransformerBlock`` of the U-Net
+keeps its own forward; MoEE adds behaviour through two explicit seams:
+
+* attention processors (``set_attn_processor``): spatial self-attention (``attn1``) also attends
+  to the ReferenceNet's features of the same block (reference image and motion frames);
+  ``attn2`` is diffusers' cross-attention to the reference image embedding;
+* a forward hook on each transformer block that applies, to its output and in this order, audio
+  cross-attention to the frame's audio tokens, the Emotion MoE and temporal self-attention across
+  frames (diffusers' AnimateDiff motion-module class, so AnimateDiff weights load by key mapping).
+
+Per-call conditioning travels in one :class:`DenoiserContext` passed as
+``cross_attention_kwargs={"moee": ctx}``: diffusers hands it to every processor and to every
+block call (also under gradient checkpointing, which recomputes with the same arguments).
+The U-Net's ``state_dict`` stays exactly SD-1.5's; the new modules live in :attr:`blocks`.
+"""
+
+from __future__ import annotations
+
+import inspect
+from dataclasses import dataclass
+
+import torch
+import torch.nn.functional as F
+from diffusers import UNet2DConditionModel
+from diffusers.models.attention import BasicTransformerBlock
+from diffusers.models.attention_processor import Attention
+from diffusers.models.unets.unet_motion_model import AnimateDiffTransformer3D
+from einops import rearrange, repeat
+from torch import nn
+
+from moee.models.emotion_moe import EmotionMoE
+
+CONTEXT_KEY = "moee"
+"""Key of the :class:`DenoiserContext` in ``cross_attention_kwargs``."""
+
+_BLOCK_SIGNATURE = inspect.signature(BasicTransformerBlock.forward)
+
+
+@dataclass
+class DenoiserContext:
+    """Conditioning of one denoiser call, read by the processors and block hooks.
+
+    Attributes:
+        num_frames: frames ``f`` per sample (the U-Net batch is ``b * f``).
+        reference: block name -> ReferenceNet features (b r n d), ``r`` = 1 + motion frames.
+        reference_keep: (b,) bool, samples that see the reference (``False``: dropped for CFG).
+        audio: audio tokens (b f t c) or ``None`` (audio attention skipped).
+        emotion: emotion latents (b m c) or ``None`` (Emotion MoE skipped).
+        expert: single-expert path of the Emotion MoE (int or (b,) LongTensor).
+        weights: (b e) explicit expert mixture replacing the global gate.
+        image_mode: still images: audio and temporal layers are skipped (stage-1 image training).
+    """
+
+    num_frames: int
+    reference: dict[str, torch.Tensor] | None = None
+    reference_keep: torch.Tensor | None = None
+    audio: torch.Tensor | None = None
+    emotion: torch.Tensor | None = None
+    expert: int | torch.Tensor | None = None
+    weights: torch.Tensor | None = None
+    image_mode: bool = False
+
+    def per_frame(self, value: torch.Tensor) -> torch.Tensor:
+        """Repeat a per-sample tensor (b ...) over frames: ((b f) ...)."""
+        return value.repeat_interleave(self.num_frames, 0)
+
+
+def transformer_block_names(unet: UNet2DConditionModel) -> list[str]:
+    """Names of the U-Net's spatial transformer blocks, in the order the forward runs them."""
+    stage = {"down_blocks": 0, "mid_block": 1, "up_blocks": 2}
+    names = [n for n, m in unet.named_modules() if isinstance(m, BasicTransformerBlock)]
+    return sorted(names, key=lambda n: stage[n.split(".")[0]])  # stable within a stage
+
+
+class MoEEAttnProcessor:
+    """SDPA attention that, for self-attention, also attends to the ReferenceNet's features.
+
+    Keys/values of block ``name`` are ``[x, reference features of every reference frame]``;
+    samples with ``reference_keep == False`` mask the reference tokens out. Cross-attention and
+    calls without a context behave like diffusers' ``AttnProcessor2_0``.
+    """
+
+    def __init__(self, name: str) -> None:
+        self.name = name
+
+    def __call__(
+        self,
+        attn: Attention,
+        hidden_states: torch.Tensor,
+        encoder_hidden_states: torch.Tensor | None = None,
+        attention_mask: torch.Tensor | None = None,
+        moee: DenoiserContext | None = None,
+    ) -> torch.Tensor:
+        """hidden_states ((b f) n d) -> ((b f) n d)."""
+        context, mask = encoder_hidden_states, attention_mask
+        if context is None:
+            context = hidden_states
+            reference = {} if moee is None or moee.reference is None else moee.reference
+            if self.name in reference:
+                feats = moee.per_frame(rearrange(reference[self.name], "b r n d -> b (r n) d"))
+                context = torch.cat([hidden_states, feats.to(hidden_states.dtype)], 1)
+                if moee.reference_keep is not None:
+                    keep = moee.per_frame(moee.reference_keep.bool())  # (b f)
+                    own = torch.ones_like(keep[:, None]).expand(-1, hidden_states.shape[1])
+                    mask = torch.cat([own, keep[:, None].expand(-1, feats.shape[1])], 1)
+                    mask = rearrange(mask, "bf k -> bf 1 1 k")
+        q = attn.to_q(hidden_states)
+        k, v = attn.to_k(context), attn.to_v(context)
+        q, k, v = (rearrange(t, "b n (h d) -> b h n d", h=attn.heads) for t in (q, k, v))
+        out = F.scaled_dot_product_attention(q, k, v, attn_mask=mask)
+        out = attn.to_out[0](rearrange(out, "b h n d -> b n (h d)"))
+        return attn.to_out[1](out)
+
+
+class ReferenceRecorder:
+    """ReferenceNet self-attention processor: stores its input (the normed hidden states entering
+    ``attn1``) under the block name in ``store``, then attends like ``AttnProcessor2_0``."""
+
+    def __init__(self, name: str) -> None:
+        self.name = name
+        self.attend = MoEEAttnProcessor(name)
+
+    def __call__(
+        self,
+        attn,
+        hidden_states,
+        encoder_hidden_states=None,
+        attention_mask=None,
+        store: dict[str, torch.Tensor] | None = None,
+    ) -> torch.Tensor:
+        """hidden_states (b n d) -> (b n d); records ``hidden_states`` when it is self-attention."""
+        if store is not None and encoder_hidden_states is None:
+            store[self.name] = hidden_states
+        return self.attend(attn, hidden_states, encoder_hidden_states, attention_mask)
+
+
+class AudioAttention(nn.Module):
+    """Pre-norm cross-attention from the frame's tokens to its audio tokens (residual branch).
+
+    The output projection starts at zero, so a new layer starts as the identity.
+    """
+
+    def __init__(self, dim: int, audio_dim: int, heads: int) -> None:
+        super().__init__()
+        self.norm = nn.LayerNorm(dim)
+        self.attn = Attention(
+            dim, cross_attention_dim=audio_dim, heads=heads, dim_head=dim // heads
+        )
+        nn.init.zeros_(self.attn.to_out[0].weight)
+        nn.init.zeros_(self.attn.to_out[0].bias)
+
+    def forward(self, x: torch.Tensor, audio: torch.Tensor) -> torch.Tensor:
+        """x ((b f) n d), audio ((b f) t c) -> ((b f) n d)."""
+        return x + self.attn(self.norm(x), encoder_hidden_states=audio)
+
+
+class TemporalAttention(nn.Module):
+    """AnimateDiff motion module (diffusers' ``AnimateDiffTransformer3D``) on block tokens.
+
+    Constructed with ``MotionAdapter``'s settings, so a motion adapter's module loads into
+    :attr:`module` unchanged. ``proj_out`` starts at zero (identity at the start of training).
+    """
+
+    def __init__(self, dim: int, heads: int = 8, norm_groups: int = 32, max_frames: int = 32):
+        super().__init__()
+        self.module = AnimateDiffTransformer3D(
+            num_attention_heads=heads,
+            attention_head_dim=dim // heads,
+            in_channels=dim,
+            norm_num_groups=norm_groups,
+            activation_fn="geglu",
+            attention_bias=False,
+            positional_embeddings="sinusoidal",
+            num_positional_embeddings=max_frames,
+        )
+        nn.init.zeros_(self.module.proj_out.weight)
+        nn.init.zeros_(self.module.proj_out.bias)
+
+    def forward(self, x: torch.Tensor, num_frames: int) -> torch.Tensor:
+        """x ((b f) n d) -> ((b f) n d); attention runs along f for every token."""
+        grid = rearrange(x, "bf n d -> bf d n 1")
+        return rearrange(self.module(grid, num_frames=num_frames), "bf d n 1 -> bf n d")
+
+
+class BlockExtras(nn.Module):
+    """What MoEE adds after one spatial transformer block: audio attention, Emotion MoE, temporal
+    attention (each skipped when its input is absent or in image mode)."""
+
+    def __init__(
+        self,
+        dim: int,
+        heads: int,
+        audio_dim: int,
+        emotion_dim: int,
+        moe_heads: int,
+        fused_moe: bool = True,
+        temporal_groups: int = 32,
+        max_frames: int = 32,
+    ) -> None:
+        super().__init__()
+        self.audio = AudioAttention(dim, audio_dim, heads)
+        self.emotion = EmotionMoE(dim, emotion_dim, heads=moe_heads, fused=fused_moe)
+        self.temporal = TemporalAttention(dim, heads, temporal_groups, max_frames)
+
+    def forward(self, x: torch.Tensor, ctx: DenoiserContext) -> torch.Tensor:
+        """x ((b f) n d) -> ((b f) n d)."""
+        video = not ctx.image_mode
+        if video and ctx.audio is not None:
+            x = self.audio(x, rearrange(ctx.audio, "b f t c -> (b f) t c").to(x.dtype))
+        if ctx.emotion is not None:
+            weights = None if ctx.weights is None else ctx.per_frame(ctx.weights)
+            expert = ctx.expert
+            if isinstance(expert, torch.Tensor):
+                expert = ctx.per_frame(expert)
+            x = self.emotion(x, ctx.per_frame(ctx.emotion).to(x.dtype), expert, weights)
+        if video and ctx.num_frames > 1:
+            x = self.temporal(x, ctx.num_frames)
+        return x
+
+
+def _extras_key(block_name: str) -> str:
+    return block_name.replace(".", "__")
+
+
+class _ExtrasHook:
+    """Forward hook of one transformer block: runs its :class:`BlockExtras` on the output.
+
+    A callable object rather than a closure, so that ``copy.deepcopy`` of the denoiser (EMA
+    copies) rebinds the hook to the copy's own extras.
+    """
+
+    def __init__(self, extras: BlockExtras) -> None:
+        self.extras = extras
+
+    def __call__(self, block, args, kwargs, output):
+        bound = _BLOCK_SIGNATURE.bind(block, *args, **kwargs)
+        ctx = (bound.arguments.get("cross_attention_kwargs") or {}).get(CONTEXT_KEY)
+        return output if ctx is None else self.extras(output, ctx)
+
+
+class Denoiser(nn.Module):
+    """Video denoiser: a diffusers ``UNet2DConditionModel`` plus per-block :class:`BlockExtras`.
+
+    Args:
+        unet: the spatial U-Net (SD-1.5 layout in the real config); kept as diffusers built it.
+        audio_dim: width of the audio tokens.
+        emotion_dim: width of the emotion latents.
+        moe_heads: attention heads of each emotion expert.
+        fused_moe: run the experts fused (see :class:`EmotionMoE`).
+        temporal_groups: GroupNorm groups of the motion modules.
+        max_frames: longest clip the motion modules' positional embedding covers.
+    """
+
+    def __init__(
+        self,
+        unet: UNet2DConditionModel,
+        audio_dim: int,
+        emotion_dim: int,
+        moe_heads: int = 8,
+        fused_moe: bool = True,
+        temporal_groups: int = 32,
+        max_frames: int = 32,
+    ) -> None:
+        super().__init__()
+        self.unet = unet
+        self.block_names = transformer_block_names(unet)
+        modules = dict(unet.named_modules())
+        self.blocks = nn.ModuleDict()
+        for name in self.block_names:
+            block = modules[name]
+            self.blocks[_extras_key(name)] = BlockExtras(
+                block.dim,
+                block.num_attention_heads,
+                audio_dim,
+                emotion_dim,
+                moe_heads,
+                fused_moe,
+                temporal_groups,
+                max_frames,
+            )
+            hook = _ExtrasHook(self.blocks[_extras_key(name)])
+            block.register_forward_hook(hook, with_kwargs=True)
+        processors = {
+            name: MoEEAttnProcessor(name.rsplit(".attn", 1)[0]) for name in unet.attn_processors
+        }
+        unet.set_attn_processor(dict(processors))
+
+    def extras(self, block_name: str) -> BlockExtras:
+        """The :class:`BlockExtras` that follow the transformer block ``block_name``."""
+        return self.blocks[_extras_key(block_name)]
+
+    def motion_adapter_key_map(self) -> dict[str, str]:
+        """Our temporal module prefix -> the AnimateDiff ``MotionAdapter`` module prefix.
+
+        ``{down,up}_blocks.i.attentions.j`` follows ``motion_modules.j`` of the same U-Net block,
+        ``mid_block.attentions.0`` the mid block's. AnimateDiff's modules after resnet-only
+        blocks have no transformer block here and are not used.
+        """
+        mapping = {}
+        for name in self.block_names:
+            attention, index = name.rsplit(".transformer_blocks.", 1)
+            if index != "0":
+                continue
+            block, _, layer = attention.rsplit(".", 2)
+            ours = f"blocks.{_extras_key(name)}.temporal.module"
+            mapping[ours] = f"{block}.motion_modules.{layer}"
+        return mapping
+
+    def load_motion_adapter(self, adapter_state: dict[str, torch.Tensor]) -> dict[str, int]:
+        """Load AnimateDiff motion-module weights (a ``MotionAdapter`` state dict).
+
+        Returns counts: ``loaded`` tensors, ``unused`` adapter tensors, ``missing`` temporal
+        tensors left at their initial values.
+        """
+        state, used = {}, set()
+        for ours, theirs in self.motion_adapter_key_map().items():
+            for key, value in adapter_state.items():
+                if key.startswith(f"{theirs}."):
+                    state[f"{ours}.{key[len(theirs) + 1 :]}"] = value
+                    used.add(key)
+        result = self.load_state_dict(state, strict=False)
+        temporal_missing = [k for k in result.missing_keys if ".temporal." in k]
+        if result.unexpected_keys:
+            raise KeyError(f"motion adapter keys do not fit: {result.unexpected_keys[:5]}")
+        return {
+            "loaded": len(state),
+            "unused": len(adapter_state) - len(used),
+            "missing": len(temporal_missing),
+        }
+
+    def set_fused_moe(self, fused: bool) -> None:
+        """Switch every Emotion MoE between the fused and the per-expert loop path."""
+        for extras in self.blocks.values():
+            extras.emotion.fused = fused
+
+    def forward(
+        self,
+        latents: torch.Tensor,
+        timesteps: torch.Tensor,
+        image_embeds: torch.Tensor,
+        ctx: DenoiserContext,
+    ) -> torch.Tensor:
+        """latents (b f c h w), timesteps (b,), image_embeds (b k D) -> noise (b f c h w)."""
+        b, f = latents.shape[:2]
+        if ctx.num_frames != f:
+            raise ValueError(f"context is for {ctx.num_frames} frames, latents have {f}")
+        out = self.unet(
+            rearrange(latents, "b f c h w -> (b f) c h w"),
+            repeat(timesteps, "b -> (b f)", f=f),
+            encoder_hidden_states=repeat(image_embeds, "b k d -> (b f) k d", f=f),
+            cross_attention_kwargs={CONTEXT_KEY: ctx},
+        ).sample
+        return rearrange(out, "(b f) c h w -> b f c h w", b=b)

@@ -1,0 +1,8 @@
+"""Training stages: backbone (stage 1), one expert per emotion (stage 2), gating (stage 3)."""
+
+from moee.stages.backbone import BackboneModule
+from moee.stages.base import DiffusionStage
+from moee.stages.expert import ExpertModule
+from moee.stages.gating import GatingModule
+
+__all__ = ["BackboneModule", "DiffusionStage", "ExpertModule", "GatingModule"]

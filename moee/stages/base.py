@@ -1,0 +1,269 @@
+"""``DiffusionStage``: the LightningModule every training stage derives from.
+
+A stage is a choice of which parameter groups train (see ``moee.models.moee_net``) and of how
+the network is called (image or video mode, one expert, the full mixture). Everything else is
+shared: the diffusion objective, the loss, classifier-free-guidance condition dropout, weight
+hand-off between stages, EMA, checkpoints that hold only what the stage trains, and the
+export of the trained weights as safetensors for the next stage.
+"""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import lightning as L
+import torch
+from lightning.pytorch.cli import LRSchedulerCallable, OptimizerCallable
+from lightning.pytorch.utilities import rank_zero_only
+from safetensors.torch import load_file, save_file
+
+from moee.models.emotion_latents import EmotionInputs
+from moee.models.moee_net import MoEENet, MoEENetConfig, parameter_groups
+from moee.stages.diffusion import DiffusionObjective
+from moee.stages.losses import MoEELoss
+
+log = logging.getLogger(__name__)
+
+
+class MissingCheckpointError(FileNotFoundError):
+    """A previous stage's weights that a config names but that do not exist."""
+
+
+@dataclass
+class ConditionDropout:
+    """Per-sample probabilities of dropping each condition (classifier-free guidance)."""
+
+    reference: float = 0.05
+    audio: float = 0.05
+    emotion: float = 0.1
+
+    def masks(self, batch_size: int, device: torch.device) -> dict[str, torch.Tensor]:
+        """{"drop_reference", "drop_audio", "drop_emotion"}: (b,) bool each."""
+        return {
+            f"drop_{name}": torch.rand(batch_size, device=device) < getattr(self, name)
+            for name in ("reference", "audio", "emotion")
+        }
+
+
+def load_weights(path: str | Path, hint: str = "") -> dict[str, torch.Tensor]:
+    """MoEENet weights from a stage export (``.safetensors``) or a Lightning checkpoint.
+
+    Lightning checkpoints are read with ``weights_only=True``; their ``net.`` prefix is removed.
+    """
+    path = Path(path)
+    if not path.is_file():
+        raise MissingCheckpointError(f"checkpoint not found: {str(path)!r}{hint}")
+    if path.suffix == ".safetensors":
+        return load_file(path)
+    checkpoint = torch.load(path, map_location="cpu", weights_only=True)
+    state = checkpoint.get("state_dict", checkpoint)
+    return {k.removeprefix("net."): v for k, v in state.items() if not k.startswith("loss.")}
+
+
+class ExponentialMovingAverage:
+    """EMA shadows of the trainable parameters only (frozen ones never change)."""
+
+    def __init__(self, parameters: dict[str, torch.nn.Parameter], decay: float) -> None:
+        self.decay = decay
+        self.shadow = {name: p.detach().clone() for name, p in parameters.items()}
+
+    @torch.no_grad()
+    def update(self, parameters: dict[str, torch.nn.Parameter]) -> None:
+        """shadow ← decay·shadow + (1 − decay)·param."""
+        for name, p in parameters.items():
+            self.shadow[name].lerp_(p.detach(), 1 - self.decay)
+
+
+class DiffusionStage(L.LightningModule):
+    """Shared training logic of the three MoEE stages.
+
+    Args:
+        net: the network configuration (``preset: tiny`` or ``sd15`` and the weight sources).
+        objective: noise schedule, prediction type, zero-terminal-SNR, noise offset.
+        loss: the latent + time-weighted pixel/perceptual loss.
+        optimizer, lr_scheduler: callables that receive the trainable parameters / optimizer.
+        condition_dropout: per-condition drop probabilities for classifier-free guidance.
+        init_weights: earlier stages' exported weights to load before training (in order).
+        export_path: where ``on_train_end`` writes this stage's trained weights (safetensors).
+        ema_decay: keep an EMA of the trained weights (exported instead of the raw ones).
+        pixel_loss_frames: frames per sample decoded for the pixel-space loss terms.
+    """
+
+    trainable_groups: tuple[str, ...] = ()
+    """The parameter groups this stage trains; everything else is frozen."""
+
+    def __init__(
+        self,
+        net: MoEENetConfig | None = None,
+        objective: DiffusionObjective | None = None,
+        loss: MoEELoss | None = None,
+        optimizer: OptimizerCallable = torch.optim.AdamW,
+        lr_scheduler: LRSchedulerCallable | None = None,
+        condition_dropout: ConditionDropout | None = None,
+        init_weights: list[str] | None = None,
+        export_path: str | None = None,
+        ema_decay: float | None = None,
+        pixel_loss_frames: int = 2,
+    ) -> None:
+        super().__init__()
+        self.save_hyperparameters(ignore=["objective", "loss", "optimizer", "lr_scheduler"])
+        self.net = MoEENet(net or MoEENetConfig())
+        self.objective = objective or DiffusionObjective()
+        self.loss = loss or MoEELoss()
+        self.optimizer_factory = optimizer
+        self.scheduler_factory = lr_scheduler
+        self.condition_dropout = condition_dropout or ConditionDropout()
+        self.export_path = export_path
+        self.pixel_loss_frames = pixel_loss_frames
+        self.strict_loading = False  # checkpoints hold only what the stage trains
+        for path in init_weights or []:
+            self.load_net_weights(path)
+        self.freeze_all_but(self.trainable_groups)
+        self.ema = ExponentialMovingAverage(self.trained_parameters(), ema_decay) \
+            if ema_decay else None
+
+    # ---- parameters -------------------------------------------------------------------------
+
+    def load_net_weights(self, path: str | Path) -> dict[str, int]:
+        """Load (a subset of) MoEENet weights; every key must exist in the network."""
+        state = load_weights(path, hint=self.missing_checkpoint_hint())
+        own = self.net.state_dict()
+        unknown = sorted(set(state) - set(own))
+        if unknown:
+            raise KeyError(
+                f"{path}: {len(unknown)} keys are not MoEENet weights, e.g. {unknown[0]}")
+        self.net.load_state_dict(state, strict=False)
+        log.info("loaded %d tensors from %s", len(state), path)
+        return {"loaded": len(state)}
+
+    def missing_checkpoint_hint(self) -> str:
+        """What the user should do when an earlier stage's weights are missing."""
+        return ": train the earlier stage first or fix the path in model.init_args"
+
+    def freeze_all_but(self, groups: tuple[str, ...]) -> None:
+        """requires_grad only for the parameters of ``groups``."""
+        self.net.requires_grad_(False)
+        for name, params in parameter_groups(self.net).items():
+            if name in groups:
+                for p in params:
+                    p.requires_grad_(True)
+
+    def trained_parameters(self) -> dict[str, torch.nn.Parameter]:
+        """{MoEENet name: parameter} of everything this stage trains."""
+        return {n: p for n, p in self.net.named_parameters() if p.requires_grad}
+
+    def configure_optimizers(self):
+        optimizer = self.optimizer_factory(list(self.trained_parameters().values()))
+        if self.scheduler_factory is None:
+            return optimizer
+        scheduler = self.scheduler_factory(optimizer)
+        return {"optimizer": optimizer, "lr_scheduler": {"scheduler": scheduler,
+                                                         "interval": "step"}}
+
+    # ---- the diffusion step -----------------------------------------------------------------
+
+    def network_kwargs(self, batch: dict[str, Any]) -> dict[str, Any]:
+        """Stage-specific arguments of ``MoEENet.forward`` (expert index, image mode...)."""
+        return {"emotion": emotion_inputs(batch)}
+
+    def select_frames(self, batch: dict[str, Any]) -> torch.Tensor:
+        """The frames this stage denoises (b f 3 H W); image-mode stages take one."""
+        return batch["frames"]
+
+    def diffusion_step(self, batch: dict[str, Any], generator: torch.Generator | None = None,
+                       cfg_dropout: bool = True) -> dict[str, torch.Tensor]:
+        """Noise the batch's latents, predict, and return the loss terms."""
+        frames = self.select_frames(batch)
+        kwargs = self.network_kwargs(batch)
+        b = frames.shape[0]
+        with torch.no_grad():
+            latents = self.net.vae.encode(frames)
+            motion = None if kwargs.get("image_mode") else self.net.vae.encode(
+                batch["motion_frames"])
+        noise = self.objective.sample_noise(latents, generator)
+        timesteps = self.objective.sample_timesteps(b, latents.device, generator)
+        noisy = self.objective.add_noise(latents, noise, timesteps)
+        if cfg_dropout:
+            kwargs.update(self.condition_dropout.masks(b, latents.device))
+        with torch.set_grad_enabled(torch.is_grad_enabled() and self._trains("reference")):
+            reference = self.net.encode_reference(batch["reference"], motion)
+        if not kwargs.get("image_mode"):
+            with torch.set_grad_enabled(torch.is_grad_enabled() and self._trains("audio")):
+                kwargs["audio_tokens"] = self.net.encode_audio(batch["audio"])
+        prediction = self.net(noisy, timesteps, reference=reference, **kwargs)
+        target = self.objective.target(latents, noise, timesteps)
+        decoded = picked = None
+        if self.loss.uses_pixels:
+            index = torch.randperm(frames.shape[1], device=frames.device)[: self.pixel_loss_frames]
+            x0 = self.objective.predict_x0(noisy[:, index], prediction[:, index], timesteps)
+            decoded, picked = self.net.vae.decode(x0), frames[:, index]
+        return self.loss(prediction, target, decoded, picked,
+                         self.objective.pixel_weight(timesteps))
+
+    def _trains(self, group: str) -> bool:
+        return group in self.trainable_groups
+
+    def training_step(self, batch: dict[str, Any], batch_idx: int) -> torch.Tensor:
+        terms = self.diffusion_step(batch)
+        b = batch["frames"].shape[0]
+        self.log_dict({f"train/{k}": v for k, v in terms.items()}, prog_bar=False,
+                      batch_size=b)
+        self.log("loss", terms["total"], prog_bar=True, logger=False, batch_size=b)
+        return terms["total"]
+
+    def validation_step(self, batch: dict[str, Any], batch_idx: int) -> None:
+        generator = torch.Generator(self.device).manual_seed(batch_idx)
+        terms = self.diffusion_step(batch, generator=generator, cfg_dropout=False)
+        self.log_dict({f"val/{k}": v for k, v in terms.items()}, sync_dist=True,
+                      batch_size=batch["frames"].shape[0])
+
+    # ---- EMA, checkpoints and export --------------------------------------------------------
+
+    def on_train_batch_end(self, outputs, batch, batch_idx) -> None:
+        if self.ema is not None:
+            self.ema.update(self.trained_parameters())
+
+    def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
+        """Keep only the trained weights (frozen ones come from ``init_weights``) and the EMA."""
+        trained = {f"net.{name}" for name in self.trained_parameters()}
+        checkpoint["state_dict"] = {k: v for k, v in checkpoint["state_dict"].items()
+                                    if k in trained}
+        if self.ema is not None:
+            checkpoint["ema"] = self.ema.shadow
+
+    def on_load_checkpoint(self, checkpoint: dict[str, Any]) -> None:
+        if self.ema is not None and "ema" in checkpoint:
+            self.ema.shadow = checkpoint["ema"]
+
+    def exported_weights(self) -> dict[str, torch.Tensor]:
+        """The trained weights (their EMA when enabled), keyed by MoEENet parameter name."""
+        source = self.ema.shadow if self.ema is not None else self.trained_parameters()
+        return {name: t.detach().cpu().contiguous() for name, t in source.items()}
+
+    @rank_zero_only
+    def export(self, path: str | Path) -> Path:
+        """Write the trained weights as safetensors, with the stage name in the metadata."""
+        path = Path(path)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        partial = path.with_name(f".{path.name}.partial")
+        save_file(self.exported_weights(), str(partial),
+                  metadata={"stage": type(self).__name__,
+                            "groups": ",".join(self.trainable_groups)})
+        partial.replace(path)
+        log.info("exported %s", path)
+        return path
+
+    def on_train_end(self) -> None:
+        if self.export_path:
+            self.export(self.export_path)
+
+
+def emotion_inputs(batch: dict[str, Any]) -> EmotionInputs:
+    """The batch's emotion dict as the network's :class:`EmotionInputs`."""
+    emotion = batch["emotion"]
+    return EmotionInputs(label=emotion["label"], au=emotion["au"],
+                         text=[t or None for t in emotion["text"]], speech=emotion["speech"],
+                         present=emotion["present"])

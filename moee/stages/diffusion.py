@@ -1,0 +1,93 @@
+"""The diffusion objective shared by every training stage: noising, targets, x0 and w(t)."""
+
+from __future__ import annotations
+
+import math
+from typing import Literal
+
+import torch
+from diffusers import DDPMScheduler
+
+Prediction = Literal["epsilon", "v_prediction"]
+
+
+class DiffusionObjective:
+    """Forward process and regression target of a diffusers DDPM schedule.
+
+    Args:
+        prediction_type: ``"epsilon"`` (SD-1.5) or ``"v_prediction"``.
+        zero_terminal_snr: rescale betas so the last timestep is pure noise (Lin et al. 2024);
+            use it with ``v_prediction``.
+        noise_offset: std of a per-sample, per-channel constant added to the noise, which lets
+            the model change overall brightness (0 disables).
+        num_train_timesteps, beta_schedule, beta_start, beta_end: the SD-1.5 schedule by default.
+    """
+
+    def __init__(
+        self,
+        prediction_type: Prediction = "epsilon",
+        zero_terminal_snr: bool = False,
+        noise_offset: float = 0.0,
+        num_train_timesteps: int = 1000,
+        beta_schedule: str = "scaled_linear",
+        beta_start: float = 0.00085,
+        beta_end: float = 0.012,
+    ) -> None:
+        self.scheduler = DDPMScheduler(
+            num_train_timesteps=num_train_timesteps, beta_schedule=beta_schedule,
+            beta_start=beta_start, beta_end=beta_end, prediction_type=prediction_type,
+            rescale_betas_zero_snr=zero_terminal_snr, timestep_spacing="trailing",
+            clip_sample=False,
+        )
+        self.prediction_type = prediction_type
+        self.noise_offset = noise_offset
+        self.num_train_timesteps = num_train_timesteps
+
+    def sample_timesteps(self, batch_size: int, device: torch.device,
+                         generator: torch.Generator | None = None) -> torch.Tensor:
+        """Uniform training timesteps (b,) in [0, T)."""
+        return torch.randint(0, self.num_train_timesteps, (batch_size,), device=device,
+                             generator=generator)
+
+    def sample_noise(self, latents: torch.Tensor,
+                     generator: torch.Generator | None = None) -> torch.Tensor:
+        """Gaussian noise like ``latents`` (b f c h w), plus the optional noise offset."""
+        noise = torch.randn(latents.shape, device=latents.device, dtype=latents.dtype,
+                            generator=generator)
+        if self.noise_offset:
+            b, _, c = latents.shape[:3]
+            offset = torch.randn((b, 1, c, 1, 1), device=latents.device, dtype=latents.dtype,
+                                 generator=generator)
+            noise = noise + self.noise_offset * offset
+        return noise
+
+    def _alphas(self, timesteps: torch.Tensor, like: torch.Tensor):
+        alpha_bar = self.scheduler.alphas_cumprod.to(like.device)[timesteps].to(like.dtype)
+        shape = (-1,) + (1,) * (like.ndim - 1)
+        return alpha_bar.sqrt().view(shape), (1 - alpha_bar).sqrt().view(shape)
+
+    def add_noise(self, latents: torch.Tensor, noise: torch.Tensor,
+                  timesteps: torch.Tensor) -> torch.Tensor:
+        """z_t = sqrt(ᾱ_t) z_0 + sqrt(1 − ᾱ_t) ε, for (b, ...) latents and (b,) timesteps."""
+        a, s = self._alphas(timesteps, latents)
+        return a * latents + s * noise
+
+    def target(self, latents: torch.Tensor, noise: torch.Tensor,
+               timesteps: torch.Tensor) -> torch.Tensor:
+        """What the network regresses: ε, or v = sqrt(ᾱ) ε − sqrt(1 − ᾱ) z_0."""
+        if self.prediction_type == "epsilon":
+            return noise
+        a, s = self._alphas(timesteps, latents)
+        return a * noise - s * latents
+
+    def predict_x0(self, noisy: torch.Tensor, prediction: torch.Tensor,
+                   timesteps: torch.Tensor) -> torch.Tensor:
+        """The clean latent implied by a prediction at timestep t."""
+        a, s = self._alphas(timesteps, noisy)
+        if self.prediction_type == "epsilon":
+            return (noisy - s * prediction) / a.clamp_min(1e-4)
+        return a * noisy - s * prediction
+
+    def pixel_weight(self, timesteps: torch.Tensor) -> torch.Tensor:
+        """The paper's w(t) = cos(tπ / 2T): full pixel loss at t = 0, none at t = T."""
+        return torch.cos(timesteps.float() * math.pi / (2 * self.num_train_timesteps))

@@ -1,0 +1,138 @@
+"""The paper's loss: L = L_latent + λ·w(t)·(‖I_p − I_gt‖₁ + ‖VGG19(I_p) − VGG19(I_gt)‖²)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Literal
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+from torchvision.models import vgg19
+
+from moee.models.pretrained import MissingWeightsError
+
+VGG_LAYERS = (3, 8, 17, 26, 35)
+"""Indices in torchvision's VGG19 ``features`` after relu1_2, 2_2, 3_4, 4_4 and 5_4."""
+IMAGENET_MEAN = (0.485, 0.456, 0.406)
+IMAGENET_STD = (0.229, 0.224, 0.225)
+
+
+class VGGPerceptual(nn.Module):
+    """Mean squared distance of VGG19 activations (relu1_2 … relu5_4) between two images.
+
+    Args:
+        weights: ``"imagenet"`` loads torchvision's IMAGENET1K_V1 weights from the torch hub
+            cache; a path loads a local ``vgg19-dcbb9e9d.pth``; ``"random"`` keeps random
+            weights (tests and CPU configs, where the term is a smoothness prior only).
+        depth: how many of the five stages to use (fewer is cheaper).
+    """
+
+    def __init__(self, weights: str = "imagenet", depth: int = 5) -> None:
+        super().__init__()
+        net = vgg19()
+        if weights != "random":
+            net.load_state_dict(_load_vgg_state(weights))
+        self.features = net.features[: VGG_LAYERS[depth - 1] + 1].eval().requires_grad_(False)
+        self.taps = VGG_LAYERS[:depth]
+        self.register_buffer("mean", torch.tensor(IMAGENET_MEAN).view(1, 3, 1, 1))
+        self.register_buffer("std", torch.tensor(IMAGENET_STD).view(1, 3, 1, 1))
+
+    def train(self, mode: bool = True) -> VGGPerceptual:
+        """A frozen feature net: always in eval mode."""
+        return super().train(False)
+
+    def forward(self, prediction: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
+        """Images (n 3 H W) in [-1, 1] -> perceptual distance per image (n,)."""
+        x = torch.cat([prediction, target])
+        x = ((x + 1) / 2 - self.mean) / self.std
+        distance = x.new_zeros(prediction.shape[0])
+        for index, layer in enumerate(self.features):
+            x = layer(x)
+            if index in self.taps:
+                predicted, real = x.chunk(2)
+                distance = distance + (predicted - real).square().flatten(1).mean(1)
+        return distance / len(self.taps)
+
+
+def _load_vgg_state(weights: str) -> dict[str, torch.Tensor]:
+    if weights == "imagenet":
+        from torchvision.models import VGG19_Weights
+
+        try:
+            return VGG19_Weights.IMAGENET1K_V1.get_state_dict(progress=False)
+        except OSError as error:
+            raise MissingWeightsError(
+                "VGG19 ImageNet weights are not in the torch hub cache and cannot be downloaded "
+                f"({type(error).__name__}); put vgg19-dcbb9e9d.pth in $TORCH_HOME/hub/checkpoints"
+                " or set loss.perceptual_weights to its path"
+            ) from None
+    path = Path(weights)
+    if not path.is_file():
+        raise MissingWeightsError(
+            f"VGG19 weights not found at {weights!r}: download vgg19-dcbb9e9d.pth from "
+            "torchvision and give its path, or use 'imagenet' or 'random'"
+        )
+    return torch.load(path, map_location="cpu", weights_only=True)
+
+
+class MoEELoss(nn.Module):
+    """Latent regression plus the time-weighted pixel and perceptual terms of the paper.
+
+    Args:
+        pixel_weight: λ; 0 turns the pixel-space terms off (no VAE decode at all).
+        perceptual_weights: VGG19 weights (see :class:`VGGPerceptual`), or ``None`` for L1 only.
+        perceptual_depth: VGG19 stages used.
+        latent_loss: ``"mse"`` (the paper) or ``"l1"``.
+    """
+
+    def __init__(self, pixel_weight: float = 0.1, perceptual_weights: str | None = "imagenet",
+                 perceptual_depth: int = 5, latent_loss: Literal["mse", "l1"] = "mse") -> None:
+        super().__init__()
+        self.pixel_weight = pixel_weight
+        self.latent_loss = latent_loss
+        self.perceptual = (
+            VGGPerceptual(perceptual_weights, perceptual_depth)
+            if pixel_weight and perceptual_weights else None
+        )
+
+    @property
+    def uses_pixels(self) -> bool:
+        """Whether the loss needs the decoded prediction (λ > 0)."""
+        return self.pixel_weight > 0
+
+    def forward(
+        self,
+        prediction: torch.Tensor,
+        target: torch.Tensor,
+        decoded: torch.Tensor | None = None,
+        frames: torch.Tensor | None = None,
+        time_weight: torch.Tensor | None = None,
+    ) -> dict[str, torch.Tensor]:
+        """Loss terms and their total.
+
+        Args:
+            prediction, target: network output and regression target (b f c h w).
+            decoded, frames: VAE decode of the predicted x0 and the ground truth, (b f 3 H W)
+                in [-1, 1] (only when :attr:`uses_pixels`).
+            time_weight: w(t) per sample (b,).
+
+        Returns:
+            ``{"latent", "l1", "perceptual", "total"}`` (pixel terms only when used).
+        """
+        regress = F.mse_loss if self.latent_loss == "mse" else F.l1_loss
+        terms = {"latent": regress(prediction.float(), target.float())}
+        total = terms["latent"]
+        if self.uses_pixels:
+            w = time_weight.float().view(-1, 1, 1, 1, 1)
+            terms["l1"] = (w * (decoded.float() - frames.float()).abs()).mean()
+            pixel = terms["l1"]
+            if self.perceptual is not None:
+                b, f = frames.shape[:2]
+                per_image = self.perceptual(decoded.flatten(0, 1).float(),
+                                            frames.flatten(0, 1).float())
+                terms["perceptual"] = (time_weight.float()[:, None] * per_image.view(b, f)).mean()
+                pixel = pixel + terms["perceptual"]
+            total = total + self.pixel_weight * pixel
+        terms["total"] = total
+        return terms

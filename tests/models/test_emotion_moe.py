@@ -1,0 +1,107 @@
+"""EmotionMoE against a hand-written computation of paper eq. 2-4, and fused == loop."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from moee.models.emotion_moe import EmotionMoE
+
+D, C, HEADS, E = 16, 12, 2, 6
+
+
+def reference_expert(expert, x, context):
+    """E_i(x, C) written out: softmax(q k^T / sqrt(d_head)) v per head, then the output layer."""
+    b, n, _ = x.shape
+    dh = expert.to_q.weight.shape[0] // HEADS
+    q = (x @ expert.to_q.weight.T).view(b, n, HEADS, dh).transpose(1, 2)
+    k = (context @ expert.to_k.weight.T).view(b, -1, HEADS, dh).transpose(1, 2)
+    v = (context @ expert.to_v.weight.T).view(b, -1, HEADS, dh).transpose(1, 2)
+    attn = torch.softmax(q @ k.transpose(-1, -2) / dh**0.5, -1)
+    out = (attn @ v).transpose(1, 2).reshape(b, n, HEADS * dh)
+    return out @ expert.to_out.weight.T + expert.to_out.bias
+
+
+def reference_moe(moe, x, context, weights=None):
+    s = torch.sigmoid(x @ moe.local_gate.weight.T + moe.local_gate.bias)  # b n e
+    g = torch.softmax(x.mean(1) @ moe.global_gate.weight.T + moe.global_gate.bias, -1)  # b e
+    g = g if weights is None else weights
+    out = x.clone()
+    for i, expert in enumerate(moe.experts):
+        out = out + g[:, i, None, None] * reference_expert(expert, x * s[..., i, None], context)
+    return out
+
+
+@pytest.fixture
+def moe():
+    torch.manual_seed(0)
+    return EmotionMoE(D, C, heads=HEADS, zero_init_output=False)
+
+
+@pytest.fixture
+def inputs():
+    g = torch.Generator().manual_seed(1)
+    return torch.randn(3, 10, D, generator=g), torch.randn(3, 5, C, generator=g)
+
+
+@pytest.mark.parametrize("fused", [False, True])
+def test_soft_mixture_matches_equations(moe, inputs, fused):
+    moe.fused = fused
+    torch.testing.assert_close(moe(*inputs), reference_moe(moe, *inputs))
+
+
+@pytest.mark.parametrize("fused", [False, True])
+def test_user_weights_replace_global_gate(moe, inputs, fused):
+    moe.fused = fused
+    weights = torch.tensor([[0.7, 0, 0, 0.3, 0, 0], [0, 0, 0, 0, 1, 0], [1 / 6] * 6])
+    out = moe(*inputs, weights=weights)
+    torch.testing.assert_close(out, reference_moe(moe, *inputs, weights))
+    assert not torch.allclose(out, moe(*inputs))
+
+
+def test_single_expert_path(moe, inputs):
+    x, context = inputs
+    out = moe(x, context, expert=4)
+    torch.testing.assert_close(out, x + reference_expert(moe.experts[4], x, context))
+    out.square().sum().backward()
+    for i, expert in enumerate(moe.experts):
+        grads = [p.grad for p in expert.parameters()]
+        assert all(g is not None for g in grads) if i == 4 else all(g is None for g in grads)
+    assert moe.local_gate.weight.grad is None and moe.global_gate.weight.grad is None
+
+
+def test_single_expert_per_sample(moe, inputs):
+    x, context = inputs
+    out = moe(x, context, expert=torch.tensor([1, 5, 1]))
+    for row, i in enumerate([1, 5, 1]):
+        torch.testing.assert_close(out[row], moe(x[row : row + 1], context[row : row + 1], i)[0])
+    out.sum().backward()
+    assert moe.experts[0].to_q.weight.grad is None and moe.experts[5].to_q.weight.grad is not None
+
+
+def test_fused_equals_loop_values_and_gradients(moe, inputs):
+    results = []
+    for fused in (False, True):
+        moe.zero_grad(set_to_none=True)
+        moe.fused = fused
+        x = inputs[0].clone().requires_grad_()
+        out = moe(x, inputs[1])
+        (out * torch.linspace(-1, 1, out.numel()).view_as(out)).sum().backward()
+        results.append((out, x.grad, {n: p.grad.clone() for n, p in moe.named_parameters()}))
+    (out_l, gx_l, grads_l), (out_f, gx_f, grads_f) = results
+    torch.testing.assert_close(out_f, out_l)
+    torch.testing.assert_close(gx_f, gx_l)
+    for name in grads_l:
+        torch.testing.assert_close(grads_f[name], grads_l[name], msg=name)
+
+
+def test_zero_init_starts_as_identity(inputs):
+    moe = EmotionMoE(D, C, heads=HEADS)
+    x, context = inputs
+    torch.testing.assert_close(moe(x, context), x)
+    torch.testing.assert_close(moe(x, context, expert=2), x)
+
+
+def test_expert_and_weights_are_exclusive(moe, inputs):
+    with pytest.raises(ValueError, match="either"):
+        moe(*inputs, expert=0, weights=torch.ones(3, E) / E)

@@ -1,0 +1,59 @@
+"""Audio windows, emotion latents with missing modalities, and the video VAE."""
+
+from __future__ import annotations
+
+import torch
+
+from moee.models.emotion_latents import EmotionInputs
+
+
+def test_audio_windows_follow_frames(tiny_net):
+    encoder = tiny_net.audio_encoder
+    frames = 6
+    wave = torch.randn(2, (frames + 4) * 640)
+    with torch.no_grad():
+        windows = encoder(wave)
+        hidden = torch.stack(
+            encoder.model(
+                torch.nn.functional.pad(
+                    (wave - wave.mean(-1, keepdim=True))
+                    / wave.std(-1, unbiased=False, keepdim=True),
+                    (encoder.pad, encoder.pad),
+                ),
+                output_hidden_states=True,
+            ).hidden_states,
+            2,
+        )
+    assert hidden.shape[1] == (frames + 4) * 2  # 50 Hz: exactly 2 tokens per video frame
+    assert windows.shape == (2, frames, 10, encoder.num_layers, encoder.hidden_size)
+    for i in range(frames):  # frame i sees frames i-2 .. i+2 of the clip
+        torch.testing.assert_close(windows[:, i], hidden[:, 2 * i : 2 * i + 10], atol=1e-4, rtol=0)
+
+
+@torch.no_grad()
+def test_emotion_latents_modalities(tiny_net):
+    to_latents = tiny_net.emotion_to_latents
+    label = torch.eye(6)[[3, 4]]
+    full = EmotionInputs(
+        label=label, au=torch.rand(2, 17), text=["a happy smile", None], speech=torch.randn(2, 8000)
+    )
+    latents = to_latents(full)
+    assert latents.shape == (2, 8, 32)
+    assert not torch.allclose(to_latents(EmotionInputs(label=label)), latents)
+    masked = EmotionInputs(label=label, au=full.au, present=torch.tensor([[1, 0, 0, 0]] * 2))
+    torch.testing.assert_close(to_latents(masked), to_latents(EmotionInputs(label=label)))
+    nothing = EmotionInputs(label=label, present=torch.zeros(2, 4, dtype=torch.bool))
+    torch.testing.assert_close(to_latents(nothing), to_latents.null(2))
+    dropped = to_latents(EmotionInputs(label=label, drop=torch.tensor([True, False])))
+    torch.testing.assert_close(dropped[0], to_latents.null(1)[0])
+    torch.testing.assert_close(dropped[1], to_latents(EmotionInputs(label=label))[1])
+
+
+@torch.no_grad()
+def test_video_vae_round_trip_shapes(tiny_net):
+    frames = torch.rand(2, 3, 3, 64, 64) * 2 - 1
+    latents = tiny_net.vae.encode(frames, sample=False)
+    assert latents.shape == (2, 3, 4, 16, 16)
+    assert tiny_net.vae.decode(latents).shape == frames.shape
+    single = tiny_net.vae.encode(frames[:, 1:2], sample=False)
+    torch.testing.assert_close(single, latents[:, 1:2], atol=1e-5, rtol=1e-4)

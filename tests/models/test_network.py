@@ -1,0 +1,142 @@
+"""The tiny MoEENet end to end: shapes, every condition acts, guidance drops, groups, training."""
+
+from __future__ import annotations
+
+import copy
+
+import torch
+
+from moee.models.emotion_latents import EmotionInputs
+from moee.models.moee_net import MoEENet, parameter_groups
+from tests.models.conftest import LATENT, B, F, wake_zero_inits
+
+
+def run(net, c, **kwargs):
+    args = dict(reference_image=c["image"], audio=c["audio"], emotion=c["emotion"])
+    return net(c["latents"], c["timesteps"], **{**args, **kwargs})
+
+
+@torch.no_grad()
+def test_shapes_through_the_network(tiny_net, clip_inputs):
+    ref = tiny_net.encode_reference(clip_inputs["image"], clip_inputs["motion"])
+    assert set(ref.features) == set(tiny_net.denoiser.block_names)
+    for feats in ref.features.values():
+        assert feats.shape[:2] == (B, 3)  # reference + 2 motion frames
+    tokens = tiny_net.encode_audio(clip_inputs["audio"])
+    assert tokens.shape == (B, F, 4, 32)
+    assert tiny_net.encode_emotion(clip_inputs["emotion"]).shape == (B, 8, 32)
+    out = run(tiny_net, clip_inputs, reference=ref)
+    assert out.shape == (B, F, 4, LATENT, LATENT) and torch.isfinite(out).all()
+
+
+@torch.no_grad()
+def test_precomputed_reference_equals_inline(tiny_net, clip_inputs):
+    ref = tiny_net.encode_reference(clip_inputs["image"])
+    inline = run(tiny_net, clip_inputs)
+    torch.testing.assert_close(run(tiny_net, clip_inputs, reference=ref), inline)
+
+
+@torch.no_grad()
+def test_every_condition_changes_the_output(tiny_net, clip_inputs):
+    base = run(tiny_net, clip_inputs)
+    other = {k: v.flip(0) if torch.is_tensor(v) else v for k, v in clip_inputs.items()}
+    changed = {
+        "reference": dict(reference_image=other["image"]),
+        "motion": dict(motion_latents=clip_inputs["motion"]),
+        "audio": dict(audio=other["audio"]),
+        "emotion": dict(emotion=EmotionInputs(label=torch.eye(6)[[0, 5]])),
+        "expert": dict(expert=2),
+        "weights": dict(weights=torch.eye(6)[[1, 2]]),
+    }
+    for what, kwargs in changed.items():
+        assert not torch.allclose(run(tiny_net, clip_inputs, **kwargs), base, atol=1e-4), what
+
+
+@torch.no_grad()
+def test_guidance_drops(tiny_net, clip_inputs):
+    drop = torch.tensor([True, False])
+    null = tiny_net.emotion_to_latents.null(B)
+    dropped = run(tiny_net, clip_inputs, drop_emotion=drop)
+    nulled = run(
+        tiny_net,
+        clip_inputs,
+        emotion=None,
+        emotion_latents=torch.cat([null[:1], tiny_net.encode_emotion(clip_inputs["emotion"])[1:]]),
+    )
+    torch.testing.assert_close(dropped, nulled)
+    base = run(tiny_net, clip_inputs)
+    for kwargs in (dict(drop_audio=drop), dict(drop_reference=drop)):
+        out = run(tiny_net, clip_inputs, **kwargs)
+        assert not torch.allclose(out[0], base[0], atol=1e-4)
+        torch.testing.assert_close(out[1], base[1])
+
+
+@torch.no_grad()
+def test_image_mode_skips_audio_and_time(tiny_net, clip_inputs):
+    c = dict(clip_inputs, latents=clip_inputs["latents"][:, :1])
+    out = run(tiny_net, c, image_mode=True, audio=None)
+    torch.testing.assert_close(out, run(tiny_net, c, image_mode=True))
+    assert out.shape == (B, 1, 4, LATENT, LATENT)
+
+
+def test_gradient_checkpointing_and_deepcopy(clip_inputs):
+    torch.manual_seed(0)
+    net = MoEENet()
+    wake_zero_inits(net)
+    results = []
+    for checkpointing in (False, True):
+        net.zero_grad(set_to_none=True)
+        net.set_gradient_checkpointing(checkpointing)
+        out = run(net, clip_inputs)
+        out.square().mean().backward()
+        results.append((out.detach(), {n: p.grad for n, p in net.named_parameters()}))
+    torch.testing.assert_close(results[0][0], results[1][0])
+    for name, grad in results[0][1].items():
+        if grad is not None:
+            torch.testing.assert_close(results[1][1][name], grad, msg=name)
+    twin = copy.deepcopy(net)
+    with torch.no_grad():
+        for p in twin.denoiser.blocks.parameters():
+            p.mul_(0.5)
+        assert not torch.allclose(run(twin, clip_inputs), run(net, clip_inputs))
+
+
+def test_parameter_groups_cover_every_parameter_once(tiny_net, clip_inputs):
+    groups = parameter_groups(tiny_net)
+    ids = [id(p) for params in groups.values() for p in params]
+    assert len(ids) == len(set(ids)) == len(list(tiny_net.parameters()))
+    assert all(groups[g] for g in groups)
+    trainable = {id(p) for p in tiny_net.parameters() if p.requires_grad}
+    assert trainable == set(ids) - {id(p) for p in groups["frozen"]}
+    # the ReferenceNet parameters put in `frozen` are exactly the ones without gradient
+    net = MoEENet()
+    net.requires_grad_(True)
+    out = run(net, clip_inputs)
+    out.mean().backward()
+    no_grad = {n for n, p in net.reference_net.named_parameters() if p.grad is None}
+    assert no_grad == set(net.reference_net.unused_parameter_names())
+
+
+def test_tiny_network_overfits_one_clip(clip_inputs):
+    torch.manual_seed(0)
+    net = MoEENet().train()
+    c = {k: (v[:1] if torch.is_tensor(v) else v) for k, v in clip_inputs.items()}
+    noise = torch.randn_like(c["latents"])
+    trainable = [p for p in net.parameters() if p.requires_grad]
+    opt = torch.optim.Adam(trainable, lr=1e-3)
+    emotion = EmotionInputs(label=torch.eye(6)[[3]])
+    losses = []
+    for _ in range(60):
+        pred = net(
+            c["latents"],
+            c["timesteps"][:1],
+            reference_image=c["image"],
+            audio=c["audio"],
+            emotion=emotion,
+        )
+        loss = torch.nn.functional.mse_loss(pred, noise)
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+        losses.append(loss.item())
+    assert losses[-1] < losses[0] / 10, losses

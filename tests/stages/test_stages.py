@@ -1,0 +1,157 @@
+"""Training stages: the objective and loss against reference maths, freezing, hand-off, resume."""
+
+import math
+
+import lightning as L
+import pytest
+import torch
+import torch.nn.functional as F
+
+from moee.data.batch import make_batch
+from moee.data.testclips import make_test_clip
+from moee.stages import BackboneModule, ExpertModule, GatingModule
+from moee.stages.base import MissingCheckpointError
+from moee.stages.diffusion import DiffusionObjective
+from moee.stages.losses import MoEELoss
+
+
+def light_loss():
+    return MoEELoss(pixel_weight=0.5, perceptual_weights="random", perceptual_depth=1)
+
+
+@pytest.fixture(scope="module")
+def batch():
+    clips = [make_test_clip(identity=f"id{i}", emotion="sad", num_frames=12, size=64, seed=i)
+             for i in range(2)]
+    return make_batch(clips, num_frames=4)
+
+
+@pytest.mark.parametrize("prediction_type", ["epsilon", "v_prediction"])
+def test_objective_round_trip(prediction_type):
+    objective = DiffusionObjective(prediction_type=prediction_type)
+    latents, noise = torch.randn(3, 2, 4, 8, 8), torch.randn(3, 2, 4, 8, 8)
+    t = torch.tensor([0, 500, 999])
+    noisy = objective.add_noise(latents, noise, t)
+    alpha_bar = objective.scheduler.alphas_cumprod[t].view(-1, 1, 1, 1, 1)
+    torch.testing.assert_close(noisy, alpha_bar.sqrt() * latents + (1 - alpha_bar).sqrt() * noise)
+    x0 = objective.predict_x0(noisy, objective.target(latents, noise, t), t)
+    torch.testing.assert_close(x0, latents, atol=1e-3, rtol=1e-3)
+
+
+def test_zero_terminal_snr_and_noise_offset():
+    objective = DiffusionObjective(prediction_type="v_prediction", zero_terminal_snr=True,
+                                   noise_offset=0.1)
+    assert objective.scheduler.alphas_cumprod[-1] < 1e-6
+    noise = objective.sample_noise(torch.zeros(64, 1, 4, 8, 8))
+    per_channel_mean = noise.mean((-1, -2)).flatten()
+    assert per_channel_mean.std() > 0.08  # the offset is shared within a channel
+
+
+def test_pixel_weight_is_the_papers_cosine():
+    objective = DiffusionObjective()
+    t = torch.tensor([0, 250, 500, 999])
+    expected = torch.cos(t * math.pi / 2000)
+    torch.testing.assert_close(objective.pixel_weight(t), expected)
+    assert objective.pixel_weight(t).diff().lt(0).all()
+
+
+def test_loss_terms_against_reference():
+    loss = light_loss()
+    prediction, target = torch.randn(2, 3, 4, 8, 8), torch.randn(2, 3, 4, 8, 8)
+    decoded, frames = torch.rand(2, 1, 3, 32, 32) * 2 - 1, torch.rand(2, 1, 3, 32, 32) * 2 - 1
+    w = torch.tensor([1.0, 0.25])
+    terms = loss(prediction, target, decoded, frames, w)
+    l1 = ((decoded - frames).abs().mean((1, 2, 3, 4)) * w).mean()
+    features = loss.perceptual.features
+    normalise = loss.perceptual
+    a = features(((decoded[:, 0] + 1) / 2 - normalise.mean) / normalise.std)
+    b = features(((frames[:, 0] + 1) / 2 - normalise.mean) / normalise.std)
+    perceptual = ((a - b).square().flatten(1).mean(1) * w).mean()
+    torch.testing.assert_close(terms["latent"], F.mse_loss(prediction, target))
+    torch.testing.assert_close(terms["l1"], l1)
+    torch.testing.assert_close(terms["perceptual"], perceptual)
+    torch.testing.assert_close(terms["total"], terms["latent"] + 0.5 * (l1 + perceptual))
+    assert set(MoEELoss(pixel_weight=0)(prediction, target)) == {"latent", "total"}
+
+
+STAGES = [
+    (BackboneModule, {"mode": "video"}, {"backbone", "reference", "audio", "temporal"}),
+    (BackboneModule, {"mode": "image"}, {"backbone", "reference"}),
+    (ExpertModule, {"emotion": "sad"}, {"expert_4", "emotion_latents"}),
+    (GatingModule, {}, {"gates", "emotion_latents"}),
+]
+
+
+@pytest.mark.parametrize(("stage", "kwargs", "groups"), STAGES,
+                         ids=["backbone-video", "backbone-image", "expert", "gating"])
+def test_only_the_stage_groups_train(stage, kwargs, groups, batch):
+    from moee.models.moee_net import parameter_groups
+
+    module = stage(loss=light_loss(), **kwargs)
+    assert set(module.trainable_groups) == groups
+    by_group = parameter_groups(module.net)
+    trained = {id(p) for g in groups for p in by_group[g]}
+    assert {id(p) for p in module.trained_parameters().values()} == trained
+    optimizer = module.configure_optimizers()
+    assert {id(p) for group in optimizer.param_groups for p in group["params"]} == trained
+
+    before = {n: p.detach().clone() for n, p in module.net.named_parameters()}
+    for _ in range(2):
+        optimizer.zero_grad()
+        module.diffusion_step(batch)["total"].backward()
+        optimizer.step()
+    changed = {n for n, p in module.net.named_parameters() if not torch.equal(p, before[n])}
+    trained_names = set(module.trained_parameters())
+    assert changed <= trained_names, f"frozen weights moved: {sorted(changed - trained_names)[:3]}"
+    assert len(changed) > 0.5 * len(trained_names)
+    if stage is ExpertModule:
+        for name, p in module.net.named_parameters():
+            if ".experts." in name and ".experts.4." not in name:
+                assert p.grad is None
+
+
+def test_weights_hand_off_between_stages(tmp_path, batch):
+    backbone = BackboneModule(loss=light_loss())
+    optimizer = backbone.configure_optimizers()
+    backbone.diffusion_step(batch)["total"].backward()
+    optimizer.step()
+    export = backbone.export(tmp_path / "backbone.safetensors")
+
+    expert = ExpertModule(emotion="sad", loss=light_loss(), init_weights=[str(export)])
+    for name, p in backbone.trained_parameters().items():
+        assert torch.equal(expert.net.get_parameter(name), p), name
+    expert_export = expert.export(tmp_path / "expert_sad.safetensors")
+    gating = GatingModule(loss=light_loss(), init_weights=[str(export), str(expert_export)])
+    probe = next(n for n in expert.trained_parameters() if ".experts.4." in n)
+    assert torch.equal(gating.net.get_parameter(probe), expert.net.get_parameter(probe))
+
+    with pytest.raises(MissingCheckpointError, match="train the backbone first") as error:
+        ExpertModule(emotion="sad", loss=light_loss(),
+                     init_weights=[str(tmp_path / "missing.safetensors")])
+    assert "\n" not in str(error.value)
+    with pytest.raises(ValueError, match="per basic emotion"):
+        ExpertModule(emotion="happily surprised")
+
+
+def test_checkpoint_holds_only_trained_weights_and_resume_continues(tmp_path, batch):
+    data = torch.utils.data.DataLoader([batch] * 4, batch_size=None)
+
+    def trainer(max_steps):
+        return L.Trainer(max_steps=max_steps, accelerator="cpu", logger=False,
+                         enable_progress_bar=False, enable_model_summary=False,
+                         default_root_dir=tmp_path, enable_checkpointing=False)
+
+    first = ExpertModule(emotion="sad", loss=light_loss())
+    run = trainer(2)
+    run.fit(first, train_dataloaders=data)
+    run.save_checkpoint(tmp_path / "step2.ckpt")
+    checkpoint = torch.load(tmp_path / "step2.ckpt", weights_only=True)
+    assert {k.removeprefix("net.") for k in checkpoint["state_dict"]} == set(
+        first.trained_parameters())
+
+    resumed = ExpertModule(emotion="sad", loss=light_loss())
+    again = trainer(4)
+    again.fit(resumed, train_dataloaders=data, ckpt_path=tmp_path / "step2.ckpt")
+    assert again.global_step == 4
+    adam_state = again.optimizers[0].state_dict()["state"]
+    assert all(int(s["step"]) == 4 for s in adam_state.values())
