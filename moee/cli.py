@@ -36,8 +36,12 @@ def register_command(name: str, module: str, description: str) -> None:
 
 register_command("quickstart", "moee.quickstart",
                  "SynthEmo -> train every tiny stage -> animate test portraits (CPU, no downloads)")
+register_command("animate", "moee.inference.animate",
+                 "animate one portrait with speech and an emotion into an mp4")
 register_command("prepare", "moee.data.prepare",
                  "turn folders of real talking videos (MEAD, HDTF, ...) into shards")
+register_command("synth", "moee.data.synth.cli",
+                 "generate SynthEmo shards; 'synth probes' trains its probe networks")
 
 
 class MoEECLI(LightningCLI):

@@ -9,9 +9,12 @@ model, where it was looked for, and what to do.
 from __future__ import annotations
 
 import os
+import zlib
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any, Literal
 
+import torch
 from diffusers import AutoencoderKL, MotionAdapter, UNet2DConditionModel
 from transformers import (
     AutoTokenizer,
@@ -211,6 +214,18 @@ def _load(part: str, source: str, loader, **kwargs):
         ) from None
 
 
+def _random(part: str, build: Callable[[], Any]) -> Any:
+    """Build a part with random weights drawn from a seed fixed per part.
+
+    Frozen random parts (the tiny preset's encoders) are never saved with the trained weights,
+    so every stage and every inference run must draw exactly the same ones, whatever the global
+    RNG has done before.
+    """
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(zlib.crc32(part.encode()))
+        return build()
+
+
 def _speech_config(cls, kwargs: dict[str, Any]):
     # frozen feature extractors: no SpecAugment masking, no layer drop
     return cls(**kwargs, apply_spec_augment=False, layerdrop=0.0)
@@ -220,21 +235,22 @@ def build_unet(arch: Architecture, source: str | None) -> UNet2DConditionModel:
     """The spatial U-Net (used twice: denoiser and ReferenceNet)."""
     if source:
         return _load("unet", source, UNet2DConditionModel.from_pretrained)
-    return UNet2DConditionModel(**arch.unet)
+    return _random("unet", lambda: UNet2DConditionModel(**arch.unet))
 
 
 def build_vae(arch: Architecture, source: str | None) -> AutoencoderKL:
     """The latent autoencoder."""
     if source:
         return _load("vae", source, AutoencoderKL.from_pretrained)
-    return AutoencoderKL(**arch.vae)
+    return _random("vae", lambda: AutoencoderKL(**arch.vae))
 
 
 def build_image_encoder(arch: Architecture, source: str | None) -> CLIPVisionModelWithProjection:
     """The CLIP vision tower whose projected embedding the U-Nets cross-attend to."""
     if source:
         return _load("image_encoder", source, CLIPVisionModelWithProjection.from_pretrained)
-    return CLIPVisionModelWithProjection(CLIPVisionConfig(**arch.image_encoder))
+    return _random("image_encoder", lambda: CLIPVisionModelWithProjection(
+        CLIPVisionConfig(**arch.image_encoder)))
 
 
 def build_audio_encoder(arch: Architecture, source: str | None) -> Wav2Vec2Model:
@@ -247,7 +263,8 @@ def build_audio_encoder(arch: Architecture, source: str | None) -> Wav2Vec2Model
             apply_spec_augment=False,
             layerdrop=0.0,
         )
-    return Wav2Vec2Model(_speech_config(Wav2Vec2Config, arch.audio_encoder))
+    return _random("audio_encoder", lambda: Wav2Vec2Model(
+        _speech_config(Wav2Vec2Config, arch.audio_encoder)))
 
 
 def build_speech_encoder(arch: Architecture, source: str | None) -> HubertModel:
@@ -260,7 +277,8 @@ def build_speech_encoder(arch: Architecture, source: str | None) -> HubertModel:
             apply_spec_augment=False,
             layerdrop=0.0,
         )
-    return HubertModel(_speech_config(HubertConfig, arch.speech_encoder))
+    return _random("speech_encoder", lambda: HubertModel(
+        _speech_config(HubertConfig, arch.speech_encoder)))
 
 
 def build_text_encoder(arch: Architecture, source: str | None):
@@ -268,11 +286,12 @@ def build_text_encoder(arch: Architecture, source: str | None):
     if source:
         model = _load("text_encoder", source, T5EncoderModel.from_pretrained)
         return model, _load("text_encoder", source, AutoTokenizer.from_pretrained)
-    return T5EncoderModel(T5Config(**arch.text_encoder)), ByT5Tokenizer()
+    return _random("text_encoder", lambda: T5EncoderModel(T5Config(**arch.text_encoder))), \
+        ByT5Tokenizer()
 
 
 def build_motion_adapter(arch: Architecture, source: str | None) -> MotionAdapter:
     """AnimateDiff motion adapter whose modules initialise the temporal attention."""
     if source:
         return _load("motion_adapter", source, MotionAdapter.from_pretrained)
-    return MotionAdapter(**arch.motion_adapter)
+    return _random("motion_adapter", lambda: MotionAdapter(**arch.motion_adapter))

@@ -63,6 +63,16 @@ def load_weights(path: str | Path, hint: str = "") -> dict[str, torch.Tensor]:
     return {k.removeprefix("net."): v for k, v in state.items() if not k.startswith("loss.")}
 
 
+def load_net_weights(net: MoEENet, path: str | Path, hint: str = "") -> None:
+    """Load (a subset of) MoEENet weights from ``path``; every key must exist in ``net``."""
+    state = load_weights(path, hint=hint)
+    unknown = sorted(set(state) - set(net.state_dict()))
+    if unknown:
+        raise KeyError(f"{path}: {len(unknown)} keys are not MoEENet weights, e.g. {unknown[0]}")
+    net.load_state_dict(state, strict=False)
+    log.info("loaded %d tensors from %s", len(state), path)
+
+
 class ExponentialMovingAverage:
     """EMA shadows of the trainable parameters only (frozen ones never change)."""
 
@@ -127,17 +137,9 @@ class DiffusionStage(L.LightningModule):
 
     # ---- parameters -------------------------------------------------------------------------
 
-    def load_net_weights(self, path: str | Path) -> dict[str, int]:
-        """Load (a subset of) MoEENet weights; every key must exist in the network."""
-        state = load_weights(path, hint=self.missing_checkpoint_hint())
-        own = self.net.state_dict()
-        unknown = sorted(set(state) - set(own))
-        if unknown:
-            raise KeyError(
-                f"{path}: {len(unknown)} keys are not MoEENet weights, e.g. {unknown[0]}")
-        self.net.load_state_dict(state, strict=False)
-        log.info("loaded %d tensors from %s", len(state), path)
-        return {"loaded": len(state)}
+    def load_net_weights(self, path: str | Path) -> None:
+        """Load an earlier stage's weights into the network."""
+        load_net_weights(self.net, path, hint=self.missing_checkpoint_hint())
 
     def missing_checkpoint_hint(self) -> str:
         """What the user should do when an earlier stage's weights are missing."""

@@ -57,3 +57,19 @@ def test_animatediff_motion_modules_load():
         module = net.denoiser.get_submodule(ours)
         source = adapter.get_submodule(theirs)
         torch.testing.assert_close(module.proj_in.weight, source.proj_in.weight)
+
+
+def test_random_parts_do_not_depend_on_the_global_rng():
+    """Frozen random parts are never saved, so each stage and inference must rebuild them equal."""
+    from moee.models.moee_net import MoEENet, MoEENetConfig, parameter_groups
+
+    torch.manual_seed(1)
+    first = MoEENet(MoEENetConfig())
+    torch.manual_seed(2)
+    torch.rand(1000)
+    second = MoEENet(MoEENetConfig())
+    frozen = {id(p) for p in parameter_groups(first)["frozen"]}
+    names = [n for n, p in first.named_parameters() if id(p) in frozen]
+    assert names
+    for name in names:
+        assert torch.equal(first.get_parameter(name), second.get_parameter(name)), name

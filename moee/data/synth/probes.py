@@ -1,0 +1,331 @@
+"""Probe networks: small CNNs trained on SynthEmo renders that read labels back from pixels.
+
+They stand in for the pretrained emotion, AU, landmark, SyncNet and identity models that the
+metrics use on real data. Two trunks: an *expression* probe (emotion class over
+``EMOTION_CLASSES``, 17 AU intensities, 68 landmarks, mouth opening) and an *identity* probe
+(an L2-normalised embedding trained with a cosine-softmax over training identities).
+
+``python -m moee synth probes --size 64`` trains both on identities that no data set split uses
+and reports held-out accuracy on unseen identities; :func:`load_probes` reads the cache file
+(safetensors, keyed by generator version and size).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from safetensors.torch import load_file, save_file
+from torch import nn
+
+from moee.data.synth.face import combine_speech, mouth_opening_from_landmarks
+from moee.data.synth.generator import GENERATOR_VERSION, apex_aus, head_motion, renderer
+from moee.emotions import EMOTION_CLASSES, NEUTRAL, NUM_ACTION_UNITS
+
+PROBE_IDENTITY_OFFSET = 1_000_000
+"""Probe identities are drawn far from the data set's indices (train, then held-out)."""
+EMBEDDING_DIM = 64
+_NO_LABEL = -100
+
+
+def cache_path(size: int = 64, cache_dir: str | os.PathLike | None = None) -> Path:
+    """Where the probes of ``size`` px live: ``$MOEE_CACHE`` or ``~/.cache/moee``."""
+    root = Path(cache_dir or os.environ.get("MOEE_CACHE") or Path.home() / ".cache" / "moee")
+    return root / f"synthemo_probes_{GENERATOR_VERSION}_{size}px.safetensors"
+
+
+def _trunk(widths: tuple[int, ...]) -> nn.Sequential:
+    """Conv-BN-ReLU blocks; every other block halves the resolution; ends at 4x4."""
+    layers, cin = [], 3
+    for i, cout in enumerate(widths):
+        layers += [nn.Conv2d(cin, cout, 3, 2 if i % 2 == 0 else 1, 1, bias=False),
+                   nn.BatchNorm2d(cout), nn.ReLU(inplace=True)]
+        cin = cout
+    layers += [nn.AdaptiveAvgPool2d(4), nn.Flatten(), nn.Linear(cin * 16, 256),
+               nn.ReLU(inplace=True)]
+    return nn.Sequential(*layers)
+
+
+_WIDTHS = (16, 24, 32, 48, 64, 96, 128)
+
+
+class ExpressionProbe(nn.Module):
+    """Emotion logits (11), AU intensities (17), landmarks (68x2) and mouth opening from pixels."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.trunk = _trunk(_WIDTHS)
+        self.head = nn.Linear(256, len(EMOTION_CLASSES) + NUM_ACTION_UNITS + 136 + 1)
+
+    def forward(self, x: torch.Tensor) -> dict[str, torch.Tensor]:
+        """x (b 3 h w) in [-1, 1] -> dict of emotion (b 11), aus (b 17) and their logits,
+        landmarks (b 68 2), mouth (b)."""
+        out = self.head(self.trunk(x))
+        e, a = len(EMOTION_CLASSES), NUM_ACTION_UNITS
+        return {
+            "emotion": out[:, :e],
+            "au_logits": out[:, e:e + a],
+            "aus": torch.sigmoid(out[:, e:e + a]),
+            "landmarks": (out[:, e + a:e + a + 136] + 0.5).view(-1, 68, 2),
+            "mouth": out[:, -1],
+        }
+
+
+class IdentityProbe(nn.Module):
+    """An L2-normalised identity embedding (b, 64) from pixels."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.trunk = _trunk(_WIDTHS)
+        self.embed = nn.Linear(256, EMBEDDING_DIM)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        """x (b 3 h w) in [-1, 1] -> (b d) unit vectors."""
+        return F.normalize(self.embed(self.trunk(x)), dim=-1)
+
+
+class SynthEmoProbes(nn.Module):
+    """Both probes behind one interface; every method takes (N, 3, H, W) floats in [-1, 1]."""
+
+    def __init__(self, size: int = 64):
+        super().__init__()
+        self.size = size
+        self.expression = ExpressionProbe()
+        self.identity = IdentityProbe()
+
+    def _fit(self, frames: torch.Tensor) -> torch.Tensor:
+        if frames.shape[-2:] != (self.size, self.size):
+            frames = F.interpolate(frames, size=(self.size, self.size), mode="bilinear",
+                                   antialias=True, align_corners=False)
+        return frames
+
+    @torch.no_grad()
+    def _expr(self, frames: torch.Tensor) -> dict[str, torch.Tensor]:
+        return self.expression(self._fit(frames))
+
+    def emotion_logits(self, frames: torch.Tensor) -> torch.Tensor:
+        """(N, 11) logits over ``moee.emotions.EMOTION_CLASSES``."""
+        return self._expr(frames)["emotion"]
+
+    def action_units(self, frames: torch.Tensor) -> torch.Tensor:
+        """(N, 17) AU intensities in [0, 1] (order of ``ACTION_UNITS``)."""
+        return self._expr(frames)["aus"]
+
+    def landmarks(self, frames: torch.Tensor) -> torch.Tensor:
+        """(N, 68, 2) iBUG landmarks (x, y) in [0, 1] of the image."""
+        return self._expr(frames)["landmarks"]
+
+    def mouth_opening(self, frames: torch.Tensor) -> torch.Tensor:
+        """(N,) inner-lip gap over mouth width (see ``mouth_opening_from_landmarks``)."""
+        return self._expr(frames)["mouth"]
+
+    @torch.no_grad()
+    def identity_embedding(self, frames: torch.Tensor) -> torch.Tensor:
+        """(N, 64) unit-length identity embeddings; cosine similarity compares people."""
+        return self.identity(self._fit(frames))
+
+
+@dataclass
+class ProbeData:
+    """Pre-rendered probe frames (uint8 NHWC) and their labels."""
+
+    frames: np.ndarray
+    emotion: np.ndarray
+    aus: np.ndarray
+    landmarks: np.ndarray
+    mouth: np.ndarray
+    identity: np.ndarray
+
+
+def render_probe_data(seed: int, identities: range, per_identity: int, size: int,
+                      labelled: float = 0.7) -> ProbeData:
+    """Render frames of ``identities``: a share ``labelled`` shows an emotion class at apex,
+    the rest random sparse AU mixes (emotion label ignored); all with speech, pose and gaze."""
+    rng = np.random.default_rng([seed, identities.start, 4242])
+    out: dict[str, list] = {k: [] for k in ("frames", "emotion", "aus", "landmarks", "identity")}
+    for n, index in enumerate(identities):
+        face = renderer(seed, PROBE_IDENTITY_OFFSET + index, size)
+        for _ in range(per_identity):
+            if rng.uniform() < labelled:
+                label = int(rng.integers(len(EMOTION_CLASSES)))
+                name = EMOTION_CLASSES[label]
+                aus = apex_aus(name, 0.0 if name == NEUTRAL else rng.uniform(0.6, 1.0), rng)
+            else:
+                label = _NO_LABEL
+                aus = (rng.uniform(size=NUM_ACTION_UNITS) < 0.25) * rng.uniform(
+                    size=NUM_ACTION_UNITS)
+            aus[-1] = rng.uniform(0, 1) if rng.uniform() < 0.1 else 0.0
+            viseme = rng.uniform(0, 1, 3) * (rng.uniform(size=3) < [0.6, 0.3, 0.3])
+            frame, lmk = face.render(aus, viseme, head_motion(1, rng, energy=1.5)[0],
+                                     (rng.uniform(-0.5, 0.5), rng.uniform(-0.3, 0.3)))
+            out["frames"].append(frame)
+            out["emotion"].append(label)
+            out["aus"].append(combine_speech(aus, viseme))
+            out["landmarks"].append(lmk)
+            out["identity"].append(n)
+    landmarks = np.stack(out["landmarks"]).astype(np.float32)
+    return ProbeData(
+        frames=np.stack(out["frames"]), emotion=np.array(out["emotion"], np.int64),
+        aus=np.stack(out["aus"]).astype(np.float32), landmarks=landmarks,
+        mouth=mouth_opening_from_landmarks(landmarks).astype(np.float32),
+        identity=np.array(out["identity"], np.int64),
+    )
+
+
+def to_tensor(frames: np.ndarray) -> torch.Tensor:
+    """uint8 (N, H, W, 3) -> float (N, 3, H, W) in [-1, 1]."""
+    return torch.from_numpy(frames).permute(0, 3, 1, 2).float().div(127.5).sub(1)
+
+
+def _batches(n: int, batch: int, rng: np.random.Generator):
+    while True:
+        order = rng.permutation(n)
+        for i in range(0, n - batch + 1, batch):
+            yield order[i:i + batch]
+
+
+def _augment(x: torch.Tensor) -> torch.Tensor:
+    """Light pixel noise and brightness jitter, so probes tolerate generated frames."""
+    gain = 1 + 0.1 * (torch.rand(x.shape[0], 1, 1, 1) - 0.5)
+    return (x * gain + 0.04 * torch.rand(x.shape[0], 1, 1, 1) * torch.randn_like(x)).clamp(-1, 1)
+
+
+def _train_loop(model: nn.Module, loss_fn: Callable, n: int, steps: int, batch: int,
+                seed: int, lr: float, log: Callable[[str], None], name: str) -> None:
+    opt = torch.optim.AdamW(model.parameters(), lr=lr, weight_decay=1e-4)
+    sched = torch.optim.lr_scheduler.OneCycleLR(opt, lr, total_steps=steps, pct_start=0.15)
+    model.train()
+    batches = _batches(n, batch, np.random.default_rng(seed))
+    start = time.perf_counter()
+    for step in range(steps):
+        loss = loss_fn(next(batches))
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        opt.step()
+        sched.step()
+        if step % max(1, steps // 5) == 0 or step == steps - 1:
+            log(f"{name} step {step + 1}/{steps} loss {loss.item():.4f} "
+                f"({time.perf_counter() - start:.0f}s)")
+    model.eval()
+
+
+@torch.no_grad()
+def evaluate_probes(probes: SynthEmoProbes, data: ProbeData) -> dict[str, float]:
+    """Held-out scores: emotion accuracy (apex frames), AU MAE, landmark error (fraction of
+    image size), mouth-opening MAE, identity nearest-neighbour accuracy."""
+    x = to_tensor(data.frames)
+    out = {k: [] for k in ("emotion", "aus", "landmarks", "mouth")}
+    embeds = []
+    for i in range(0, len(x), 256):
+        pred = probes.expression(x[i:i + 256])
+        for k in out:
+            out[k].append(pred[k])
+        embeds.append(probes.identity(x[i:i + 256]))
+    pred = {k: torch.cat(v).numpy() for k, v in out.items()}
+    labelled = data.emotion != _NO_LABEL
+    emb = torch.cat(embeds)
+    sim = emb @ emb.T
+    sim.fill_diagonal_(-2)
+    nearest = sim.argmax(1).numpy()
+    return {
+        "emotion_accuracy": float((pred["emotion"].argmax(1) == data.emotion)[labelled].mean()),
+        "au_mae": float(np.abs(pred["aus"] - data.aus).mean()),
+        "landmark_error": float(np.linalg.norm(pred["landmarks"] - data.landmarks, axis=-1).mean()),
+        "mouth_mae": float(np.abs(pred["mouth"] - data.mouth).mean()),
+        "identity_nn_accuracy": float((data.identity[nearest] == data.identity).mean()),
+    }
+
+
+def train_probes(size: int = 64, seed: int = 0, train_identities: int = 300,
+                 frames_per_identity: int = 32, heldout_identities: int = 40,
+                 expression_steps: int = 1800, identity_steps: int = 300, batch: int = 64,
+                 cache_dir: str | os.PathLike | None = None, threads: int = 1,
+                 log: Callable[[str], None] = print) -> tuple[Path, dict[str, float]]:
+    """Render probe data, train both probes, evaluate on unseen identities, save the cache.
+
+    Returns the cache path and the held-out metrics (also stored in the file's metadata).
+    """
+    torch.set_num_threads(threads)
+    torch.manual_seed(seed)
+    begin = time.perf_counter()
+    train = render_probe_data(seed, range(train_identities), frames_per_identity, size)
+    held = render_probe_data(seed, range(train_identities, train_identities + heldout_identities),
+                             20, size)
+    log(f"rendered {len(train.frames)} train + {len(held.frames)} held-out frames "
+        f"({time.perf_counter() - begin:.0f}s)")
+    x = to_tensor(train.frames)
+    labels = {k: torch.from_numpy(getattr(train, k)) for k in
+              ("emotion", "aus", "landmarks", "mouth", "identity")}
+    probes = SynthEmoProbes(size)
+
+    def expression_loss(idx) -> torch.Tensor:
+        pred = probes.expression(_augment(x[idx]))
+        return (F.cross_entropy(pred["emotion"], labels["emotion"][idx], ignore_index=_NO_LABEL)
+                + 5 * F.binary_cross_entropy_with_logits(pred["au_logits"], labels["aus"][idx])
+                + 30 * F.smooth_l1_loss(pred["landmarks"], labels["landmarks"][idx], beta=0.01)
+                + F.l1_loss(pred["mouth"], labels["mouth"][idx]))
+
+    classifier = nn.Linear(EMBEDDING_DIM, train_identities, bias=False)
+    probes.identity.add_module("_train_head", classifier)
+
+    def identity_loss(idx) -> torch.Tensor:
+        emb = probes.identity(_augment(x[idx]))
+        logits = 16 * emb @ F.normalize(classifier.weight, dim=-1).T
+        return F.cross_entropy(logits, labels["identity"][idx], label_smoothing=0.1)
+
+    _train_loop(probes.expression, expression_loss, len(x), expression_steps, batch, seed, 3e-3,
+                log, "expression")
+    _train_loop(probes.identity, identity_loss, len(x), identity_steps, batch, seed + 1, 3e-3,
+                log, "identity")
+    del probes.identity._train_head
+    metrics = evaluate_probes(probes, held)
+    metrics["train_seconds"] = time.perf_counter() - begin
+    path = save_probes(probes, metrics, cache_dir)
+    log("held-out (unseen identities): " + ", ".join(f"{k} {v:.4f}" for k, v in metrics.items()))
+    return path, metrics
+
+
+def save_probes(probes: SynthEmoProbes, metrics: dict[str, float],
+                cache_dir: str | os.PathLike | None = None) -> Path:
+    """Write probes and their held-out metrics to the cache file (atomically); return its path."""
+    path = cache_path(probes.size, cache_dir)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.partial")
+    save_file(probes.state_dict(), str(tmp), metadata={
+        "generator_version": GENERATOR_VERSION, "size": str(probes.size),
+        "metrics": json.dumps(metrics)})
+    os.replace(tmp, path)
+    return path
+
+
+def load_probes(size: int = 64, cache_dir: str | os.PathLike | None = None,
+                train_if_missing: bool = False) -> SynthEmoProbes:
+    """The trained probes for ``size`` px frames (eval mode), from the cache.
+
+    Raises FileNotFoundError naming the command to run when the cache is missing and
+    ``train_if_missing`` is false.
+    """
+    path = cache_path(size, cache_dir)
+    if not path.is_file():
+        if not train_if_missing:
+            raise FileNotFoundError(
+                f"no SynthEmo probes at {path}; run `python -m moee synth probes --size {size}`")
+        train_probes(size=size, cache_dir=cache_dir)
+    probes = SynthEmoProbes(size)
+    probes.load_state_dict(load_file(str(path)))
+    return probes.eval()
+
+
+def probe_metrics(size: int = 64, cache_dir: str | os.PathLike | None = None) -> dict[str, float]:
+    """The held-out metrics stored with the cached probes."""
+    from safetensors import safe_open
+
+    with safe_open(str(cache_path(size, cache_dir)), "pt") as handle:
+        return json.loads(handle.metadata()["metrics"])

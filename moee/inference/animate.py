@@ -1,0 +1,164 @@
+"""``python -m moee animate``: one portrait + one speech track + an emotion → one mp4.
+
+Example::
+
+    python -m moee animate --image anna.jpg --audio hello.m4a --emotion "happily surprised" \\
+        --weights runs/tiny/weights --out anna.mp4 --net-preset tiny --steps 8
+
+Bad inputs (no face or several faces, unreadable or silent audio, an unknown emotion, missing
+weights) print one ``error: ...`` line to stderr and exit with status 1; no output is written.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import sys
+from pathlib import Path
+from typing import Literal
+
+import torch
+from jsonargparse import ArgumentParser
+
+from moee.data.faces import DetectorName
+from moee.emotions import BASIC_EMOTIONS
+from moee.inference.lightning import USER_ERRORS
+from moee.inference.pipeline import MoEEPipeline, SamplerName, SamplerSettings, prepare_inputs
+from moee.inference.portrait import InputError, PortraitSettings
+from moee.models.moee_net import MoEENetConfig
+from moee.models.pretrained import (
+    PRESETS,
+    SD15_WEIGHTS,
+    MissingWeightsError,
+    Preset,
+    WeightSources,
+)
+from moee.stages.base import MissingCheckpointError
+
+STAGE_FILES = ("backbone", *(f"expert_{e}" for e in BASIC_EMOTIONS), "gating")
+"""Stage exports of a weights folder, in loading order."""
+
+
+def stage_weights(paths: list[str]) -> list[str]:
+    """Expand a weights folder into its stage exports in loading order; files pass through."""
+    expanded = []
+    for path in paths:
+        if os.path.isdir(path):
+            expanded += [os.path.join(path, f"{name}.safetensors") for name in STAGE_FILES]
+        else:
+            expanded.append(path)
+    return expanded
+
+
+def animate(
+    image: str,
+    audio: str,
+    out: str,
+    weights: list[str],
+    emotion: str = "neutral",
+    net_preset: Preset = "tiny",
+    sampler: SamplerName = "dpmpp",
+    steps: int = 25,
+    audio_guidance: float = 3.5,
+    emotion_guidance: float = 2.5,
+    clip_frames: int = 16,
+    transition: float = 1.0,
+    seed: int = 0,
+    size: int | None = None,
+    detect: bool = True,
+    detector: DetectorName = "mediapipe",
+    margin: float = 1.8,
+    paste_back: bool = False,
+    feather: float = 0.1,
+    frames_dir: str | None = None,
+    device: str = "auto",
+    dtype: Literal["float32", "bfloat16", "float16"] = "float32",
+    progress: bool = True,
+) -> Path:
+    """Animate a portrait with speech under an emotion condition and write an mp4.
+
+    Args:
+        image: the portrait (any image format; one face).
+        audio: the speech (any audio format, rate and channel count).
+        out: the mp4 to write (H.264, 25 fps, the input audio muxed in).
+        weights: trained weights in loading order (backbone, experts, gating), or a folder
+            holding backbone.safetensors, expert_<emotion>.safetensors and gating.safetensors
+            (and, for the tiny preset, the stage-0 autoencoder in its ``vae/`` subfolder).
+        emotion: "happy", "sad@0.4", "happily surprised", "happy:0.7,surprised:0.3",
+            "AU6:0.8,AU12:1", "text:a faint smile", "speech", "neutral", or a timeline like
+            "0s:neutral,3s:happy,6s:sadly surprised".
+        net_preset: network size: tiny (CPU) or sd15 (pretrained SD-1.5 parts).
+        sampler: dpmpp (DPM-Solver++ 2M), ddim or euler.
+        steps: denoising steps per clip.
+        audio_guidance: classifier-free guidance scale of the audio.
+        emotion_guidance: classifier-free guidance scale of the emotion.
+        clip_frames: frames per clip (the model's training window).
+        transition: seconds over which a timeline blends into its next emotion.
+        seed: seed of the noise.
+        size: face crop side in pixels (default: the network's image size).
+        detect: find the face; false takes the image's centre square (already a face crop).
+        detector: face detector: mediapipe or haar.
+        margin: crop side as a multiple of the face size.
+        paste_back: paste the animated face back into the full photo.
+        feather: blend width at the pasted crop's edge (fraction of its side).
+        frames_dir: also write the frames as PNGs into this folder.
+        device: cpu, cuda, cuda:1, ... or auto.
+        dtype: floating-point type of the network.
+        progress: show a progress bar.
+    """
+    if not weights:
+        raise InputError("no --weights given; pass the trained stage exports or their folder")
+    trained_vae = next((os.path.join(w, "vae") for w in weights
+                        if os.path.isdir(os.path.join(w, "vae"))), None)
+    weights = stage_weights(weights)
+    if device == "auto":
+        device = "cuda" if torch.cuda.is_available() else "cpu"
+    settings = SamplerSettings(sampler=sampler, steps=steps, audio_guidance=audio_guidance,
+                               emotion_guidance=emotion_guidance, clip_frames=clip_frames,
+                               transition=transition, seed=seed)
+    net = MoEENetConfig(preset=net_preset, weights=SD15_WEIGHTS) if net_preset == "sd15" \
+        else MoEENetConfig(preset=net_preset, weights=WeightSources(vae=trained_vae))
+    portrait = PortraitSettings(detect=detect, detector=detector, margin=margin,
+                                paste_back=paste_back, feather=feather)
+    size = size or PRESETS[net_preset].vae["sample_size"]
+    inputs = prepare_inputs(image, audio, emotion, size, portrait, transition)
+    pipeline = MoEEPipeline.from_weights(net, weights, settings=settings, size=size,
+                                         progress=progress)
+    pipeline.net.to(device=device, dtype=getattr(torch, dtype))
+    return pipeline.render(inputs).save(out, frames_dir)
+
+
+def _underscored(argv: list[str]) -> list[str]:
+    """``--net-preset x`` → ``--net_preset x`` (both spellings are accepted)."""
+    normalized = []
+    for arg in argv:
+        if arg.startswith("--"):
+            name, equals, value = arg[2:].partition("=")
+            arg = f"--{name.replace('-', '_')}{equals}{value}"
+        normalized.append(arg)
+    return normalized
+
+
+def build_parser() -> ArgumentParser:
+    """The ``moee animate`` parser: every parameter of :func:`animate` as an option."""
+    parser = ArgumentParser(
+        prog="python -m moee animate",
+        description="Animate one portrait with speech under an emotion condition.",
+        default_env=False,
+    )
+    parser.add_function_arguments(animate, skip={"weights"})
+    parser.add_argument("--weights", nargs="+", required=True,
+                        help="trained weights in loading order, or their folder")
+    return parser
+
+
+def main(argv: list[str] | None = None) -> None:
+    """Entry point of ``python -m moee animate`` (options: ``--help``)."""
+    args = build_parser().parse_args(_underscored(sys.argv[1:] if argv is None else argv))
+    logging.basicConfig(level=logging.WARNING, format="%(message)s")
+    try:
+        path = animate(**args.as_dict())
+    except (*USER_ERRORS, MissingCheckpointError, MissingWeightsError) as error:
+        print(f"error: {' '.join(str(error).split())}", file=sys.stderr)
+        sys.exit(1)
+    print(path)

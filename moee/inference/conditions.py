@@ -1,0 +1,151 @@
+"""Emotion conditions at inference: what reaches the network, and timelines over clips.
+
+Every user condition goes through :func:`moee.emotions.parse_emotion`, then:
+
+=====================  ===========================================  =========================
+condition              Emotion-to-Latents input (``present``)       Emotion MoE routing
+=====================  ===========================================  =========================
+basic ``sad@0.4``      label × intensity + prototype AUs            single expert ``i``
+compound               label (compound shares) + prototype AUs      learned gates (eq. 2–4)
+mix ``happy:.7,...``   label (the mix) + prototype AUs              ``weights`` = the mix
+neutral                zero label + zero AUs                        learned gates
+``AU6:0.8,...``        AUs                                          learned gates
+``text:...``           T5 text                                      learned gates
+``speech``             speech-emotion encoder on the clip's audio   learned gates
+=====================  ===========================================  =========================
+
+A timeline (``"0s:neutral,3s:happy"``) gives each clip a blend of its entries
+(:meth:`EmotionTrack.blend`): around each switch the new entry's share ramps linearly from 0 to
+1 over ``transition`` seconds centred on the switch time. Emotion latents are blended with those
+shares; the routing is the entries' own when they agree, else an explicit expert mixture of the
+entries' basic-emotion weights (uniform for entries that have none).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+
+from moee.emotions import (
+    NUM_ACTION_UNITS,
+    NUM_EXPERTS,
+    EmotionCondition,
+    parse_emotion_timeline,
+)
+from moee.models.emotion_latents import MODALITIES, EmotionInputs
+
+_LABEL_KINDS = ("neutral", "basic", "compound", "mixture")
+
+
+@dataclass(frozen=True)
+class Routing:
+    """How the Emotion MoE mixes its experts: one ``expert``, explicit ``weights`` (6), or
+    neither (the learned local and global gates)."""
+
+    expert: int | None = None
+    weights: tuple[float, ...] | None = None
+
+    @classmethod
+    def of(cls, condition: EmotionCondition) -> Routing:
+        """The routing a condition asks for on its own."""
+        if condition.kind == "basic":
+            return cls(expert=condition.expert)
+        if condition.kind == "mixture":
+            return cls(weights=tuple(condition.weights))
+        return cls()
+
+    def network_kwargs(self, device: torch.device) -> dict:
+        """``expert`` and ``weights`` (1 e) arguments of ``MoEENet.forward``."""
+        weights = None if self.weights is None else torch.tensor([self.weights], device=device)
+        return {"expert": self.expert, "weights": weights}
+
+
+def expert_shares(condition: EmotionCondition) -> tuple[float, ...]:
+    """Basic-emotion weights of a condition for an explicit mixture (uniform when it has none)."""
+    if sum(condition.weights) > 0:
+        return tuple(condition.weights)
+    return (1.0 / NUM_EXPERTS,) * NUM_EXPERTS
+
+
+def emotion_inputs(
+    condition: EmotionCondition, speech: torch.Tensor, device: torch.device
+) -> EmotionInputs:
+    """One condition as a batch of one :class:`EmotionInputs` (see the module table).
+
+    ``speech`` is the clip's 16 kHz audio ``(1, f * 640)``, used only by ``speech`` conditions.
+    """
+    present = dict.fromkeys(MODALITIES, False)
+    label = torch.zeros(1, NUM_EXPERTS, device=device)
+    au = torch.zeros(1, NUM_ACTION_UNITS, device=device)
+    if condition.kind in _LABEL_KINDS:
+        present["label"] = present["au"] = True
+        label = torch.tensor([condition.label_vector()], device=device)
+        au = torch.tensor([condition.au_vector()], device=device)
+    elif condition.kind == "au":
+        present["au"] = True
+        au = torch.tensor([condition.au_vector()], device=device)
+    else:
+        present[condition.kind] = True
+    return EmotionInputs(
+        label=label,
+        au=au,
+        text=[condition.text],
+        speech=speech.to(device),
+        present=torch.tensor([[present[m] for m in MODALITIES]], device=device),
+    )
+
+
+class EmotionTrack:
+    """An emotion condition over time: one condition, or a timeline of them.
+
+    Args:
+        entries: ``(start seconds, condition)`` sorted by time, the first at 0 s.
+        transition: seconds over which one entry blends into the next (0: hard switches).
+    """
+
+    def __init__(self, entries: list[tuple[float, EmotionCondition]], transition: float = 1.0):
+        if not entries or entries[0][0] != 0.0:
+            raise ValueError("an emotion track needs an entry at 0 s")
+        if transition < 0:
+            raise ValueError(f"transition must be ≥ 0 seconds, got {transition}")
+        self.entries = entries
+        self.transition = transition
+
+    @classmethod
+    def parse(cls, spec: str | EmotionCondition, transition: float = 1.0) -> EmotionTrack:
+        """A track from a condition or a spec: ``"sad@0.5"`` or ``"0s:neutral,3s:happy"``."""
+        if isinstance(spec, EmotionCondition):
+            return cls([(0.0, spec)], transition)
+        return cls(parse_emotion_timeline(spec), transition)
+
+    @property
+    def conditions(self) -> list[EmotionCondition]:
+        """The conditions of the entries, in time order."""
+        return [condition for _, condition in self.entries]
+
+    def _arrival(self, index: int, seconds: float) -> float:
+        """How far entry ``index`` has taken over at ``seconds``: 0 → 1 around its start."""
+        start = self.entries[index][0]
+        if index == 0:
+            return 1.0
+        if self.transition == 0:
+            return float(seconds >= start)
+        return min(max((seconds - start) / self.transition + 0.5, 0.0), 1.0)
+
+    def blend(self, seconds: float) -> list[tuple[int, float]]:
+        """``(entry index, share)`` of every entry active at ``seconds``; shares sum to 1."""
+        arrivals = [self._arrival(i, seconds) for i in range(len(self.entries))] + [0.0]
+        shares = [(i, arrivals[i] - arrivals[i + 1]) for i in range(len(self.entries))]
+        return [(i, share) for i, share in shares if share > 0]
+
+    def routing(self, blend: list[tuple[int, float]]) -> Routing:
+        """The Emotion MoE routing of a blend (see the module docstring)."""
+        routings = {Routing.of(self.entries[i][1]) for i, _ in blend}
+        if len(routings) == 1:
+            return routings.pop()
+        mixed = torch.zeros(NUM_EXPERTS, dtype=torch.float64)
+        for i, share in blend:
+            mixed += share * torch.tensor(expert_shares(self.entries[i][1]), dtype=torch.float64)
+        return Routing(weights=tuple(mixed.tolist()))
+

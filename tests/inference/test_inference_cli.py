@@ -1,0 +1,149 @@
+"""``python -m moee animate`` and ``python -m moee predict`` end to end, and every bad input."""
+
+from __future__ import annotations
+
+import wave
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+from safetensors.torch import save_file
+
+from moee.cli import MoEECLI
+from moee.cli import main as moee_main
+from moee.data.media import read_audio, read_video
+from moee.inference.animate import main as animate_main
+from moee.models.moee_net import MoEENet
+
+CONFIGS = Path(__file__).resolve().parents[2] / "configs"
+FAST = ["--steps", "1", "--clip-frames", "4", "--audio-guidance", "1", "--emotion-guidance", "1",
+        "--progress", "false"]
+
+
+def write_wav(path: Path, audio: np.ndarray, rate: int, channels: int = 1) -> Path:
+    """16-bit PCM wav, the mono signal copied to every channel."""
+    pcm = (np.clip(audio, -1, 1) * 32767).astype("<i2")
+    with wave.open(str(path), "wb") as out:
+        out.setnchannels(channels)
+        out.setsampwidth(2)
+        out.setframerate(rate)
+        out.writeframes(np.repeat(pcm[:, None], channels, 1).tobytes())
+    return path
+
+
+def speech(seconds: float, rate: int) -> np.ndarray:
+    """A speech-like buzz: 150 Hz under a 4 Hz syllable envelope."""
+    t = np.arange(round(seconds * rate)) / rate
+    return 0.3 * np.sin(2 * np.pi * 150 * t) * (0.6 + 0.4 * np.sin(2 * np.pi * 4 * t))
+
+
+@pytest.fixture(scope="module")
+def files(tmp_path_factory):
+    """Random tiny weights (live branches) and every input file, good and bad."""
+    data = pytest.importorskip("skimage.data", reason="scikit-image gives the real photo")
+    root = tmp_path_factory.mktemp("inputs")
+    torch.manual_seed(0)
+    net = MoEENet()
+    with torch.no_grad():
+        for p in net.denoiser.blocks.parameters():
+            if not p.any():
+                p.normal_(std=0.05)
+    save_file({k: v.clone() for k, v in net.state_dict().items()}, root / "w.safetensors")
+    astronaut = data.astronaut()
+    Image.fromarray(astronaut).save(root / "astronaut.jpg")
+    Image.fromarray(np.concatenate([astronaut[:300, 80:330]] * 2, axis=1)).save(root / "two.png")
+    Image.new("RGB", (256, 256), (128, 128, 128)).save(root / "grey.png")
+    write_wav(root / "speech.wav", speech(0.5, 44100), 44100, channels=2)
+    write_wav(root / "short.wav", speech(0.16, 16000), 16000)
+    write_wav(root / "silent.wav", np.zeros(8000), 16000)
+    (root / "broken.wav").write_bytes(b"RIFF not really a wav file")
+    return root
+
+
+def animate_args(files: Path, out: Path, **overrides) -> list[str]:
+    args = {"image": files / "astronaut.jpg", "audio": files / "short.wav", "emotion": "happy",
+            "weights": files / "w.safetensors", "out": out, **overrides}
+    return [item for key, value in args.items() for item in (f"--{key}", str(value))] + FAST
+
+
+@pytest.mark.parametrize(
+    ("override", "message"),
+    [
+        ({"image": "grey.png"}, "no face found"),
+        ({"image": "two.png"}, "2 faces found"),
+        ({"image": "missing.jpg"}, "cannot read image"),
+        ({"audio": "silent.wav"}, "silent"),
+        ({"audio": "broken.wav"}, "cannot read"),
+        ({"emotion": "ecstatic"}, "unknown emotion"),
+        ({"weights": "missing.safetensors"}, "checkpoint not found"),
+    ],
+    ids=["no-face", "two-faces", "no-image", "silent", "unreadable-audio", "bad-emotion",
+         "no-weights"],
+)
+def test_bad_input_is_one_line_and_leaves_nothing(files, tmp_path, capsys, override, message):
+    override = {k: files / v if k != "emotion" else v for k, v in override.items()}
+    out_dir = tmp_path / "out"
+    with pytest.raises(SystemExit) as exit_info:
+        animate_main(animate_args(files, out_dir / "video.mp4", **override))
+    assert exit_info.value.code not in (0, None)
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and err[0].startswith("error: ") and message in err[0], err
+    assert not out_dir.exists() or not any(out_dir.iterdir())
+
+
+@pytest.mark.slow
+def test_animate_a_real_photo_end_to_end(files, tmp_path, capsys):
+    out, frames_dir = tmp_path / "astronaut.mp4", tmp_path / "frames"
+    args = animate_args(files, out, audio=files / "speech.wav", emotion="happily surprised",
+                        paste_back="true", frames_dir=frames_dir)
+    animate_main(args + ["--steps", "2", "--clip-frames", "8", "--audio-guidance", "2",
+                         "--emotion-guidance", "2"])
+    assert capsys.readouterr().out.strip() == str(out)
+    frames, fps = read_video(out)
+    assert frames.shape == (13, 512, 512, 3) and fps == 25  # ceil(0.5 s × 25), pasted back
+    assert len(list(frames_dir.glob("*.png"))) == 13
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["astronaut.mp4", "frames"]
+    sent, muxed = read_audio(files / "speech.wav"), read_audio(out)
+    assert abs(len(muxed) - len(sent)) < 1024
+    n = min(len(sent), len(muxed)) - 2048
+    lags = range(-1024, 1025, 8)
+    correlation = max(np.corrcoef(sent[1024 : 1024 + n], muxed[1024 + lag : 1024 + lag + n])[0, 1]
+                      for lag in lags)
+    assert correlation > 0.95
+
+
+def test_predict_renders_a_jobs_file(files, tmp_path):
+    jobs = tmp_path / "jobs.csv"
+    jobs.write_text("image,audio,emotion,output\n"
+                    f"{files / 'astronaut.jpg'},{files / 'short.wav'},sad@0.5,out/ok.mp4\n"
+                    f"{files / 'grey.png'},{files / 'short.wav'},sad,out/no_face.mp4\n")
+    override = tmp_path / "override.yaml"  # the weights file holds the VAE too
+    override.write_text("model:\n  init_args:\n    net:\n      weights:\n        vae: null\n")
+    moee_main(["predict", "--config", str(CONFIGS / "tiny/predict.yaml"),
+               "--config", str(override),
+               "--model.init_args.weights", f"[{files / 'w.safetensors'}]",
+               "--model.init_args.sampler.steps", "1",
+               "--model.init_args.sampler.clip_frames", "4",
+               "--model.init_args.progress", "false",
+               "--data.init_args.jobs", str(jobs),
+               "--trainer.default_root_dir", str(tmp_path / "run")])
+    frames, _ = read_video(tmp_path / "out/ok.mp4")
+    assert frames.shape == (4, 64, 64, 3)
+    assert sorted(p.name for p in (tmp_path / "out").iterdir()) == ["ok.mp4"]
+
+
+class ParseOnlyCLI(MoEECLI):
+    """Validates a config against the class signatures without building anything."""
+
+    def instantiate_classes(self) -> None:
+        pass
+
+
+@pytest.mark.parametrize("config", ["tiny/predict.yaml", "predict.yaml"])
+def test_predict_configs_parse(config):
+    parsed = ParseOnlyCLI(args=["--config", str(CONFIGS / config)], run=False).config
+    assert parsed.model.class_path == "moee.inference.lightning.AnimationModule"
+    assert parsed.data.class_path == "moee.inference.lightning.AnimationJobs"
+    assert parsed.model.init_args.weights

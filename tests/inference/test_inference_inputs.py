@@ -1,0 +1,206 @@
+"""Inference inputs without the network: images, faces, emotion tracks, jobs files."""
+
+from __future__ import annotations
+
+import io
+import json
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+from moee.emotions import EmotionSpecError, parse_emotion
+from moee.inference.conditions import EmotionTrack, Routing
+from moee.inference.lightning import AnimationJob, read_jobs
+from moee.inference.pipeline import Guidance, SamplerSettings, make_scheduler
+from moee.inference.portrait import (
+    InputError,
+    Portrait,
+    PortraitSettings,
+    load_image,
+    prepare_portrait,
+)
+from moee.stages.diffusion import DiffusionObjective
+
+
+def _encoded(image: Image.Image, fmt: str, **kwargs) -> bytes:
+    buffer = io.BytesIO()
+    image.save(buffer, format=fmt, **kwargs)
+    return buffer.getvalue()
+
+
+# ---- images -------------------------------------------------------------------------------
+
+
+def test_rgba_is_composited_on_the_background():
+    rgba = np.zeros((8, 8, 4), np.uint8)
+    rgba[..., 0] = 200
+    rgba[:4, ..., 3] = 255  # top half opaque red, bottom half transparent
+    out = load_image(_encoded(Image.fromarray(rgba, "RGBA"), "PNG"), background=(0, 0, 255))
+    assert out.shape == (8, 8, 3) and out.dtype == np.uint8
+    assert tuple(out[0, 0]) == (200, 0, 0) and tuple(out[7, 7]) == (0, 0, 255)
+
+
+@pytest.mark.parametrize("mode", ["L", "P", "CMYK", "I;16", "LA", "1"])
+def test_any_mode_becomes_rgb(mode):
+    image = Image.fromarray(np.random.default_rng(0).integers(0, 255, (6, 10, 3), np.uint8))
+    converted = image.convert("L").convert("I;16") if mode == "I;16" else image.convert(mode)
+    fmt = "TIFF" if mode in ("CMYK", "I;16") else "PNG"
+    out = load_image(_encoded(converted, fmt))
+    assert out.shape == (6, 10, 3) and out.dtype == np.uint8
+
+
+def test_exif_rotation_is_applied():
+    image = Image.new("RGB", (20, 10), (10, 20, 30))
+    exif = image.getexif()
+    exif[0x0112] = 6  # rotate 90° clockwise on display
+    out = load_image(_encoded(image, "JPEG", exif=exif.tobytes()))
+    assert out.shape == (20, 10, 3)
+
+
+def test_very_large_images_are_downscaled():
+    out = load_image(Image.new("RGB", (3000, 1500)), max_side=1000)
+    assert out.shape == (500, 1000, 3)
+
+
+def test_unreadable_image_is_one_line(tmp_path):
+    path = tmp_path / "face.jpg"
+    path.write_bytes(b"not an image")
+    with pytest.raises(InputError, match="cannot read image") as info:
+        load_image(path)
+    assert "\n" not in str(info.value)
+    with pytest.raises(InputError, match="cannot read image"):
+        load_image(tmp_path / "missing.png")
+
+
+# ---- faces (the real MediaPipe detector) ----------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def astronaut():
+    data = pytest.importorskip("skimage.data", reason="scikit-image gives the real photo")
+    return data.astronaut()
+
+
+@pytest.fixture(scope="module")
+def detector():
+    from moee.data.faces import make_detector
+
+    return make_detector("mediapipe")
+
+
+def test_face_crop_of_a_real_photo(astronaut, detector):
+    portrait = prepare_portrait(astronaut, 64, detector=detector)
+    x0, y0, side = portrait.box
+    assert portrait.crop.shape == (64, 64, 3)
+    assert 150 < x0 + side / 2 < 300 and 60 < y0 + side / 2 < 220  # the astronaut's face
+    reference = portrait.reference()
+    assert reference.shape == (3, 64, 64) and -1 <= reference.min() <= reference.max() <= 1
+
+
+def test_no_face_and_two_faces_are_errors(astronaut, detector):
+    with pytest.raises(InputError, match="no face found"):
+        prepare_portrait(np.full((256, 256, 3), 128, np.uint8), 64, detector=detector)
+    two = np.concatenate([astronaut[:300, 80:330]] * 2, axis=1)
+    with pytest.raises(InputError, match="2 faces found"):
+        prepare_portrait(two, 64, detector=detector)
+
+
+def test_face_crops_can_skip_detection():
+    image = np.zeros((40, 60, 3), np.uint8)
+    image[:, 10:50] = 255  # the centre square
+    portrait = prepare_portrait(image, 16, PortraitSettings(detect=False))
+    assert portrait.box == (10, 0, 40) and (portrait.crop == 255).all()
+
+
+def test_paste_back_is_feathered_and_even_sized():
+    photo = np.zeros((101, 81, 3), np.uint8)
+    portrait = Portrait(photo, box=(-10, 20, 60), crop=np.zeros((16, 16, 3), np.uint8))
+    out = portrait.paste(np.full((2, 16, 16, 3), 200, np.uint8), feather=0.2)
+    assert out.shape == (2, 100, 80, 3)
+    assert (out[:, 50, 20] == 200).all()  # inside the crop, away from its edge
+    assert (out[:, 5, 70] == 0).all() and (out[:, 90, 20] == 0).all()  # outside it
+    ramp = out[0, 50, 20:60, 0]
+    assert ramp[-1] < 200 and (np.diff(ramp.astype(int)) <= 0).all()  # fades towards the edge
+
+
+# ---- emotion tracks ------------------------------------------------------------------------
+
+
+def test_routing_of_each_condition():
+    assert Routing.of(parse_emotion("sad@0.4")) == Routing(expert=4)
+    mix = Routing.of(parse_emotion("happy:0.7,surprised:0.3"))
+    assert mix.expert is None and mix.weights == pytest.approx((0, 0, 0, 0.7, 0, 0.3))
+    for gated in ("sadly surprised", "neutral", "AU6:0.8", "text:a smile", "speech"):
+        assert Routing.of(parse_emotion(gated)) == Routing()
+
+
+def test_timeline_blends_linearly_around_each_switch():
+    track = EmotionTrack.parse("0s:neutral,3s:happy,6s:sad", transition=1.0)
+    assert track.blend(1.0) == [(0, 1.0)]
+    assert track.blend(3.0) == [(0, 0.5), (1, 0.5)]
+    assert track.blend(3.25) == [(0, pytest.approx(0.25)), (1, pytest.approx(0.75))]
+    assert track.blend(4.0) == [(1, 1.0)]
+    assert track.blend(9.0) == [(2, 1.0)]
+    happy_to_sad = track.routing(track.blend(6.25))
+    assert happy_to_sad.expert is None
+    assert happy_to_sad.weights == pytest.approx((0, 0, 0, 0.25, 0.75, 0))
+    neutral_to_happy = track.routing(track.blend(3.0))  # neutral has no weights: uniform
+    assert neutral_to_happy.weights == pytest.approx([1 / 12] * 3 + [1 / 12 + 0.5] + [1 / 12] * 2)
+    hard = EmotionTrack.parse("0s:neutral,3s:happy", transition=0)
+    assert hard.blend(2.99) == [(0, 1.0)] and hard.blend(3.0) == [(1, 1.0)]
+
+
+def test_unknown_emotion_is_rejected():
+    with pytest.raises(EmotionSpecError, match="unknown emotion"):
+        EmotionTrack.parse("0s:neutral,2s:ecstatic")
+
+
+# ---- sampler settings ----------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("name", ["ddim", "dpmpp", "euler"])
+def test_schedulers_follow_the_training_objective(name):
+    objective = DiffusionObjective(prediction_type="v_prediction")
+    scheduler = make_scheduler(name, objective)
+    assert scheduler.config.prediction_type == "v_prediction"
+    assert scheduler.config.timestep_spacing == "trailing"
+    assert scheduler.config.beta_schedule == "scaled_linear"
+    scheduler.set_timesteps(4)
+    assert int(scheduler.timesteps[0]) == 999  # trailing spacing starts at pure noise
+
+
+def test_guidance_combines_and_skips_unneeded_branches():
+    uncond, audio, full = 1.0, 2.0, 4.0
+    three = Guidance(3.0, 2.0)
+    assert three.combine(torch.tensor([uncond, audio, full])) == pytest.approx(1 + 3 * 1 + 2 * 2)
+    assert len(three.branches) == 3
+    assert len(Guidance(1.0, 1.0).branches) == 1 and len(Guidance(2.0, 2.0).branches) == 2
+    assert Guidance(2.0, 2.0).combine(torch.tensor([uncond, full])) == pytest.approx(1 + 2 * 3)
+    assert SamplerSettings(audio_guidance=2, emotion_guidance=3).guidance == Guidance(2, 3)
+
+
+# ---- jobs files ----------------------------------------------------------------------------
+
+
+def test_jobs_from_csv_and_jsonl(tmp_path):
+    (tmp_path / "jobs.csv").write_text(
+        "image,audio,emotion,output,seed\nface.png,a.wav,happily surprised,out/1.mp4,3\n"
+        "face.png,b.wav,,out/2.mp4,\n")
+    jobs = read_jobs(tmp_path / "jobs.csv")
+    assert jobs[0] == AnimationJob(str(tmp_path / "face.png"), str(tmp_path / "a.wav"),
+                                   str(tmp_path / "out/1.mp4"), "happily surprised", 3)
+    assert jobs[1].emotion == "neutral" and jobs[1].seed is None
+    lines = [{"image": "/abs/face.png", "audio": "a.wav", "output": "o.mp4", "emotion": "sad"}]
+    (tmp_path / "jobs.jsonl").write_text("\n".join(json.dumps(line) for line in lines) + "\n")
+    (job,) = read_jobs(tmp_path / "jobs.jsonl")
+    assert job.image == "/abs/face.png" and job.emotion == "sad"
+
+
+def test_bad_jobs_file_is_one_line(tmp_path):
+    (tmp_path / "jobs.csv").write_text("image,audio\nface.png,a.wav\n")
+    with pytest.raises(InputError, match="job 1 needs image, audio, output"):
+        read_jobs(tmp_path / "jobs.csv")
+    with pytest.raises(InputError, match="not found"):
+        read_jobs(tmp_path / "nope.csv")

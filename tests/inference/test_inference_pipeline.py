@@ -1,0 +1,205 @@
+"""MoEEPipeline with the tiny random-weight network at 64 px: clips, guidance, emotions.
+
+Spies (hooks and wrapped methods) check what reaches the network on each call.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+
+from moee.emotions import parse_emotion
+from moee.inference.conditions import EmotionTrack
+from moee.inference.pipeline import MoEEPipeline, SamplerSettings
+from moee.models.emotion_moe import EmotionMoE
+from moee.models.moee_net import MoEENet
+
+SIZE = 64
+
+
+@pytest.fixture(scope="module")
+def net() -> MoEENet:
+    """The tiny network with its zero-initialised output layers randomised (live branches)."""
+    torch.manual_seed(0)
+    net = MoEENet()
+    with torch.no_grad():
+        for p in net.denoiser.blocks.parameters():
+            if not p.any():
+                p.normal_(std=0.05)
+    return net.eval()
+
+
+def make_pipeline(net: MoEENet, **settings) -> MoEEPipeline:
+    """A fast pipeline: 4-frame clips, 1 step, no guidance unless asked."""
+    defaults = dict(steps=1, clip_frames=4, audio_guidance=1.0, emotion_guidance=1.0)
+    return MoEEPipeline(net, SamplerSettings(**{**defaults, **settings}), progress=False)
+
+
+def speech(seconds: float) -> np.ndarray:
+    """A 16 kHz speech-like test signal: a 150 Hz buzz under a 4 Hz syllable envelope."""
+    t = np.arange(round(seconds * 16000)) / 16000
+    return (0.3 * np.sin(2 * np.pi * 150 * t) * (0.6 + 0.4 * np.sin(2 * np.pi * 4 * t))).astype(
+        np.float32)
+
+
+class Spy:
+    """Records every network call, ReferenceNet call, decoded clip and Emotion MoE call."""
+
+    def __init__(self, net: MoEENet, monkeypatch: pytest.MonkeyPatch) -> None:
+        self.calls: list[dict] = []  # MoEENet.forward kwargs
+        self.motion: list[torch.Tensor] = []  # motion latents given to the ReferenceNet
+        self.decoded: list[torch.Tensor] = []  # clip latents given to the VAE decoder
+        self.moe: list[tuple] = []  # (expert, weights) of the first Emotion MoE per call
+        self.experts_run: set[int] = set()
+        self.modules_run: dict[str, list] = {}
+        self.handles = [net.register_forward_pre_hook(self._forward, with_kwargs=True)]
+        first_moe = next(m for m in net.denoiser.modules() if isinstance(m, EmotionMoE))
+        self.handles.append(first_moe.register_forward_pre_hook(self._moe))
+        for module in net.denoiser.modules():
+            if isinstance(module, EmotionMoE):
+                for index, expert in enumerate(module.experts):
+                    self.handles.append(expert.register_forward_hook(
+                        lambda *_, i=index: self.experts_run.add(i)))
+        encode_reference, decode = net.encode_reference, net.vae.decode
+
+        def spy_reference(image, motion_latents=None, **kwargs):
+            self.motion.append(motion_latents.clone())
+            return encode_reference(image, motion_latents, **kwargs)
+
+        def spy_decode(latents):
+            self.decoded.append(latents.clone())
+            return decode(latents)
+
+        monkeypatch.setattr(net, "encode_reference", spy_reference)
+        monkeypatch.setattr(net.vae, "decode", spy_decode)
+
+    def watch(self, name: str, module: torch.nn.Module) -> None:
+        """Record the first positional input of ``module`` on every call under ``name``."""
+        self.modules_run[name] = []
+        self.handles.append(module.register_forward_pre_hook(
+            lambda _, args: self.modules_run[name].append(args[0])))
+
+    def _forward(self, _, args, kwargs):
+        self.calls.append({"batch": args[0].shape[0], **kwargs})
+
+    def _moe(self, _, args):
+        self.moe.append((args[2], args[3]))
+
+    def remove(self) -> None:
+        """Remove every hook."""
+        for handle in self.handles:
+            handle.remove()
+
+
+@pytest.fixture
+def spy(net, monkeypatch):
+    spy = Spy(net, monkeypatch)
+    yield spy
+    spy.remove()
+
+
+def run(pipeline: MoEEPipeline, emotion: str, seconds: float, seed: int = 0) -> np.ndarray:
+    reference = torch.rand(3, SIZE, SIZE, generator=torch.Generator().manual_seed(1)) * 2 - 1
+    track = EmotionTrack.parse(emotion, pipeline.settings.transition)
+    return pipeline.generate(reference, speech(seconds), track,
+                             torch.Generator().manual_seed(seed))
+
+
+def test_clips_are_continuous_and_cover_the_audio(net, spy):
+    frames = run(make_pipeline(net, clip_frames=8), "happy", 1.3)
+    assert frames.shape == (33, SIZE, SIZE, 3) and frames.dtype == np.uint8  # ceil(1.3 * 25)
+    clips = 5
+    assert len(spy.motion) == len(spy.decoded) == clips  # ReferenceNet once per clip
+    assert len(spy.calls) == clips  # clips × 1 step
+    first = spy.motion[0]
+    assert torch.equal(first[:, 0], first[:, 1])  # the reference latent, repeated
+    for k in range(clips - 1):
+        assert torch.equal(spy.motion[k + 1], spy.decoded[k][:, -2:])  # exact float latents
+
+
+def test_guidance_branches_run_in_one_batched_call(net, spy):
+    pipeline = make_pipeline(net, steps=2, audio_guidance=2.0, emotion_guidance=3.0)
+    frames = run(pipeline, "sad", 0.32)
+    assert len(frames) == 8
+    assert len(spy.calls) == 2 * 2  # 2 clips × 2 steps, one network call each
+    for call in spy.calls:
+        assert call["batch"] == 3
+        assert call["drop_audio"].tolist() == [True, False, False]
+        assert call["drop_emotion"].tolist() == [True, True, False]
+        assert call["reference"].image_embeds.shape[0] == 3
+    assert len(spy.motion) == 2
+
+
+def test_seed_decides_the_noise(net):
+    pipeline = make_pipeline(net)
+    first, again, other = (run(pipeline, "neutral", 0.16, seed) for seed in (5, 5, 6))
+    assert np.array_equal(first, again) and not np.array_equal(first, other)
+
+
+def test_basic_label_runs_only_its_expert(net, spy):
+    run(make_pipeline(net), "sad", 0.16)
+    assert spy.moe == [(4, None)]
+    assert spy.experts_run == {4}
+
+
+def test_mixture_weights_replace_the_global_gate(net, spy):
+    run(make_pipeline(net), "happy:0.7,surprised:0.3", 0.16)
+    ((expert, weights),) = spy.moe
+    assert expert is None
+    expected = torch.tensor([0, 0, 0, 0.7, 0, 0.3]).expand(4, -1)  # one row per frame
+    torch.testing.assert_close(weights, expected)
+
+
+def test_compound_uses_the_learned_gates(net, spy):
+    moe = next(m for m in net.denoiser.modules() if isinstance(m, EmotionMoE))
+    spy.watch("global_gate", moe.global_gate)
+    run(make_pipeline(net), "sadly surprised", 0.16)
+    assert spy.moe == [(None, None)]
+    assert len(spy.modules_run["global_gate"]) == 1
+
+
+@pytest.mark.parametrize("spec", ["sad@0.4", "neutral", "AU6:0.8,AU12:1", "text:a faint smile"])
+def test_condition_reaches_its_encoder(net, spy, spec):
+    queries = net.emotion_to_latents.to_queries
+    spy.watch("label", queries["label"])
+    spy.watch("au", queries["au"])
+    spy.watch("text", net.emotion_to_latents.text_encoder)
+    run(make_pipeline(net), spec, 0.16)
+    condition = parse_emotion(spec)
+    seen = spy.modules_run
+    if condition.kind == "text":
+        assert seen["text"] == [["a faint smile"]] and not seen["label"] and not seen["au"]
+        return
+    torch.testing.assert_close(seen["au"][0], torch.tensor([condition.au_vector()]))
+    if condition.kind == "au":
+        assert not seen["label"]
+    else:
+        torch.testing.assert_close(seen["label"][0], torch.tensor([condition.label_vector()]))
+    if spec == "sad@0.4":
+        torch.testing.assert_close(seen["label"][0], torch.tensor([[0, 0, 0, 0, 0.4, 0.0]]))
+
+
+def test_speech_condition_encodes_the_clip_audio(net, spy):
+    spy.watch("speech", net.emotion_to_latents.speech_encoder)
+    run(make_pipeline(net), "speech", 0.3)  # 8 frames: two clips of 4
+    first, second = spy.modules_run["speech"]
+    audio = torch.from_numpy(speech(0.3))
+    assert torch.equal(first[0], audio[: 4 * 640])
+    assert torch.equal(second[0, : len(audio) - 4 * 640], audio[4 * 640 :])
+
+
+def test_timeline_switches_at_the_right_clip(net, spy):
+    # 12 frames in clips of 4; the switch at 0.32 s is frame 8, the start of clip 2
+    run(make_pipeline(net, transition=0), "0s:neutral,0.32s:happy", 0.48)
+    assert [expert for expert, _ in spy.moe] == [None, None, 3]
+
+
+def test_timeline_transition_mixes_expert_weights(net, spy):
+    pipeline = make_pipeline(net, transition=0.32)
+    run(pipeline, "0s:sad,0.32s:happy", 0.48)  # clip centres 0.08, 0.24, 0.40 s
+    assert [expert for expert, _ in spy.moe] == [4, None, None]
+    share = 0.24 / 0.32 - 1 + 0.5  # happy's share at 0.24 s: a linear ramp centred at 0.32 s
+    expected = torch.tensor([0, 0, 0, share, 1 - share, 0])
+    torch.testing.assert_close(spy.moe[1][1][0], expected, atol=1e-6, rtol=0)
+    torch.testing.assert_close(spy.moe[2][1][0], torch.tensor([0, 0, 0, 0.75, 0.25, 0]))

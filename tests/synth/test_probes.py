@@ -1,0 +1,55 @@
+"""SynthEmo probes: cache and loading interface (fast); training to target accuracy (slow)."""
+
+import pytest
+import torch
+
+from moee.data.synth.probes import (
+    SynthEmoProbes,
+    cache_path,
+    load_probes,
+    probe_metrics,
+    render_probe_data,
+    save_probes,
+    to_tensor,
+    train_probes,
+)
+
+
+def test_missing_cache_names_the_command(tmp_path):
+    with pytest.raises(FileNotFoundError, match="python -m moee synth probes --size 48"):
+        load_probes(size=48, cache_dir=tmp_path)
+
+
+def test_cached_probes_load_with_their_interface(tmp_path):
+    saved = SynthEmoProbes(size=32).eval()
+    path = save_probes(saved, {"emotion_accuracy": 0.5}, tmp_path)
+    assert path == cache_path(32, tmp_path)
+    assert probe_metrics(32, tmp_path) == {"emotion_accuracy": 0.5}
+    probes = load_probes(size=32, cache_dir=tmp_path)
+    data = render_probe_data(0, range(900, 901), 3, 64)
+    frames = to_tensor(data.frames)  # 64 px frames are resized to the probes' 32 px
+    assert probes.emotion_logits(frames).shape == (3, 11)
+    torch.testing.assert_close(probes.emotion_logits(frames), saved.emotion_logits(frames))
+    aus = probes.action_units(frames)
+    assert aus.shape == (3, 17) and 0 <= aus.min() and aus.max() <= 1
+    assert probes.landmarks(frames).shape == (3, 68, 2)
+    assert probes.mouth_opening(frames).shape == (3,)
+    emb = probes.identity_embedding(frames)
+    torch.testing.assert_close(emb.norm(dim=-1), torch.ones(3))
+
+
+@pytest.mark.slow
+def test_tiny_probes_learn_on_unseen_identities(tmp_path):
+    _, metrics = train_probes(size=32, train_identities=24, frames_per_identity=30,
+                              heldout_identities=6, expression_steps=700, identity_steps=60,
+                              batch=48, cache_dir=tmp_path, threads=1, log=lambda _: None)
+    assert metrics["emotion_accuracy"] > 0.4  # 11 classes: chance is 0.09
+    assert metrics["landmark_error"] < 0.05
+
+
+@pytest.mark.slow
+def test_full_probes_meet_their_targets(tmp_path):
+    _, metrics = train_probes(size=64, cache_dir=tmp_path, threads=1, log=lambda _: None)
+    assert metrics["emotion_accuracy"] >= 0.95
+    assert metrics["au_mae"] <= 0.08
+    assert metrics["landmark_error"] <= 0.02
