@@ -227,7 +227,6 @@ def _random(part: str, build: Callable[[], Any]) -> Any:
 
 
 def _speech_config(cls, kwargs: dict[str, Any]):
-    # frozen feature extractors: no SpecAugment masking, no layer drop
     return cls(**kwargs, apply_spec_augment=False, layerdrop=0.0)
 
 
@@ -253,32 +252,25 @@ def build_image_encoder(arch: Architecture, source: str | None) -> CLIPVisionMod
         CLIPVisionConfig(**arch.image_encoder)))
 
 
+def _build_speech_model(part: str, model_cls, config_cls, kwargs: dict[str, Any],
+                        source: str | None):
+    """A frozen wav2vec2-family feature extractor: no SpecAugment masking, no layer drop."""
+    if source:
+        return _load(part, source, model_cls.from_pretrained, apply_spec_augment=False,
+                     layerdrop=0.0)
+    return _random(part, lambda: model_cls(_speech_config(config_cls, kwargs)))
+
+
 def build_audio_encoder(arch: Architecture, source: str | None) -> Wav2Vec2Model:
     """wav2vec2 for lip-sync features (50 Hz, every hidden state used)."""
-    if source:
-        return _load(
-            "audio_encoder",
-            source,
-            Wav2Vec2Model.from_pretrained,
-            apply_spec_augment=False,
-            layerdrop=0.0,
-        )
-    return _random("audio_encoder", lambda: Wav2Vec2Model(
-        _speech_config(Wav2Vec2Config, arch.audio_encoder)))
+    return _build_speech_model("audio_encoder", Wav2Vec2Model, Wav2Vec2Config,
+                               arch.audio_encoder, source)
 
 
 def build_speech_encoder(arch: Architecture, source: str | None) -> HubertModel:
     """The emotion2vec-like speech emotion encoder (a HuBERT)."""
-    if source:
-        return _load(
-            "speech_encoder",
-            source,
-            HubertModel.from_pretrained,
-            apply_spec_augment=False,
-            layerdrop=0.0,
-        )
-    return _random("speech_encoder", lambda: HubertModel(
-        _speech_config(HubertConfig, arch.speech_encoder)))
+    return _build_speech_model("speech_encoder", HubertModel, HubertConfig,
+                               arch.speech_encoder, source)
 
 
 def build_text_encoder(arch: Architecture, source: str | None):

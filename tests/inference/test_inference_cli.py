@@ -7,7 +7,6 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-import torch
 from PIL import Image
 from safetensors.torch import save_file
 
@@ -15,7 +14,7 @@ from moee.cli import MoEECLI
 from moee.cli import main as moee_main
 from moee.data.media import read_audio, read_video
 from moee.inference.animate import main as animate_main
-from moee.models.moee_net import MoEENet
+from tests.inference.nets import live_tiny_net
 
 CONFIGS = Path(__file__).resolve().parents[2] / "configs"
 FAST = ["--steps", "1", "--clip-frames", "4", "--audio-guidance", "1", "--emotion-guidance", "1",
@@ -44,12 +43,7 @@ def files(tmp_path_factory):
     """Random tiny weights (live branches) and every input file, good and bad."""
     data = pytest.importorskip("skimage.data", reason="scikit-image gives the real photo")
     root = tmp_path_factory.mktemp("inputs")
-    torch.manual_seed(0)
-    net = MoEENet()
-    with torch.no_grad():
-        for p in net.denoiser.blocks.parameters():
-            if not p.any():
-                p.normal_(std=0.05)
+    net = live_tiny_net()
     save_file({k: v.clone() for k, v in net.state_dict().items()}, root / "w.safetensors")
     astronaut = data.astronaut()
     Image.fromarray(astronaut).save(root / "astronaut.jpg")

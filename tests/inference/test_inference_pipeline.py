@@ -14,20 +14,15 @@ from moee.inference.conditions import EmotionTrack
 from moee.inference.pipeline import MoEEPipeline, SamplerSettings
 from moee.models.emotion_moe import EmotionMoE
 from moee.models.moee_net import MoEENet
+from tests.inference.nets import live_tiny_net
 
 SIZE = 64
 
 
 @pytest.fixture(scope="module")
 def net() -> MoEENet:
-    """The tiny network with its zero-initialised output layers randomised (live branches)."""
-    torch.manual_seed(0)
-    net = MoEENet()
-    with torch.no_grad():
-        for p in net.denoiser.blocks.parameters():
-            if not p.any():
-                p.normal_(std=0.05)
-    return net.eval()
+    """The tiny network with live branches, in eval mode."""
+    return live_tiny_net().eval()
 
 
 def make_pipeline(net: MoEENet, **settings) -> MoEEPipeline:
