@@ -42,6 +42,8 @@ register_command("prepare", "moee.data.prepare",
                  "turn folders of real talking videos (MEAD, HDTF, ...) into shards")
 register_command("synth", "moee.data.synth.cli",
                  "generate SynthEmo shards; 'synth probes' trains its probe networks")
+register_command("sweep", "moee.launch.sweep",
+                 "run a grid of fit jobs on SLURM (job array) or locally; 'sweep status|collect'")
 
 
 class MoEECLI(LightningCLI):

@@ -21,6 +21,7 @@ import json
 import logging
 import math
 import os
+import zlib
 from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass
 from typing import Any
@@ -282,6 +283,28 @@ class MoEEDataModule(L.LightningDataModule):
         self.seed = seed
         self.pin_memory = pin_memory
         self.skips = {split: SkipLog(f"{split} data") for split in self.sources}
+        self.resume_step = 0
+
+    def state_dict(self) -> dict[str, Any]:
+        """Saved in checkpoints: the global step the training stream has reached."""
+        trainer = getattr(self, "trainer", None)
+        return {"global_step": trainer.global_step if trainer is not None else self.resume_step}
+
+    def load_state_dict(self, state_dict: dict[str, Any]) -> None:
+        """On resume: continue the training stream from the checkpoint's step (``stream_seed``)."""
+        self.resume_step = int(state_dict.get("global_step", 0))
+
+    def stream_seed(self) -> int:
+        """Seed of the training stream: ``seed`` from scratch; on resume at global step ``s`` a
+        seed derived from ``(seed, s)``, so a resumed run neither replays the samples its epoch
+        began with nor depends on when it was interrupted — only on the step it resumes at.
+
+        The resumed stream is a fresh draw from the same distribution (shards, windows, MNS and
+        jitter), not the exact samples an uninterrupted run would have seen next.
+        """
+        if not self.resume_step:
+            return self.seed
+        return zlib.crc32(f"{self.seed}:{self.resume_step}".encode())
 
     def _rank_and_world(self) -> tuple[int, int]:
         trainer = getattr(self, "trainer", None)
@@ -321,11 +344,12 @@ class MoEEDataModule(L.LightningDataModule):
         if not self.resampled and len(urls) < world_size * workers:
             log.warning("%d shards for %d ranks × %d workers: some read nothing; use resampled",
                         len(urls), world_size, workers)
+        seed = self.stream_seed()
         pipeline = build_pipeline(
-            urls, ClipSampler(self.train_options, seed=self.seed, rank=rank), self.batch_size,
+            urls, ClipSampler(self.train_options, seed=seed, rank=rank), self.batch_size,
             clip_filter=self.clip_filter, train=True, resampled=self.resampled,
             shuffle_buffer=self.shuffle_buffer, batches_per_worker=per_worker, rank=rank,
-            world_size=world_size, seed=self.seed, handler=self.skips["train"],
+            world_size=world_size, seed=seed, handler=self.skips["train"],
         )
         return self._loader(pipeline.with_length(per_worker * workers, silent=True))
 

@@ -17,9 +17,10 @@ from typing import Any
 import lightning as L
 import torch
 from lightning.pytorch.cli import LRSchedulerCallable, OptimizerCallable
-from lightning.pytorch.utilities import rank_zero_only
 from safetensors.torch import load_file, save_file
+from torch.distributed.tensor import DTensor
 
+from moee.launch.fsdp import shard_stage
 from moee.models.emotion_latents import EmotionInputs
 from moee.models.moee_net import MoEENet, MoEENetConfig, parameter_groups
 from moee.stages.diffusion import DiffusionObjective
@@ -157,6 +158,12 @@ class DiffusionStage(L.LightningModule):
         """{MoEENet name: parameter} of everything this stage trains."""
         return {n: p for n, p in self.net.named_parameters() if p.requires_grad}
 
+    def configure_model(self) -> None:
+        """FSDP2: shard the network when a ``ModelParallelStrategy`` provides a device mesh
+        (``configs/trainer/fsdp.yaml``; plan in :mod:`moee.launch.fsdp`); otherwise nothing."""
+        if self.device_mesh is not None:
+            shard_stage(self)
+
     def configure_optimizers(self):
         optimizer = self.optimizer_factory(list(self.trained_parameters().values()))
         if self.scheduler_factory is None:
@@ -241,22 +248,38 @@ class DiffusionStage(L.LightningModule):
             self.ema.shadow = checkpoint["ema"]
 
     def exported_weights(self) -> dict[str, torch.Tensor]:
-        """The trained weights (their EMA when enabled), keyed by MoEENet parameter name."""
-        source = self.ema.shadow if self.ema is not None else self.trained_parameters()
-        return {name: t.detach().cpu().contiguous() for name, t in source.items()}
+        """The trained weights (their EMA when enabled), keyed by MoEENet parameter name.
 
-    @rank_zero_only
+        FSDP-sharded parameters are gathered, so every rank must call this.
+        """
+        source = self.ema.shadow if self.ema is not None else self.trained_parameters()
+        return {
+            name: (t.full_tensor() if isinstance(t, DTensor) else t).detach().cpu().contiguous()
+            for name, t in source.items()
+        }
+
     def export(self, path: str | Path) -> Path:
-        """Write the trained weights as safetensors, with the stage name in the metadata."""
+        """Write the trained weights as safetensors (stage name in the metadata).
+
+        Every rank gathers the weights (collective under FSDP); global rank 0 writes the file.
+        """
+        weights = self.exported_weights()
         path = Path(path)
+        if self.trainer_is_attached and self.trainer.global_rank != 0:
+            return path
         path.parent.mkdir(parents=True, exist_ok=True)
         partial = path.with_name(f".{path.name}.partial")
-        save_file(self.exported_weights(), str(partial),
+        save_file(weights, str(partial),
                   metadata={"stage": type(self).__name__,
                             "groups": ",".join(self.trainable_groups)})
         partial.replace(path)
         log.info("exported %s", path)
         return path
+
+    @property
+    def trainer_is_attached(self) -> bool:
+        """Whether this module runs under a Trainer (not when used on its own, as in tests)."""
+        return self._trainer is not None
 
     def on_train_end(self) -> None:
         if self.export_path:

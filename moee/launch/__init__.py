@@ -1,0 +1,2 @@
+"""Distributed training and cluster launching: FSDP2 sharding, preemption-safe checkpoints,
+SLURM / local sweeps (submitit)."""

@@ -1,0 +1,73 @@
+"""Shared pieces of the launch tests: tiny shards and the arguments of a tiny ``fit``."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from moee.data.testclips import write_test_shards
+
+REPO = Path(__file__).resolve().parents[2]
+
+
+@pytest.fixture(scope="session")
+def shards(tmp_path_factory) -> Path:
+    """Four 32 px shards of 12-frame test clips (happy, sad, compound, neutral × 2 people)."""
+    return write_test_shards(tmp_path_factory.mktemp("launch") / "shards", identities=2,
+                             num_frames=12, size=32)
+
+
+TINY_CONFIG = REPO / "configs/tiny/expert_sad.yaml"
+
+
+def tiny_overrides(shards: Path, max_steps: int = 2) -> dict[str, str]:
+    """Overrides of :data:`TINY_CONFIG` for tests: random backbone and VAE, 32 px, 2 frames,
+    batch 2, no validation, no export."""
+    return {
+        "model.init_args.init_weights": "[]",
+        "model.init_args.net": '{"preset": "tiny", "weights": {"vae": null}}',
+        "model.init_args.export_path": "null",
+        "model.init_args.loss.init_args.perceptual_depth": "1",
+        "data.init_args.train": str(shards), "data.init_args.val": str(shards),
+        "data.init_args.num_workers": "0", "data.init_args.num_frames": "2",
+        "data.init_args.batch_size": "2", "data.init_args.windows_per_clip": "1",
+        "data.init_args.samples_per_epoch": "16", "data.init_args.shuffle_buffer": "4",
+        "trainer.max_steps": str(max_steps), "trainer.limit_val_batches": "0",
+        "trainer.log_every_n_steps": "1", "trainer.enable_progress_bar": "false",
+        "trainer.enable_model_summary": "false",
+    }
+
+
+def tiny_fit_args(shards: Path, root: Path, max_steps: int = 2, *extra: str) -> list[str]:
+    """``fit`` of the tiny sad expert (:func:`tiny_overrides`) with a per-step CSV log,
+    ``last.ckpt`` and ``metrics.json`` under ``root``."""
+    args = ["fit", "--config", str(TINY_CONFIG)]
+    for key, value in tiny_overrides(shards, max_steps).items():
+        args += [f"--{key}", value]
+    return [
+        *args, "--trainer.default_root_dir", str(root),
+        "--trainer.logger", '{"class_path": "lightning.pytorch.loggers.CSVLogger", "init_args": '
+        f'{{"save_dir": "{root}", "name": "csv", "version": 0, "flush_logs_every_n_steps": 1}}}}',
+        "--trainer.callbacks+=moee.launch.callbacks.ResumableCheckpoint",
+        "--trainer.callbacks+=moee.launch.callbacks.MetricsFile",
+        *extra,
+    ]
+
+
+def moee_env() -> dict[str, str]:
+    """Environment of a ``python -m moee`` subprocess: offline, 1 thread per process."""
+    return {**os.environ, "HF_HUB_OFFLINE": "1", "OMP_NUM_THREADS": "1",
+            "PYTHONUNBUFFERED": "1"}
+
+
+def run_moee(args: list[str], cwd: Path = REPO, timeout: float = 600,
+             **kwargs) -> subprocess.CompletedProcess:
+    """Run ``python -m moee ARGS`` to completion; fail the test with its output on error."""
+    result = subprocess.run([sys.executable, "-m", "moee", *args], cwd=cwd, env=moee_env(),
+                            capture_output=True, text=True, timeout=timeout, **kwargs)
+    assert result.returncode == 0, f"moee {args[0]} failed:\n{result.stdout}\n{result.stderr}"
+    return result
