@@ -87,6 +87,17 @@ def animate_test_portraits(portraits: int = 2, steps: int = 8,
     return written
 
 
+def requested_emotion(video: Path) -> str:
+    """The emotion a quickstart video asks for, from its name ``<id>_<condition>_spoken-<e>``:
+    the text prompt describes surprise; ``speech`` asks for the emotion the clip was spoken in."""
+    from moee.emotions import canonical_emotion_name
+
+    condition, spoken = video.stem.split("_", 1)[1].rsplit("_spoken-", 1)
+    if condition == "text":
+        return "surprised"
+    return canonical_emotion_name(spoken if condition == "speech" else condition)
+
+
 def score_videos(videos: list[Path]) -> dict[str, float] | None:
     """Emotion accuracy of the videos under the SynthEmo probes (None if they are not trained).
 
@@ -95,7 +106,7 @@ def score_videos(videos: list[Path]) -> dict[str, float] | None:
     """
     from moee.data.media import read_video
     from moee.data.synth.probes import load_probes
-    from moee.emotions import EMOTION_CLASSES, canonical_emotion_name
+    from moee.emotions import EMOTION_CLASSES
 
     try:
         probes = load_probes(size=64)
@@ -104,14 +115,12 @@ def score_videos(videos: list[Path]) -> dict[str, float] | None:
         return None
     hits: dict[str, list[bool]] = {}
     for path in videos:
-        name, spoken = path.stem.split("_", 1)[1].rsplit("_spoken-", 1)
-        requested = {"text": "surprised", "speech": canonical_emotion_name(spoken)}.get(
-            name, canonical_emotion_name(name))
+        name = path.stem.split("_", 1)[1].rsplit("_spoken-", 1)[0]
         frames, _ = read_video(path)
         images = torch.from_numpy(frames).permute(0, 3, 1, 2).float() / 127.5 - 1
         with torch.no_grad():
             predicted = probes.emotion_logits(images).softmax(-1).mean(0).argmax().item()
-        hits.setdefault(name, []).append(EMOTION_CLASSES[predicted] == requested)
+        hits.setdefault(name, []).append(EMOTION_CLASSES[predicted] == requested_emotion(path))
     return {name: sum(h) / len(h) for name, h in hits.items()}
 
 
