@@ -15,6 +15,10 @@ Two implementations share the same parameters (the experts' own ``nn.Linear`` la
   that ``(X * s_i) W_q = s_i * (X W_q)`` exactly (``s_i`` is one scalar per token).
 
 A checkpoint is therefore identical whichever path runs; ``fused`` is only an attribute.
+
+Two ablations of the paper's Table 5 are switches of the constructor: ``global_gate=False``
+replaces ``G(., ω)`` by equal weights ``g_i = 1/e`` (local gates only), and ``num_experts=1``
+is a single cross-attention on the emotion latents with no gates at all (no MoE).
 """
 
 from __future__ import annotations
@@ -50,6 +54,18 @@ class CrossAttentionExpert(nn.Module):
         return self.to_out(rearrange(out, "b h n k -> b n (h k)"))
 
 
+class UniformGate(nn.Module):
+    """A parameter-free global gate: equal logits, so ``g = softmax(0) = 1/e`` for every sample."""
+
+    def __init__(self, num_experts: int) -> None:
+        super().__init__()
+        self.num_experts = num_experts
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        """x (b d) -> zero logits (b e)."""
+        return x.new_zeros(*x.shape[:-1], self.num_experts)
+
+
 class EmotionMoE(nn.Module):
     """Mixture of emotion experts with a per-token local gate and a per-sample global gate.
 
@@ -63,6 +79,12 @@ class EmotionMoE(nn.Module):
         zero_init_output: zero the experts' output projections so that inserting the module
             into a pretrained backbone starts as the identity. The gates then receive no gradient
             until the experts' outputs move away from zero; set ``False`` for a random start.
+        global_gate: learn the global gate ω; ``False`` (ablation) mixes the experts with equal
+            weights: ``global_gate`` is then a parameter-free :class:`UniformGate`.
+
+    With ``num_experts=1`` (ablation "w/o MoE") the module is one cross-attention,
+    ``X' = X + E_0(X, C)``: ``local_gate`` and ``global_gate`` are ``None`` and the routing
+    arguments ``expert`` and ``weights`` of :meth:`forward` are ignored.
     """
 
     def __init__(
@@ -74,21 +96,35 @@ class EmotionMoE(nn.Module):
         dim_head: int | None = None,
         fused: bool = True,
         zero_init_output: bool = True,
+        global_gate: bool = True,
     ) -> None:
         super().__init__()
         dim_head = dim_head or dim // heads
         self.num_experts = num_experts
         self.heads = heads
         self.fused = fused
+        self.sizes = {"dim": dim, "context_dim": context_dim, "dim_head": dim_head}
+        self.zero_init_output = zero_init_output
         self.experts = nn.ModuleList(
             CrossAttentionExpert(dim, context_dim, heads, dim_head) for _ in range(num_experts)
         )
-        self.local_gate = nn.Linear(dim, num_experts)
-        self.global_gate = nn.Linear(dim, num_experts)
+        self.local_gate = nn.Linear(dim, num_experts) if num_experts > 1 else None
+        if num_experts == 1:
+            self.global_gate = None
+        else:
+            self.global_gate = nn.Linear(dim, num_experts) if global_gate else UniformGate(
+                num_experts)
         if zero_init_output:
             for expert in self.experts:
                 nn.init.zeros_(expert.to_out.weight)
                 nn.init.zeros_(expert.to_out.bias)
+
+    def ablated(self, num_experts: int, global_gate: bool) -> EmotionMoE:
+        """A new EmotionMoE of the same sizes, heads and init with the ablation switches set."""
+        return EmotionMoE(
+            num_experts=num_experts, heads=self.heads, fused=self.fused,
+            zero_init_output=self.zero_init_output, global_gate=global_gate, **self.sizes,
+        )
 
     def gates(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """Local gate s (b n e) and global gate g (b e) of eq. 2-3."""
@@ -113,6 +149,8 @@ class EmotionMoE(nn.Module):
         Returns:
             (b n d)
         """
+        if self.num_experts == 1:
+            return x + self.experts[0](x, context)
         if expert is not None:
             if weights is not None:
                 raise ValueError("pass either `expert` or `weights`, not both")

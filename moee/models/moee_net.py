@@ -62,6 +62,10 @@ class MoEENetConfig:
         fused_moe: run each Emotion MoE's experts as one batched computation.
         gradient_checkpointing: recompute U-Net blocks in backward to save memory.
         max_frames: longest clip (frames) the temporal attention's positions cover.
+        num_experts: experts per Emotion MoE: ``NUM_EXPERTS`` (the paper), or 1 for the
+            "w/o MoE" ablation (one cross-attention on the emotion latents, no gates).
+        global_gate: learn the global gate; ``False`` is the "w/o global gate" ablation
+            (local gates only, equal expert weights). See :class:`EmotionMoE`.
     """
 
     preset: pretrained.Preset = "tiny"
@@ -69,6 +73,13 @@ class MoEENetConfig:
     fused_moe: bool = True
     gradient_checkpointing: bool = False
     max_frames: int = 32
+    num_experts: int = NUM_EXPERTS
+    global_gate: bool = True
+
+    def __post_init__(self) -> None:
+        if self.num_experts not in (1, NUM_EXPERTS):
+            raise ValueError(f"num_experts must be {NUM_EXPERTS} (one per basic emotion) or 1 "
+                             f"(no MoE), got {self.num_experts}")
 
     @classmethod
     def sd15(cls, **kwargs) -> MoEENetConfig:
@@ -124,6 +135,9 @@ class MoEENet(nn.Module):
             heads=arch.emotion_heads,
             hidden_dim=arch.emotion_hidden,
         )
+        if config.num_experts != NUM_EXPERTS or not config.global_gate:
+            for extras in self.denoiser.blocks.values():
+                extras.emotion = extras.emotion.ablated(config.num_experts, config.global_gate)
         if src.motion_adapter:
             adapter = pretrained.build_motion_adapter(arch, src.motion_adapter)
             log.info("motion adapter: %s", self.denoiser.load_motion_adapter(adapter.state_dict()))

@@ -43,7 +43,8 @@ def test_trainer_fragment_parses(fragment):
 @pytest.mark.parametrize("path", STAGE_CONFIGS, ids=lambda p: str(p.relative_to(CONFIGS)))
 def test_stage_config_parses(path):
     config = parse(path)
-    assert config.model.class_path.startswith(("moee.stages.", "moee.inference."))
+    assert config.model.class_path.startswith(
+        ("moee.stages.", "moee.inference.", "moee.metrics."))
     assert config.data.class_path in ("moee.data.datamodule.MoEEDataModule",
                                       "moee.inference.lightning.AnimationJobs")
     if config.model.class_path.endswith("ExpertModule"):

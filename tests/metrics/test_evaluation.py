@@ -1,0 +1,204 @@
+"""``moee test`` end to end, the evaluation callback, the results tables, the ablation switches.
+
+Everything runs on a tiny random network, random SynthEmo probes saved to a temporary cache
+and tiny SynthEmo shards made in a temporary folder.
+"""
+
+from __future__ import annotations
+
+import io
+import json
+from pathlib import Path
+
+import lightning as L
+import pytest
+import torch
+import yaml
+from PIL import Image
+from safetensors.torch import save_file
+from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+from moee.cli import main as moee_main
+from moee.data.batch import normalize_images
+from moee.data.datamodule import MoEEDataModule
+from moee.data.synth.generator import ClipConfig, generate_dataset
+from moee.data.synth.probes import SynthEmoProbes, load_probes, save_probes
+from moee.emotions import EMOTION_CLASSES
+from moee.inference.pipeline import SamplerSettings
+from moee.metrics.callbacks import EvaluationCallback
+from moee.metrics.evaluate import SynthEmoMetrics, clip_condition
+from moee.metrics.tables import COLUMNS, markdown_table, wins_of
+from moee.models.emotion_moe import EmotionMoE, UniformGate
+from moee.models.moee_net import MoEENet, MoEENetConfig, parameter_groups
+from moee.stages import BackboneModule
+from moee.stages.losses import MoEELoss
+
+CONFIGS = Path(__file__).resolve().parents[2] / "configs"
+FAST_SAMPLER = {"sampler": "ddim", "steps": 1, "audio_guidance": 1.0, "emotion_guidance": 1.0,
+                "clip_frames": 4, "seed": 0}
+
+
+@pytest.fixture(scope="module")
+def workspace(tmp_path_factory):
+    """Tiny SynthEmo shards, random probes in a cache folder, random network weights."""
+    root = tmp_path_factory.mktemp("evaluation")
+    generate_dataset(root / "synthemo", ClipConfig(seed=5, size=64, num_frames=12), (1, 1, 1),
+                     clips_per_identity=4, progress=False)
+    torch.manual_seed(0)
+    probes = SynthEmoProbes(size=64).eval()
+    save_probes(probes, {}, root / "cache")
+    net = MoEENet()
+    with torch.no_grad():
+        for p in net.denoiser.blocks.parameters():
+            if not p.any():
+                p.normal_(std=0.05)
+    save_file({k: v.clone() for k, v in net.state_dict().items()}, root / "net.safetensors")
+    return root
+
+
+def run_test_command(workspace: Path, out: Path) -> dict:
+    """``moee test`` with the shipped tiny config and small overrides; returns the JSON table."""
+    models = [{"name": "random", "weights": [str(workspace / "net.safetensors")]},
+              {"name": "Ground truth", "source": "ground_truth"},
+              {"name": "Still reference", "source": "reference"}]
+    overrides = {
+        "trainer": {"default_root_dir": str(out), "limit_test_batches": None},
+        "model": {"init_args": {
+            "net": {"preset": "tiny", "weights": {"vae": None}}, "models": models,
+            "sampler": FAST_SAMPLER, "output_dir": str(out / "eval"),
+            "metrics": {"class_path": "moee.metrics.evaluate.SynthEmoMetrics",
+                        "init_args": {"probe_cache": str(workspace / "cache"), "fvd_frames": 4,
+                                      "sync_max_offset": 2}}}},
+        "data": {"init_args": {"test": str(workspace / "synthemo" / "test"), "num_frames": 8,
+                               "num_workers": 0, "val_batch_size": 2}},
+    }
+    extra = out / "overrides.yaml"
+    extra.write_text(yaml.safe_dump(overrides))
+    moee_main(["test", "--config", str(CONFIGS / "tiny" / "test.yaml"), "--config", str(extra)])
+    return json.loads((out / "eval" / "synthemo.json").read_text())
+
+
+def probe_accuracy(workspace: Path) -> float:
+    """The cached probe's emotion accuracy on the real test windows (clip-averaged softmax)."""
+    probes = load_probes(64, workspace / "cache")
+    data = MoEEDataModule(test=str(workspace / "synthemo" / "test"), num_frames=8, num_workers=0)
+    hits = []
+    for batch in data.test_dataloader():
+        batch = normalize_images(batch)
+        frames = batch["frames"].flatten(0, 1)
+        probabilities = probes.emotion_logits(frames).softmax(-1).unflatten(0, (-1, 8)).mean(1)
+        wanted = [EMOTION_CLASSES.index(name) for name in batch["emotion_name"]]
+        hits += (probabilities.argmax(-1) == torch.tensor(wanted)).tolist()
+    return sum(hits) / len(hits)
+
+
+def test_moee_test_writes_the_three_tables_with_sane_values(workspace, tmp_path):
+    table = run_test_command(workspace, tmp_path)
+    rows = {row["model"]: row for row in table["rows"]}
+    assert list(rows) == ["random", "Ground truth", "Still reference"]
+    assert table["clips"] == 4 and table["reference_rows"] == ["Ground truth", "Still reference"]
+    for row in rows.values():
+        assert set(COLUMNS) <= set(row)
+    truth = rows["Ground truth"]
+    for column in ("FID", "FVD", "LPIPS", "AKD", "AED"):
+        assert abs(truth[column]) < 1e-3, column
+    assert truth["ID-Sim"] > 0.99
+    assert truth["Emotion-Acc"] == pytest.approx(probe_accuracy(workspace))
+    assert rows["Still reference"]["ID-Sim"] == pytest.approx(1.0, abs=1e-4)
+    assert rows["random"]["FID"] > truth["FID"]
+    markdown = (tmp_path / "eval" / "synthemo.md").read_text()
+    assert all(column in markdown for column in COLUMNS)
+    header = (tmp_path / "eval" / "synthemo.csv").read_text().splitlines()[0].split(",")
+    assert header[: len(COLUMNS) + 1] == ["model", *COLUMNS]
+
+
+def test_callback_logs_metrics_and_a_video_to_tensorboard(workspace, tmp_path):
+    data = MoEEDataModule(train=str(workspace / "synthemo" / "train"),
+                          val=str(workspace / "synthemo" / "val"), batch_size=2, num_workers=0,
+                          num_frames=8, samples_per_epoch=2)
+    callback = EvaluationCallback(
+        SynthEmoMetrics(probe_cache=str(workspace / "cache"), fvd_frames=4, sync_max_offset=2),
+        every_n_steps=1, every_n_epochs=None, num_videos=1,
+        sampler=SamplerSettings(**FAST_SAMPLER))
+    stage = BackboneModule(net=MoEENetConfig(), loss=MoEELoss(perceptual_weights=None))
+    trainer = L.Trainer(max_steps=1, accelerator="cpu", limit_val_batches=0, callbacks=[callback],
+                        default_root_dir=tmp_path, enable_checkpointing=False,
+                        enable_progress_bar=False, log_every_n_steps=1)
+    trainer.fit(stage, datamodule=data)
+    assert stage.net.training  # the callback puts the network back in training mode
+    events = EventAccumulator(str(Path(trainer.logger.log_dir)),
+                              size_guidance={"images": 0, "audio": 0, "scalars": 0})
+    events.Reload()
+    tags = events.Tags()
+    assert {f"eval/{column}" for column in COLUMNS} <= set(tags["scalars"])
+    assert tags["images"] == ["eval/video_0"] and tags["audio"] == ["eval/audio_0"]
+    video = events.Images("eval/video_0")[0]
+    assert (video.width, video.height) == (128, 64)  # ground truth | generated
+    with Image.open(io.BytesIO(video.encoded_image_string)) as gif:
+        assert gif.n_frames == 8
+    assert "eval/Emotion-Acc" in trainer.progress_bar_metrics
+
+
+def test_clip_condition_keeps_label_and_intensity():
+    assert clip_condition("happily surprised", 0.7).kind == "compound"
+    assert clip_condition("sad", 0.5).intensity == pytest.approx(0.5)
+    assert clip_condition("neutral", 0.0).kind == "neutral"
+
+
+def test_tables_mark_the_best_ranked_row():
+    results = {"a": {"FID": 3.0, "Sync-C": 1.0, "AED": 0.5},
+               "b": {"FID": 2.0, "Sync-C": 0.5, "AED": 0.5},
+               "truth": {"FID": -1e-9, "Sync-C": 2.0, "AED": 0.0}}
+    table = markdown_table(results, "T", exclude=["truth"])
+    assert "| a | 3.00 | 0.500 | **1.000** |" in table  # a tie everywhere is no win
+    assert "| b | **2.00** | 0.500 | 0.500 |" in table
+    assert "| truth *(reference)* | 0.00 | 0.000 | 2.000 |" in table
+    assert wins_of(results, "a", exclude=["truth"]) == {"FID": False, "Sync-C": True}
+
+
+def emotion_modules(net: MoEENet) -> list[EmotionMoE]:
+    return [m for m in net.modules() if isinstance(m, EmotionMoE)]
+
+
+def test_default_network_keeps_six_gated_experts():
+    torch.manual_seed(0)
+    default = MoEENet()
+    torch.manual_seed(0)
+    explicit = MoEENet(MoEENetConfig(num_experts=6, global_gate=True))
+    for a, b in zip(default.state_dict().values(), explicit.state_dict().values(), strict=True):
+        torch.testing.assert_close(a, b)
+    for moe in emotion_modules(default):
+        assert len(moe.experts) == 6
+        assert isinstance(moe.local_gate, torch.nn.Linear)
+        assert isinstance(moe.global_gate, torch.nn.Linear)
+
+
+def test_without_moe_is_one_cross_attention_that_ignores_routing():
+    net = MoEENet(MoEENetConfig(num_experts=1))
+    groups = parameter_groups(net)
+    assert groups["expert_0"] and not groups["gates"]
+    assert not any(groups[f"expert_{i}"] for i in range(1, 6))
+    moe = emotion_modules(net)[0]
+    assert len(moe.experts) == 1 and moe.local_gate is None and moe.global_gate is None
+    torch.nn.init.normal_(moe.experts[0].to_out.weight)
+    x, context = torch.randn(2, 5, moe.sizes["dim"]), torch.randn(2, 3, moe.sizes["context_dim"])
+    expected = x + moe.experts[0](x, context)
+    torch.testing.assert_close(moe(x, context), expected)
+    torch.testing.assert_close(moe(x, context, expert=4), expected)
+    torch.testing.assert_close(moe(x, context, weights=torch.eye(6)[:2]), expected)
+    with pytest.raises(ValueError, match="num_experts"):
+        MoEENetConfig(num_experts=3)
+
+
+def test_without_global_gate_mixes_experts_equally():
+    net = MoEENet(MoEENetConfig(global_gate=False))
+    assert not any(".global_gate." in name for name in net.state_dict())
+    assert all(isinstance(m.global_gate, UniformGate) for m in emotion_modules(net))
+    torch.manual_seed(0)
+    full = EmotionMoE(16, 12, heads=2, zero_init_output=False)
+    local_only = full.ablated(6, global_gate=False)
+    local_only.load_state_dict(full.state_dict(), strict=False)
+    x, context = torch.randn(3, 10, 16), torch.randn(3, 5, 12)
+    uniform = torch.full((3, 6), 1 / 6)
+    torch.testing.assert_close(local_only(x, context), full(x, context, weights=uniform))
+    torch.testing.assert_close(local_only.gates(x)[1], uniform)
