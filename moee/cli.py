@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import importlib
 import os
+import re
 import sys
 
 from lightning.pytorch.cli import LightningCLI
@@ -57,14 +58,46 @@ class MoEECLI(LightningCLI):
         kwargs.setdefault("parser_kwargs", {"default_env": False})
         super().__init__(*args, **kwargs)
 
+    def _subcommand_config(self):
+        return self.config[self.subcommand] if self.subcommand else self.config
+
+    def instantiate_classes(self) -> None:
+        """Build the classes, after checking local weight paths (one clear line, not a
+        jsonargparse instantiation error)."""
+        model = self._subcommand_config().get("model")
+        if model:
+            check_weight_paths(model.get("init_args") or {})
+        super().instantiate_classes()
+
     def before_instantiate_classes(self) -> None:
         """An expert stage trains on its own emotion's clips unless the data config says else."""
-        config = self.config[self.subcommand] if self.subcommand else self.config
+        config = self._subcommand_config()
         model, data = config.get("model"), config.get("data")
         if (model and data and str(model.get("class_path", "")).endswith("ExpertModule")
                 and "emotions" in data.get("init_args", {})
                 and data.init_args.emotions is None):
             data.init_args.emotions = [model.init_args.emotion]
+
+
+def _is_hub_id(source: str) -> bool:
+    return re.fullmatch(r"[\w.-]+/[\w.-]+", source) is not None and not os.path.exists(source)
+
+
+def check_weight_paths(init_args) -> None:
+    """Exit with one line when a stage's ``init_weights`` or a local ``net.weights`` folder is
+    missing (hub ids are left to ``from_pretrained``)."""
+    for path in init_args.get("init_weights") or []:
+        if not os.path.isfile(path):
+            sys.exit(f"error: checkpoint not found: {path!r}: train the earlier stage first (its "
+                     "config's export_path writes it) or fix model.init_args.init_weights")
+    net = init_args.get("net")
+    weights = (net.get("weights") if net else None) or {}
+    for part, source in dict(weights).items():
+        if source and not _is_hub_id(str(source)) and not os.path.exists(source):
+            hint = (" — the tiny VAE is trained there by `python -m moee fit --config "
+                    "configs/tiny/vae.yaml`") if part == "vae" else ""
+            sys.exit(f"error: no {part} weights at {str(source)!r}{hint}; or set "
+                     f"model.init_args.net.weights.{part}")
 
 
 def usage() -> str:

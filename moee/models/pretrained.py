@@ -210,7 +210,7 @@ def _load(part: str, source: str, loader, **kwargs):
         raise MissingWeightsError(
             f"{_NAMES[part]} weights not found at {source!r}{offline}: "
             f"{type(err).__name__}. Download them with `hf download {source}` or set "
-            f"model.weights.{part} to a local folder."
+            f"model.init_args.net.weights.{part} to a local folder."
         ) from None
 
 

@@ -2,6 +2,7 @@
 
 import subprocess
 import sys
+from pathlib import Path
 
 import pytest
 import yaml
@@ -46,3 +47,20 @@ def test_print_config_later_config_and_overrides_win(tmp_path):
 @pytest.mark.parametrize("command", sorted(PROJECT_COMMANDS))
 def test_project_command_help(command):
     assert "usage" in moee(command, "--help").stdout.lower()
+
+
+def test_missing_stage_weights_are_one_clear_line(tmp_path):
+    config = str(Path(__file__).resolve().parents[2] / "configs/tiny/expert_sad.yaml")
+    run = [sys.executable, "-m", "moee", "fit", "--config", config]
+    missing_backbone = subprocess.run(run, cwd=tmp_path, capture_output=True, text=True,
+                                      timeout=120)
+    assert missing_backbone.returncode == 1
+    assert missing_backbone.stderr.strip().splitlines()[-1].startswith(
+        "error: checkpoint not found: 'runs/tiny/weights/backbone.safetensors'")
+    missing_vae = subprocess.run([*run, "--model.init_args.init_weights", "[]"], cwd=tmp_path,
+                                 capture_output=True, text=True, timeout=120)
+    assert missing_vae.returncode == 1
+    last = missing_vae.stderr.strip().splitlines()[-1]
+    assert last.startswith("error: no vae weights at 'runs/tiny/weights/vae'")
+    assert "configs/tiny/vae.yaml" in last
+    assert not (tmp_path / "runs").exists()
