@@ -74,3 +74,15 @@ def test_paper_scale_network_builds_on_meta():
         net = MoEENet(MoEENetConfig(**{**net_config, "weights": WeightSources()}))
     assert sum(p.numel() for p in net.denoiser.unet.parameters()) == 859_520_964  # SD-1.5
     assert sum(p.numel() for p in net.parameters()) > 2 * 859_520_964
+
+
+def test_ablation_overlays_parse_with_their_base_configs():
+    """configs/tiny/ablations/common/ holds overlays, used only on top of another config."""
+    ablations = CONFIGS / "tiny" / "ablations" / "common"
+    table5 = parse(CONFIGS / "tiny" / "test.yaml", ablations / "table5.yaml")
+    assert table5.model.init_args.ablation and table5.model.init_args.table == "table5"
+    assert len(table5.model.init_args.models) > 1
+    no_mns = ParseOnlyCLI(args=["--config", str(CONFIGS / "tiny" / "expert_sad.yaml"),
+                                "--data", str(ablations / "data_expert_no_mns.yaml")],
+                          run=False).config
+    assert no_mns.data.init_args.mns_prob == 0
