@@ -93,7 +93,8 @@ def check_weight_paths(init_args) -> None:
     net = init_args.get("net")
     weights = (net.get("weights") if net else None) or {}
     for part, source in dict(weights).items():
-        if source and not _is_hub_id(str(source)) and not os.path.exists(source):
+        if source not in (None, "None", "null", "") and not _is_hub_id(str(source)) \
+                and not os.path.exists(source):
             hint = (" — the tiny VAE is trained there by `python -m moee fit --config "
                     "configs/tiny/vae.yaml`") if part == "vae" else ""
             sys.exit(f"error: no {part} weights at {str(source)!r}{hint}; or set "
@@ -132,4 +133,12 @@ def main(argv: list[str] | None = None) -> None:
         return
     if command not in LIGHTNING_COMMANDS:
         sys.exit(f"moee: unknown command {command!r}\n\n{usage()}")
-    MoEECLI(args=None if from_command_line else argv)
+    from moee.data.shards import ShardError
+    from moee.inference.lightning import USER_ERRORS
+    from moee.models.pretrained import MissingWeightsError
+    from moee.stages.base import MissingCheckpointError
+
+    try:
+        MoEECLI(args=None if from_command_line else argv)
+    except (*USER_ERRORS, ShardError, MissingWeightsError, MissingCheckpointError) as error:
+        sys.exit(f"error: {error}")

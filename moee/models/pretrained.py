@@ -52,6 +52,12 @@ class WeightSources:
     speech_encoder: str | None = None
     motion_adapter: str | None = None
 
+    def __post_init__(self) -> None:
+        # A command-line `null` can reach a nested `str | None` field as the text "None".
+        for name, value in vars(self).items():
+            if value in ("None", "null", ""):
+                setattr(self, name, None)
+
 
 SD15_WEIGHTS = WeightSources(
     unet="runwayml/stable-diffusion-v1-5",

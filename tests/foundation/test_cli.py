@@ -63,4 +63,9 @@ def test_missing_stage_weights_are_one_clear_line(tmp_path):
     last = missing_vae.stderr.strip().splitlines()[-1]
     assert last.startswith("error: no vae weights at 'runs/tiny/weights/vae'")
     assert "configs/tiny/vae.yaml" in last
-    assert not (tmp_path / "runs").exists()
+    missing_shards = subprocess.run([*run, "--model.init_args.init_weights", "[]",
+                                     "--model.init_args.net.weights.vae", "null"],
+                                    cwd=tmp_path, capture_output=True, text=True, timeout=180)
+    assert missing_shards.returncode == 1
+    assert "error: " in missing_shards.stderr and "runs/synthemo" in missing_shards.stderr
+    assert "Traceback" not in missing_shards.stderr

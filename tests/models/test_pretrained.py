@@ -73,3 +73,10 @@ def test_random_parts_do_not_depend_on_the_global_rng():
     assert names
     for name in names:
         assert torch.equal(first.get_parameter(name), second.get_parameter(name)), name
+
+
+def test_null_weight_source_from_the_command_line_means_random():
+    from moee.models.pretrained import WeightSources
+
+    assert WeightSources(vae="None", unet="null").vae is None
+    assert WeightSources(vae="runs/tiny/weights/vae").vae == "runs/tiny/weights/vae"
