@@ -214,7 +214,7 @@ class BlockExtras(nn.Module):
             expert = ctx.expert
             if isinstance(expert, torch.Tensor):
                 expert = ctx.per_frame(expert)
-            x = self.emotion(x, ctx.per_frame(ctx.emotion).to(x.dtype), expert, weights)
+            x = self.emotion(x, ctx.emotion.to(x.dtype), expert, weights)  # shared by frames
         if video and ctx.num_frames > 1:
             x = self.temporal(x, ctx.num_frames)
         return x

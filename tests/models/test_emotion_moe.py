@@ -5,7 +5,8 @@ from __future__ import annotations
 import pytest
 import torch
 
-from moee.models.emotion_moe import EmotionMoE
+from moee.models import emotion_moe
+from moee.models.emotion_moe import EmotionMoE, absorbed_is_cheaper
 
 D, C, HEADS, E = 16, 12, 2, 6
 
@@ -38,6 +39,13 @@ def moe():
     return EmotionMoE(D, C, heads=HEADS, zero_init_output=False)
 
 
+@pytest.fixture(params=["batched", "absorbed"])
+def fused_form(request, monkeypatch):
+    """Force the fused path's form (normally chosen by cost)."""
+    monkeypatch.setattr(emotion_moe, "absorbed_is_cheaper", lambda *_: request.param == "absorbed")
+    return request.param
+
+
 @pytest.fixture
 def inputs():
     g = torch.Generator().manual_seed(1)
@@ -45,13 +53,13 @@ def inputs():
 
 
 @pytest.mark.parametrize("fused", [False, True])
-def test_soft_mixture_matches_equations(moe, inputs, fused):
+def test_soft_mixture_matches_equations(moe, inputs, fused, fused_form):
     moe.fused = fused
     torch.testing.assert_close(moe(*inputs), reference_moe(moe, *inputs))
 
 
 @pytest.mark.parametrize("fused", [False, True])
-def test_user_weights_replace_global_gate(moe, inputs, fused):
+def test_user_weights_replace_global_gate(moe, inputs, fused, fused_form):
     moe.fused = fused
     weights = torch.tensor([[0.7, 0, 0, 0.3, 0, 0], [0, 0, 0, 0, 1, 0], [1 / 6] * 6])
     out = moe(*inputs, weights=weights)
@@ -79,7 +87,7 @@ def test_single_expert_per_sample(moe, inputs):
     assert moe.experts[0].to_q.weight.grad is None and moe.experts[5].to_q.weight.grad is not None
 
 
-def test_fused_equals_loop_values_and_gradients(moe, inputs):
+def test_fused_equals_loop_values_and_gradients(moe, inputs, fused_form):
     results = []
     for fused in (False, True):
         moe.zero_grad(set_to_none=True)
@@ -93,6 +101,32 @@ def test_fused_equals_loop_values_and_gradients(moe, inputs):
     torch.testing.assert_close(gx_f, gx_l)
     for name in grads_l:
         torch.testing.assert_close(grads_f[name], grads_l[name], msg=name)
+
+
+@pytest.mark.parametrize("fused", [False, True])
+def test_context_shared_by_consecutive_rows(moe, fused, fused_form):
+    """One context per clip (b/r m c) gives what the context repeated per frame gives."""
+    moe.fused = fused
+    g = torch.Generator().manual_seed(2)
+    x, context = torch.randn(6, 10, D, generator=g), torch.randn(2, 5, C, generator=g)
+    per_row = context.repeat_interleave(3, 0)
+    torch.testing.assert_close(moe(x, context), moe(x, per_row))
+    torch.testing.assert_close(moe(x, context, expert=1), moe(x, per_row, expert=1))
+    with pytest.raises(ValueError, match="cannot be shared"):
+        moe(x, torch.randn(4, 5, C))
+
+
+def test_absorbed_form_is_chosen_where_it_saves_work():
+    # SD-1.5 shapes, 32 emotion tokens, 8 heads: every level absorbs (1.4x-5x fewer operations)
+    assert absorbed_is_cheaper(4096, 32, 320, 8, 40)
+    assert absorbed_is_cheaper(1024, 32, 640, 8, 80)
+    assert absorbed_is_cheaper(256, 32, 1280, 8, 160)
+    # many emotion tokens or heads make the absorbed columns (h m) wider than the batched (d)
+    assert not absorbed_is_cheaper(256, 512, 1280, 8, 160)
+    assert not absorbed_is_cheaper(4096, 32, 320, 16, 20)
+    # few tokens: preparing keys and values dominates unless frames share one context
+    assert not absorbed_is_cheaper(16, 32, 1280, 8, 160)
+    assert absorbed_is_cheaper(16, 32, 1280, 8, 160, rows_per_context=16)
 
 
 def test_zero_init_starts_as_identity(inputs):
