@@ -52,10 +52,10 @@ def _timed(timings: dict[str, float], name: str, step: Callable[[], object]) -> 
     print(f"[quickstart] {name}: {timings[name]:.0f} s", flush=True)
 
 
-def animate_test_portraits(portraits: int = 2, steps: int = 8,
-                           seconds: float = 1.28) -> list[Path]:
+def animate_test_portraits(portraits: int = 2, steps: int = 8, seconds: float = 1.28,
+                           strength: float = 1.0) -> list[Path]:
     """Animate the first frame of held-out SynthEmo clips with their audio (the first
-    ``seconds``) in each of EMOTIONS."""
+    ``seconds``) in each of EMOTIONS; ``strength`` as in :class:`SamplerSettings`."""
     from moee.data.media import AUDIO_RATE
     from moee.data.shards import decode_clip, iter_raw_samples, shard_urls
     from moee.inference.animate import stage_weights
@@ -66,7 +66,8 @@ def animate_test_portraits(portraits: int = 2, steps: int = 8,
 
     net = MoEENetConfig(preset="tiny", weights=WeightSources(vae=str(WEIGHTS / "vae")))
     pipeline = MoEEPipeline.from_weights(net, stage_weights([str(WEIGHTS)]), size=64,
-                                         settings=SamplerSettings(steps=steps, clip_frames=8))
+                                         settings=SamplerSettings(steps=steps, clip_frames=8,
+                                                                  strength=strength))
     clips, seen = [], set()
     for url in shard_urls(SYNTHEMO / "test"):
         for raw in iter_raw_samples(url):
@@ -127,7 +128,7 @@ def score_videos(videos: list[Path]) -> dict[str, float] | None:
 def quickstart(identities: int = 40, frames: int = 50, vae_steps: int | None = None,
                backbone_steps: int | None = None, expert_steps: int | None = None,
                gating_steps: int | None = None, portraits: int = 2, sampling_steps: int = 8,
-               workers: int = 2, force: bool = False) -> dict[str, float]:
+               strength: float = 0.7, workers: int = 2, force: bool = False) -> dict[str, float]:
     """Generate SynthEmo, train every stage of the tiny model, and animate test portraits.
 
     Args:
@@ -137,6 +138,9 @@ def quickstart(identities: int = 40, frames: int = 50, vae_steps: int | None = N
             ``max_steps``.
         portraits: held-out identities animated in each of the four emotion conditions.
         sampling_steps: DPM-Solver++ steps per clip.
+        strength: start sampling from the reference noised to this share of the schedule
+            (1: from pure noise, as the paper; the tiny model's few minutes of training
+            cannot rebuild a face from pure noise, see README).
         workers: processes for data generation.
         force: redo steps whose outputs exist.
 
@@ -164,8 +168,8 @@ def quickstart(identities: int = 40, frames: int = 50, vae_steps: int | None = N
         _timed(timings, name, lambda c=config, e=extra: moee(
             ["fit", "--config", str(CONFIGS / c), *e]))
     videos: list[Path] = []
-    _timed(timings, "animate", lambda: videos.extend(animate_test_portraits(portraits,
-                                                                           sampling_steps)))
+    _timed(timings, "animate", lambda: videos.extend(animate_test_portraits(
+        portraits, sampling_steps, strength=strength)))
     scores = score_videos(videos)
     (RUNS / "tiny" / "quickstart.json").write_text(
         json.dumps({"seconds": timings, "emotion_accuracy": scores}, indent=2))

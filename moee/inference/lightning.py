@@ -112,7 +112,8 @@ class AnimationModule(L.LightningModule):
         weights: trained weights loaded in order: backbone, the six experts, the gates.
         sampler: sampler, steps, guidance scales, clip length, transition, seed.
         portrait: face detection, crop margin, paste-back.
-        objective: the training objective (its noise schedule configures the sampler).
+        objective: the training objective (its noise schedule configures the sampler; default:
+            the one recorded in the stage exports).
         size: face crop side in pixels (default: the VAE's sample size).
         progress: show a progress bar per job.
     """

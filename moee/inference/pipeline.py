@@ -56,7 +56,7 @@ from moee.inference.portrait import (
     prepare_portrait,
 )
 from moee.models.moee_net import MoEENet, MoEENetConfig
-from moee.stages.base import load_net_weights
+from moee.stages.base import load_net_weights, trained_objective
 from moee.stages.diffusion import DiffusionObjective
 
 log = logging.getLogger(__name__)
@@ -129,6 +129,11 @@ class SamplerSettings:
         emotion_guidance: classifier-free guidance scale of the emotion condition.
         clip_frames: frames per clip ``f`` (the model's training window).
         transition: seconds over which an emotion timeline blends into its next entry.
+        strength: where sampling starts. ``1`` (the paper): from pure noise. Below 1: from the
+            reference latent noised to that fraction of the step schedule (as diffusers'
+            img2img pipelines do), running only the last ``round(steps * strength)`` steps:
+            the reference then anchors identity and colours, which small or briefly trained
+            models cannot rebuild from noise.
         seed: seed of the noise (a job may give its own).
     """
 
@@ -138,6 +143,7 @@ class SamplerSettings:
     emotion_guidance: float = 2.5
     clip_frames: int = 16
     transition: float = 1.0
+    strength: float = 1.0
     seed: int = 0
 
     @property
@@ -255,6 +261,8 @@ class MoEEPipeline:
         self.progress = progress
         if settings.steps < 1:
             raise ValueError(f"steps must be ≥ 1, got {settings.steps}")
+        if not 0 < settings.strength <= 1:
+            raise ValueError(f"strength must be in (0, 1], got {settings.strength}")
         if not MOTION_FRAMES <= settings.clip_frames <= net.config.max_frames:
             raise ValueError(f"clip_frames must be in [{MOTION_FRAMES}, "
                              f"{net.config.max_frames}], got {settings.clip_frames}")
@@ -272,9 +280,12 @@ class MoEEPipeline:
 
         Parts built with random weights (the tiny preset's frozen encoders) are drawn from a
         seed fixed per part (``moee.models.pretrained``), so they match the training stages.
+        Without an ``objective``, the one recorded in the stage exports configures the sampler.
         """
         model = MoEENet(net)
         load_stage_weights(model, weights)
+        if kwargs.get("objective") is None:
+            kwargs["objective"] = trained_objective(weights)
         return cls(model, **kwargs)
 
     @property
@@ -322,6 +333,11 @@ class MoEEPipeline:
             frames = face.paste(frames, inputs.settings.feather)
         return Animation(frames=frames, audio=inputs.speech)
 
+    @property
+    def steps_per_clip(self) -> int:
+        """Network evaluations per clip: all ``steps``, or their last ``strength`` share."""
+        return max(1, round(self.settings.steps * self.settings.strength))
+
     def num_frames(self, num_samples: int) -> int:
         """Video frames ``T = ceil(samples / 640)`` for an audio track."""
         return -(-num_samples // SAMPLES_PER_FRAME)
@@ -338,7 +354,7 @@ class MoEEPipeline:
 
         Returns ``(T, S, S, 3) uint8`` with ``T = ceil(len(audio) / 640)``.
         """
-        net, f, steps = self.net, self.settings.clip_frames, self.settings.steps
+        net, f, steps = self.net, self.settings.clip_frames, self.steps_per_clip
         total = self.num_frames(len(audio))
         clips = -(-total // f)
         audio = np.pad(audio, (0, clips * f * SAMPLES_PER_FRAME - len(audio)))
@@ -362,7 +378,7 @@ class MoEEPipeline:
                     "emotion_latents": emotion,
                     **routing.network_kwargs(self.device),
                 }
-                latents = self.denoise(conditions, f, latent.shape[1:], generator, bar)
+                latents = self.denoise(conditions, f, latent, generator, bar)
                 motion = latents[:, -MOTION_FRAMES:]
                 frames.append(to_numpy_frames(net.vae.decode(latents.to(self.dtype))[0]))
         return np.concatenate(frames)[:total]
@@ -393,7 +409,7 @@ class MoEEPipeline:
         self,
         conditions: dict,
         num_frames: int,
-        latent_shape: torch.Size,
+        reference_latent: torch.Tensor,
         generator: torch.Generator | None,
         bar: tqdm,
     ) -> torch.Tensor:
@@ -401,6 +417,7 @@ class MoEEPipeline:
 
         ``conditions`` holds one sample's ``reference``, ``audio_tokens``, ``emotion_latents``,
         ``expert`` and ``weights``; every guidance branch runs in one batched network call.
+        ``reference_latent`` (1 c h w) is where sampling starts when ``strength`` < 1.
         """
         guidance = self.settings.guidance
         branches = torch.tensor(guidance.branches, device=self.device)  # n 2
@@ -417,9 +434,19 @@ class MoEEPipeline:
         }
         scheduler = self.scheduler
         scheduler.set_timesteps(self.settings.steps, device=self.device)
-        noise = torch.randn((1, num_frames, *latent_shape), generator=generator)
-        latents = noise.to(self.device) * scheduler.init_noise_sigma  # 1 f c h w, float32
-        for t in scheduler.timesteps:
+        noise = torch.randn((1, num_frames, *reference_latent.shape[1:]), generator=generator)
+        noise = noise.to(self.device)
+        timesteps = scheduler.timesteps
+        if self.settings.strength < 1:
+            skipped = self.settings.steps - self.steps_per_clip
+            timesteps = timesteps[skipped * scheduler.order:]
+            if hasattr(scheduler, "set_begin_index"):
+                scheduler.set_begin_index(skipped * scheduler.order)
+            start = reference_latent.float()[:, None].expand_as(noise)
+            latents = scheduler.add_noise(start, noise, timesteps[:1])  # 1 f c h w, float32
+        else:
+            latents = noise * scheduler.init_noise_sigma
+        for t in timesteps:
             model_input = scheduler.scale_model_input(latents, t).to(self.dtype)
             prediction = self.net(model_input.repeat(n, 1, 1, 1, 1), t.repeat(n), **batched)
             prediction = guidance.combine(prediction.float()[:, None])  # (n 1 f c h w) → 1 f c h w

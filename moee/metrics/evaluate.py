@@ -51,6 +51,7 @@ from moee.metrics.sync import LipSync
 from moee.metrics.synthemo import synthemo_suite
 from moee.metrics.tables import write_tables
 from moee.models.moee_net import MoEENet, MoEENetConfig
+from moee.stages.base import trained_objective
 from moee.stages.diffusion import DiffusionObjective
 
 log = logging.getLogger(__name__)
@@ -175,6 +176,7 @@ class ModelEntry:
         source: ``model`` (generate with ``weights``), ``ground_truth`` (the real frames) or
             ``reference`` (the still reference frame repeated).
         net: this model's network configuration (ablations); default: the module's ``net``.
+        sampler: this row's sampler settings (step-count curves); default: the module's.
         reference_row: shown but not ranked (best values are chosen among the other rows);
             ``ground_truth`` and ``reference`` rows always are.
     """
@@ -183,6 +185,7 @@ class ModelEntry:
     weights: list[str] = field(default_factory=list)
     source: Source = "model"
     net: MoEENetConfig | None = None
+    sampler: SamplerSettings | None = None
     reference_row: bool = False
 
     @property
@@ -256,7 +259,8 @@ class EvaluationModule(L.LightningModule):
         metrics: which metric networks (:class:`SynthEmoMetrics` or :class:`StandardMetrics`).
         net: network configuration of the ``model`` rows that have none of their own.
         sampler: sampler, steps, guidance and clip length (``clip_frames``) of generation.
-        objective: the training objective whose noise schedule configures the sampler.
+        objective: the training objective whose noise schedule configures the sampler
+            (default: the one recorded in the row's stage exports).
         dataset: the data set's name, in the table's title and file name.
         table: file name of the table (default: ``dataset`` in lower case).
         ablation: title the table as an ablation study (paper Table 5) instead of a comparison.
@@ -299,7 +303,8 @@ class EvaluationModule(L.LightningModule):
                 load_stage_weights(network, entry.weights)
                 self.nets[str(index)] = network
                 self.pipelines[entry.name] = MoEEPipeline(
-                    network, sampler or SamplerSettings(), objective, progress=False)
+                    network, entry.sampler or sampler or SamplerSettings(),
+                    objective or trained_objective(entry.weights), progress=False)
         self.suites = nn.ModuleList(metrics.build() for _ in models)
         self.clips = SumMetric()
         self.results: dict[str, dict[str, float]] = {}

@@ -9,6 +9,7 @@ export of the trained weights as safetensors for the next stage.
 
 from __future__ import annotations
 
+import json
 import logging
 from dataclasses import dataclass
 from pathlib import Path
@@ -17,6 +18,7 @@ from typing import Any
 import lightning as L
 import torch
 from lightning.pytorch.cli import LRSchedulerCallable, OptimizerCallable
+from safetensors import safe_open
 from safetensors.torch import load_file, save_file
 from torch.distributed.tensor import DTensor
 
@@ -62,6 +64,30 @@ def load_weights(path: str | Path, hint: str = "") -> dict[str, torch.Tensor]:
     checkpoint = torch.load(path, map_location="cpu", weights_only=True)
     state = checkpoint.get("state_dict", checkpoint)
     return {k.removeprefix("net."): v for k, v in state.items() if not k.startswith("loss.")}
+
+
+OBJECTIVE_KEY = "objective"
+"""Safetensors metadata key of a stage export's :attr:`DiffusionObjective.schedule` (JSON)."""
+
+
+def recorded_schedule(path: str | Path) -> dict | None:
+    """The diffusion schedule a stage export was trained with (``None``: not recorded, e.g. a
+    Lightning checkpoint or an older export)."""
+    path = Path(path)
+    if path.suffix != ".safetensors" or not path.is_file():
+        return None
+    with safe_open(str(path), "pt") as file:
+        recorded = (file.metadata() or {}).get(OBJECTIVE_KEY)
+    return None if recorded is None else json.loads(recorded)
+
+
+def trained_objective(paths: list[str | Path]) -> DiffusionObjective | None:
+    """The objective recorded in stage exports, which must agree (``None`` if none records one)."""
+    schedules = {json.dumps(s, sort_keys=True) for s in map(recorded_schedule, paths) if s}
+    if len(schedules) > 1:
+        raise ValueError(f"the weights were trained with different diffusion objectives "
+                         f"({' vs '.join(sorted(schedules))}); use exports of one training run")
+    return DiffusionObjective(**json.loads(schedules.pop())) if schedules else None
 
 
 def load_net_weights(net: MoEENet, path: str | Path, hint: str = "") -> None:
@@ -139,8 +165,13 @@ class DiffusionStage(L.LightningModule):
     # ---- parameters -------------------------------------------------------------------------
 
     def load_net_weights(self, path: str | Path) -> None:
-        """Load an earlier stage's weights into the network."""
+        """Load an earlier stage's weights into the network; they must have been trained with
+        this stage's prediction type and noise schedule."""
         load_net_weights(self.net, path, hint=self.missing_checkpoint_hint())
+        schedule = recorded_schedule(path)
+        if schedule is not None and schedule != self.objective.schedule:
+            raise ValueError(f"{path} was trained with objective {schedule}, this stage uses "
+                             f"{self.objective.schedule}: set model.init_args.objective to match")
 
     def missing_checkpoint_hint(self) -> str:
         """What the user should do when an earlier stage's weights are missing."""
@@ -271,7 +302,8 @@ class DiffusionStage(L.LightningModule):
         partial = path.with_name(f".{path.name}.partial")
         save_file(weights, str(partial),
                   metadata={"stage": type(self).__name__,
-                            "groups": ",".join(self.trainable_groups)})
+                            "groups": ",".join(self.trainable_groups),
+                            OBJECTIVE_KEY: json.dumps(self.objective.schedule)})
         partial.replace(path)
         log.info("exported %s", path)
         return path

@@ -42,6 +42,13 @@ class DiffusionObjective:
         self.prediction_type = prediction_type
         self.noise_offset = noise_offset
         self.num_train_timesteps = num_train_timesteps
+        self.schedule = {
+            "prediction_type": prediction_type, "zero_terminal_snr": zero_terminal_snr,
+            "num_train_timesteps": num_train_timesteps, "beta_schedule": beta_schedule,
+            "beta_start": beta_start, "beta_end": beta_end,
+        }
+        """What sampling must share with training (the constructor's arguments but the
+        training-only noise offset); stage exports record it, pipelines rebuild from it."""
 
     def sample_timesteps(self, batch_size: int, device: torch.device,
                          generator: torch.Generator | None = None) -> torch.Tensor:

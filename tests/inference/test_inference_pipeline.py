@@ -132,6 +132,31 @@ def test_seed_decides_the_noise(net):
     assert np.array_equal(first, again) and not np.array_equal(first, other)
 
 
+@pytest.mark.parametrize("sampler", ["ddim", "dpmpp", "euler"])
+def test_strength_starts_late_in_the_schedule_from_the_noised_reference(net, sampler):
+    pipeline = make_pipeline(net, sampler=sampler, steps=10, strength=0.3)
+    calls = []
+    handle = net.register_forward_pre_hook(lambda _, args: calls.append(args[:2]))
+    try:
+        run(pipeline, "neutral", 0.16)  # one clip of 4 frames
+    finally:
+        handle.remove()
+    schedule = pipeline.scheduler.timesteps
+    assert pipeline.steps_per_clip == len(calls) == 3  # the last 3 of 10 steps
+    assert [t.item() for _, t in calls] == schedule[-3:].tolist()
+    if sampler == "ddim":  # its model input is the latent itself
+        reference = torch.rand(3, SIZE, SIZE, generator=torch.Generator().manual_seed(1)) * 2 - 1
+        with torch.no_grad():
+            latent = net.vae.encode(reference[None, None], sample=False)
+        noise = torch.randn(latent.expand(1, 4, -1, -1, -1).shape,
+                            generator=torch.Generator().manual_seed(0))
+        alpha_bar = pipeline.objective.scheduler.alphas_cumprod[schedule[-3]]
+        expected = alpha_bar.sqrt() * latent + (1 - alpha_bar).sqrt() * noise
+        torch.testing.assert_close(calls[0][0], expected)
+    with pytest.raises(ValueError, match="strength"):
+        make_pipeline(net, strength=0)
+
+
 def test_basic_label_runs_only_its_expert(net, spy):
     run(make_pipeline(net), "sad", 0.16)
     assert spy.moe == [(4, None)]

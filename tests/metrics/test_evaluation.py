@@ -26,10 +26,11 @@ from moee.data.synth.probes import SynthEmoProbes, load_probes, save_probes
 from moee.emotions import EMOTION_CLASSES
 from moee.inference.pipeline import SamplerSettings
 from moee.metrics.callbacks import EvaluationCallback
-from moee.metrics.evaluate import SynthEmoMetrics, clip_condition
+from moee.metrics.evaluate import EvaluationModule, ModelEntry, SynthEmoMetrics, clip_condition
 from moee.metrics.tables import COLUMNS, markdown_table, wins_of
 from moee.models.emotion_moe import EmotionMoE, UniformGate
 from moee.models.moee_net import MoEENet, MoEENetConfig, parameter_groups
+from moee.models.pretrained import WeightSources
 from moee.stages import BackboneModule
 from moee.stages.losses import MoEELoss
 
@@ -202,3 +203,16 @@ def test_without_global_gate_mixes_experts_equally():
     uniform = torch.full((3, 6), 1 / 6)
     torch.testing.assert_close(local_only(x, context), full(x, context, weights=uniform))
     torch.testing.assert_close(local_only.gates(x)[1], uniform)
+
+
+def test_a_row_may_sample_with_its_own_settings(workspace):
+    """Rows of one table can differ only in sampler settings (step-count curves)."""
+    weights = [str(workspace / "net.safetensors")]
+    module = EvaluationModule(
+        models=[ModelEntry("3 steps", weights, sampler=SamplerSettings(steps=3)),
+                ModelEntry("default", weights)],
+        metrics=SynthEmoMetrics(probe_cache=str(workspace / "cache")),
+        net=MoEENetConfig(preset="tiny", weights=WeightSources(vae=None)),
+        sampler=SamplerSettings(steps=7))
+    assert module.pipelines["3 steps"].settings.steps == 3
+    assert module.pipelines["default"].settings.steps == 7

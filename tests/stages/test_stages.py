@@ -10,7 +10,8 @@ import torch.nn.functional as F
 from moee.data.batch import make_batch
 from moee.data.testclips import make_test_clip
 from moee.stages import BackboneModule, ExpertModule, GatingModule
-from moee.stages.base import MissingCheckpointError
+from moee.inference.pipeline import MoEEPipeline, make_scheduler
+from moee.stages.base import MissingCheckpointError, trained_objective
 from moee.stages.diffusion import DiffusionObjective
 from moee.stages.losses import MoEELoss
 
@@ -131,6 +132,26 @@ def test_weights_hand_off_between_stages(tmp_path, batch):
     assert "\n" not in str(error.value)
     with pytest.raises(ValueError, match="per basic emotion"):
         ExpertModule(emotion="happily surprised")
+
+
+def test_exports_record_the_objective_that_later_stages_and_sampling_use(tmp_path):
+    v_objective = DiffusionObjective("v_prediction", zero_terminal_snr=True)
+    backbone = BackboneModule(loss=light_loss(), objective=v_objective)
+    export = str(backbone.export(tmp_path / "backbone.safetensors"))
+    recorded = trained_objective([export])
+    assert recorded.schedule == v_objective.schedule
+    assert recorded.scheduler.alphas_cumprod[-1] == 0  # zero terminal SNR came back too
+    assert make_scheduler("dpmpp", recorded).config.prediction_type == "v_prediction"
+
+    with pytest.raises(ValueError, match="set model.init_args.objective"):
+        ExpertModule(emotion="sad", loss=light_loss(), init_weights=[export])
+    expert = ExpertModule(emotion="sad", loss=light_loss(), objective=v_objective,
+                          init_weights=[export])
+    epsilon_export = str(BackboneModule(loss=light_loss()).export(tmp_path / "eps.safetensors"))
+    with pytest.raises(ValueError, match="different diffusion objectives"):
+        trained_objective([export, epsilon_export])
+    pipeline = MoEEPipeline.from_weights(expert.net.config, [export], progress=False)
+    assert pipeline.scheduler.config.prediction_type == "v_prediction"
 
 
 def test_checkpoint_holds_only_trained_weights_and_resume_continues(tmp_path, batch):
