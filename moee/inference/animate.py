@@ -63,6 +63,7 @@ def animate(
     emotion_guidance: float = 2.5,
     clip_frames: int = 16,
     transition: float = 1.0,
+    strength: float = 1.0,
     seed: int = 0,
     size: int | None = None,
     detect: bool = True,
@@ -94,6 +95,8 @@ def animate(
         emotion_guidance: classifier-free guidance scale of the emotion.
         clip_frames: frames per clip (the model's training window).
         transition: seconds over which a timeline blends into its next emotion.
+        strength: 1 samples from pure noise; below 1 starts from the portrait's latent noised
+            to that share of the schedule (see ``SamplerSettings.strength``).
         seed: seed of the noise.
         size: face crop side in pixels (default: the network's image size).
         detect: find the face; false takes the image's centre square (already a face crop).
@@ -115,7 +118,7 @@ def animate(
         device = "cuda" if torch.cuda.is_available() else "cpu"
     settings = SamplerSettings(sampler=sampler, steps=steps, audio_guidance=audio_guidance,
                                emotion_guidance=emotion_guidance, clip_frames=clip_frames,
-                               transition=transition, seed=seed)
+                               transition=transition, strength=strength, seed=seed)
     net = MoEENetConfig(preset=net_preset, weights=SD15_WEIGHTS) if net_preset == "sd15" \
         else MoEENetConfig(preset=net_preset, weights=WeightSources(vae=trained_vae))
     portrait = PortraitSettings(detect=detect, detector=detector, margin=margin,
