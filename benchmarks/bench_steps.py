@@ -7,7 +7,7 @@ ground truth as the metrics' floor — and prints, per sampler, how far 8 steps 
 probe emotion accuracy, FVD (probe features) and lip sync. The design's goal: 8 steps within 5 %
 of 40. Needs the SynthEmo probes (``python -m moee synth probes --size 64``).
 
-    python benchmarks/bench_steps.py [--weights runs/tiny/weights] [--batches 2]
+    python benchmarks/bench_steps.py [--weights runs/tiny/weights] [--batches 2] [--strength 1]
 """
 
 from __future__ import annotations
@@ -38,7 +38,8 @@ def relative_gap(few: float, many: float) -> float:
 
 
 def main(weights: str = "runs/tiny/weights", test: str = "runs/synthemo/test",
-         batches: int = 2, frames: int = 16, out: str = "runs/bench_steps") -> None:
+         batches: int = 2, frames: int = 16, strength: float = 1.0,
+         out: str = "runs/bench_steps") -> None:
     """Print the quality table and the 8-vs-40-step gaps.
 
     Args:
@@ -46,11 +47,13 @@ def main(weights: str = "runs/tiny/weights", test: str = "runs/synthemo/test",
         test: SynthEmo test shards.
         batches: test batches of 4 clips each.
         frames: frames scored per clip (chained 8-frame clips).
+        strength: where sampling starts (``SamplerSettings.strength``; 1: pure noise).
         out: where ``moee test`` writes its table and logs.
     """
     rows = [ModelEntry(f"{sampler} {steps}", stage_weights([weights]),
                        sampler=SamplerSettings(sampler=sampler, steps=steps, audio_guidance=2.0,
-                                               emotion_guidance=2.0, clip_frames=8))
+                                               emotion_guidance=2.0, clip_frames=8,
+                                               strength=strength))
             for sampler in SAMPLERS for steps in STEPS]
     rows.append(ModelEntry("Ground truth", source="ground_truth"))
     module = EvaluationModule(
