@@ -176,9 +176,10 @@ class EmotionToLatents(nn.Module):
 
     def forward(self, inputs: EmotionInputs) -> torch.Tensor:
         """Emotion latents (b m d)."""
-        b, device = inputs.batch_size(), self.embeddings.device
-        present = inputs.presence(device)  # b 4
-        queries = torch.zeros(b, self.num_tokens, self.embeddings.shape[1], device=device)
+        b, device, dtype = inputs.batch_size(), self.embeddings.device, self.embeddings.dtype
+        present = inputs.presence(device).to(dtype)  # b 4
+        queries = torch.zeros(b, self.num_tokens, self.embeddings.shape[1], device=device,
+                              dtype=dtype)
         for column, name in enumerate(MODALITIES):
             if present[:, column].any():
                 q = self.to_queries[name](self._features(inputs, name))  # b (m d)
@@ -187,7 +188,7 @@ class EmotionToLatents(nn.Module):
         queries = queries / present.sum(1).clamp(min=1)[:, None, None]
         kv = self.embeddings.expand(b, -1, -1)
         latents = self.norm(self.attention(queries, kv, kv, need_weights=False)[0])
-        use_null = ~present.any(1)
+        use_null = ~present.bool().any(1)
         if inputs.drop is not None:
             use_null |= inputs.drop.to(device=device, dtype=torch.bool)
         return torch.where(use_null[:, None, None], self.null(b), latents)

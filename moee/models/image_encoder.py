@@ -26,6 +26,7 @@ class ImageEncoder(nn.Module):
     def forward(self, images: torch.Tensor) -> torch.Tensor:
         """images (b 3 H W) in [-1, 1] -> (b 1 D)."""
         size = self.model.config.image_size
-        pixels = F.interpolate(images, (size, size), mode="bicubic", antialias=True)
+        # antialiased bicubic resizing has no bfloat16 kernel on CPUs: resize in float32
+        pixels = F.interpolate(images.float(), (size, size), mode="bicubic", antialias=True)
         pixels = ((pixels + 1) / 2 - self.mean) / self.std
         return self.model(pixel_values=pixels.to(self.model.dtype)).image_embeds[:, None]

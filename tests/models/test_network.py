@@ -140,3 +140,18 @@ def test_tiny_network_overfits_one_clip(clip_inputs):
         opt.step()
         losses.append(loss.item())
     assert losses[-1] < losses[0] / 10, losses
+
+
+@torch.no_grad()
+def test_bfloat16_network_matches_float32(tiny_net, clip_inputs):
+    """The GPU configurations run the network in bf16: it must take bf16 latents, images and
+    waveforms with float32 label and AU vectors, and agree with float32 to bf16 precision."""
+    half = copy.deepcopy(tiny_net).to(torch.bfloat16)
+    inputs = {**clip_inputs, "latents": clip_inputs["latents"].to(torch.bfloat16),
+              "motion": clip_inputs["motion"].to(torch.bfloat16),
+              "image": clip_inputs["image"].to(torch.bfloat16),
+              "audio": clip_inputs["audio"].to(torch.bfloat16)}
+    out = run(half, inputs)
+    assert out.dtype == torch.bfloat16
+    reference = run(tiny_net, clip_inputs)
+    assert (out.float() - reference).abs().mean() < 0.05 * reference.abs().mean()
