@@ -9,8 +9,8 @@ import torch.nn.functional as F
 
 from moee.data.batch import make_batch
 from moee.data.testclips import make_test_clip
-from moee.stages import BackboneModule, ExpertModule, GatingModule
 from moee.inference.pipeline import MoEEPipeline, make_scheduler
+from moee.stages import BackboneModule, ExpertModule, GatingModule
 from moee.stages.base import MissingCheckpointError, trained_objective
 from moee.stages.diffusion import DiffusionObjective
 from moee.stages.losses import MoEELoss
