@@ -171,8 +171,10 @@ def quickstart(identities: int = 40, frames: int = 50, vae_steps: int | None = N
     _timed(timings, "animate", lambda: videos.extend(animate_test_portraits(
         portraits, sampling_steps, strength=strength)))
     scores = score_videos(videos)
-    (RUNS / "tiny" / "quickstart.json").write_text(
-        json.dumps({"seconds": timings, "emotion_accuracy": scores}, indent=2))
+    record = RUNS / "tiny" / "quickstart.json"
+    if record.is_file():  # a rerun keeps the times of the steps it skipped
+        timings = {**json.loads(record.read_text())["seconds"], **timings}
+    record.write_text(json.dumps({"seconds": timings, "emotion_accuracy": scores}, indent=2))
     print(f"[quickstart] videos:  {VIDEOS}/ ({len(videos)} mp4 with audio)")
     print(f"[quickstart] weights: {WEIGHTS}/")
     print(f"[quickstart] logs:    tensorboard --logdir {RUNS / 'tiny'}")
