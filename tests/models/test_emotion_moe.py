@@ -39,10 +39,13 @@ def moe():
     return EmotionMoE(D, C, heads=HEADS, zero_init_output=False)
 
 
-@pytest.fixture(params=["batched", "absorbed"])
+@pytest.fixture(params=["batched", "absorbed (m e h)", "absorbed (e h m)"])
 def fused_form(request, monkeypatch):
-    """Force the fused path's form (normally chosen by cost)."""
-    monkeypatch.setattr(emotion_moe, "absorbed_is_cheaper", lambda *_: request.param == "absorbed")
+    """Force the fused path's form (normally chosen by cost) and the absorbed column order
+    (normally chosen by the number of emotion tokens)."""
+    absorbed = request.param.startswith("absorbed")
+    monkeypatch.setattr(emotion_moe, "absorbed_is_cheaper", lambda *_: absorbed)
+    monkeypatch.setattr(emotion_moe, "SHORT_SOFTMAX", 0 if "(e h m)" in request.param else 99)
     return request.param
 
 
