@@ -39,7 +39,6 @@ from torch import nn
 
 from moee.emotions import NUM_EXPERTS
 
-
 SHORT_SOFTMAX = 16
 """Emotion-token counts below this take the absorbed form's (m e h) column order."""
 
