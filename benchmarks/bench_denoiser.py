@@ -18,27 +18,14 @@ everything else: ``UNetMotionModel``). The design's goal: the full denoiser with
 
 from __future__ import annotations
 
-import statistics
-import time
-
 import torch
 from diffusers import MotionAdapter, UNet2DConditionModel, UNetMotionModel
 from jsonargparse import CLI
+from timing import median_time
 
 from moee.models.moee_net import MoEENet, MoEENetConfig
 from moee.models.pretrained import PRESETS, Preset
 from moee.models.unet import DenoiserContext
-
-
-def median_step_time(step, repeats: int) -> float:
-    """Median seconds of ``step()`` after one warm-up call."""
-    step()
-    times = []
-    for _ in range(repeats):
-        start = time.perf_counter()
-        step()
-        times.append(time.perf_counter() - start)
-    return statistics.median(times)
 
 
 def training_step(module: torch.nn.Module, forward):
@@ -113,10 +100,10 @@ def main(preset: Preset = "tiny", batch: int = 4, frames: int = 8, size: int | N
           f"{torch.get_num_threads()} threads, median of {repeats} fwd+bwd steps")
     base_times = {}
     for key, (name, module, forward) in baselines.items():
-        base_times[key] = median_step_time(training_step(module, forward), repeats)
+        base_times[key] = median_time(training_step(module, forward), repeats)
         print(f"{name:34} {base_times[key]:8.3f} s")
     for name, (against, forward) in variants.items():
-        seconds = median_step_time(training_step(denoiser, forward), repeats)
+        seconds = median_time(training_step(denoiser, forward), repeats)
         print(f"{name:34} {seconds:8.3f} s  {seconds / base_times[against]:5.2f}x "
               f"{baselines[against][0].split()[1]}")
 

@@ -14,11 +14,10 @@ plain cross-attention.
 from __future__ import annotations
 
 import argparse
-import statistics
-import time
 from unittest import mock
 
 import torch
+from timing import median_time
 
 from moee.models import emotion_moe
 from moee.models.emotion_moe import CrossAttentionExpert, EmotionMoE
@@ -35,17 +34,6 @@ LEVELS = {  # name: (b, frames, tokens n, width d, emotion width c, emotion toke
 }
 """Tiny: batch 4 x 8 frames, all MoE layers at 8x8 latents (16x16 is resnet-only). SD-1.5: 8 frames
 (half a clip); 2 down + 3 up layers at each of the three wide levels, 1 in the mid block."""
-
-
-def median_time(fn, repeats: int) -> float:
-    """Median wall time of ``fn()`` over ``repeats`` runs, after one warm-up."""
-    fn()
-    times = []
-    for _ in range(repeats):
-        start = time.perf_counter()
-        fn()
-        times.append(time.perf_counter() - start)
-    return statistics.median(times)
 
 
 def step(module, x, context, backward: bool, form: str | None = None, **kwargs):
