@@ -85,11 +85,22 @@ def _is_hub_id(source: str) -> bool:
 
 def check_weight_paths(init_args) -> None:
     """Exit with one line when a stage's ``init_weights`` or a local ``net.weights`` folder is
-    missing (hub ids are left to ``from_pretrained``)."""
+    missing (hub ids are left to ``from_pretrained``), or when ``init_weights`` were trained
+    with another diffusion objective than the stage's."""
+    from moee.stages.base import ObjectiveMismatchError, check_objective
+    from moee.stages.diffusion import DiffusionObjective
+
+    objective = init_args.get("objective")
+    objective = DiffusionObjective(**dict(objective.get("init_args") or {})) if objective \
+        else DiffusionObjective()
     for path in init_args.get("init_weights") or []:
         if not os.path.isfile(path):
             sys.exit(f"error: checkpoint not found: {path!r}: train the earlier stage first (its "
                      "config's export_path writes it) or fix model.init_args.init_weights")
+        try:
+            check_objective(path, objective)
+        except ObjectiveMismatchError as error:
+            sys.exit(f"error: {error}")
     net = init_args.get("net")
     weights = (net.get("weights") if net else None) or {}
     for part, source in dict(weights).items():

@@ -33,7 +33,7 @@ from moee.models.pretrained import (
     Preset,
     WeightSources,
 )
-from moee.stages.base import MissingCheckpointError
+from moee.stages.base import MissingCheckpointError, ObjectiveMismatchError
 
 STAGE_FILES = ("backbone", *(f"expert_{e}" for e in BASIC_EMOTIONS), "gating")
 """Stage exports of a weights folder, in loading order."""
@@ -161,7 +161,8 @@ def main(argv: list[str] | None = None) -> None:
     logging.basicConfig(level=logging.WARNING, format="%(message)s")
     try:
         path = animate(**args.as_dict())
-    except (*USER_ERRORS, MissingCheckpointError, MissingWeightsError) as error:
+    except (*USER_ERRORS, MissingCheckpointError, MissingWeightsError,
+            ObjectiveMismatchError) as error:
         print(f"error: {' '.join(str(error).split())}", file=sys.stderr)
         sys.exit(1)
     print(path)

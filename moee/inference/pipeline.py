@@ -50,6 +50,7 @@ from moee.emotions import EmotionCondition
 from moee.inference.conditions import EmotionTrack, Routing, emotion_inputs
 from moee.inference.portrait import (
     ImageSource,
+    InputError,
     Portrait,
     PortraitSettings,
     load_image,
@@ -260,14 +261,14 @@ class MoEEPipeline:
         self.size = size or net.vae.vae.config.sample_size
         self.progress = progress
         if settings.steps < 1:
-            raise ValueError(f"steps must be ≥ 1, got {settings.steps}")
+            raise InputError(f"steps must be ≥ 1, got {settings.steps}")
         if not 0 < settings.strength <= 1:
-            raise ValueError(f"strength must be in (0, 1], got {settings.strength}")
+            raise InputError(f"strength must be in (0, 1], got {settings.strength}")
         if not MOTION_FRAMES <= settings.clip_frames <= net.config.max_frames:
-            raise ValueError(f"clip_frames must be in [{MOTION_FRAMES}, "
+            raise InputError(f"clip_frames must be in [{MOTION_FRAMES}, "
                              f"{net.config.max_frames}], got {settings.clip_frames}")
         if self.size % (2 * net.vae.downsample):
-            raise ValueError(f"size must be a multiple of {2 * net.vae.downsample}, "
+            raise InputError(f"size must be a multiple of {2 * net.vae.downsample}, "
                              f"got {self.size}")
         self.scheduler = make_scheduler(settings.sampler, self.objective)
         self._detectors: dict[str, FaceDetector] = {}

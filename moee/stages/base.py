@@ -66,6 +66,10 @@ def load_weights(path: str | Path, hint: str = "") -> dict[str, torch.Tensor]:
     return {k.removeprefix("net."): v for k, v in state.items() if not k.startswith("loss.")}
 
 
+class ObjectiveMismatchError(ValueError):
+    """Weights trained with another prediction type or noise schedule than the one asked for."""
+
+
 OBJECTIVE_KEY = "objective"
 """Safetensors metadata key of a stage export's :attr:`DiffusionObjective.schedule` (JSON)."""
 
@@ -81,12 +85,22 @@ def recorded_schedule(path: str | Path) -> dict | None:
     return None if recorded is None else json.loads(recorded)
 
 
+def check_objective(path: str | Path, objective: DiffusionObjective) -> None:
+    """Raise :class:`ObjectiveMismatchError` if ``path`` records another objective."""
+    schedule = recorded_schedule(path)
+    if schedule is not None and schedule != objective.schedule:
+        raise ObjectiveMismatchError(
+            f"{path} was trained with objective {schedule}, this stage uses "
+            f"{objective.schedule}: set model.init_args.objective to match")
+
+
 def trained_objective(paths: list[str | Path]) -> DiffusionObjective | None:
     """The objective recorded in stage exports, which must agree (``None`` if none records one)."""
     schedules = {json.dumps(s, sort_keys=True) for s in map(recorded_schedule, paths) if s}
     if len(schedules) > 1:
-        raise ValueError(f"the weights were trained with different diffusion objectives "
-                         f"({' vs '.join(sorted(schedules))}); use exports of one training run")
+        raise ObjectiveMismatchError(
+            f"the weights were trained with different diffusion objectives "
+            f"({' vs '.join(sorted(schedules))}); use exports of one training run")
     return DiffusionObjective(**json.loads(schedules.pop())) if schedules else None
 
 
@@ -168,10 +182,7 @@ class DiffusionStage(L.LightningModule):
         """Load an earlier stage's weights into the network; they must have been trained with
         this stage's prediction type and noise schedule."""
         load_net_weights(self.net, path, hint=self.missing_checkpoint_hint())
-        schedule = recorded_schedule(path)
-        if schedule is not None and schedule != self.objective.schedule:
-            raise ValueError(f"{path} was trained with objective {schedule}, this stage uses "
-                             f"{self.objective.schedule}: set model.init_args.objective to match")
+        check_objective(path, self.objective)
 
     def missing_checkpoint_hint(self) -> str:
         """What the user should do when an earlier stage's weights are missing."""

@@ -42,13 +42,18 @@ class DiffusionObjective:
         self.prediction_type = prediction_type
         self.noise_offset = noise_offset
         self.num_train_timesteps = num_train_timesteps
-        self.schedule = {
-            "prediction_type": prediction_type, "zero_terminal_snr": zero_terminal_snr,
-            "num_train_timesteps": num_train_timesteps, "beta_schedule": beta_schedule,
-            "beta_start": beta_start, "beta_end": beta_end,
-        }
+
+    @property
+    def schedule(self) -> dict:
         """What sampling must share with training (the constructor's arguments but the
-        training-only noise offset); stage exports record it, pipelines rebuild from it."""
+        training-only noise offset), read back from the scheduler; stage exports record it,
+        pipelines rebuild from it."""
+        config = self.scheduler.config
+        return {"prediction_type": config.prediction_type,
+                "zero_terminal_snr": config.rescale_betas_zero_snr,
+                "num_train_timesteps": config.num_train_timesteps,
+                "beta_schedule": config.beta_schedule, "beta_start": config.beta_start,
+                "beta_end": config.beta_end}
 
     def sample_timesteps(self, batch_size: int, device: torch.device,
                          generator: torch.Generator | None = None) -> torch.Tensor:

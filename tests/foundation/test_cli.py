@@ -69,3 +69,21 @@ def test_missing_stage_weights_are_one_clear_line(tmp_path):
     assert missing_shards.returncode == 1
     assert "error: " in missing_shards.stderr and "runs/synthemo" in missing_shards.stderr
     assert "Traceback" not in missing_shards.stderr
+
+
+def test_weights_of_another_objective_are_one_clear_line(tmp_path):
+    from moee.stages import BackboneModule
+    from moee.stages.diffusion import DiffusionObjective
+    from moee.stages.losses import MoEELoss
+
+    export = tmp_path / "runs" / "tiny" / "weights" / "backbone.safetensors"
+    BackboneModule(objective=DiffusionObjective("v_prediction"),
+                   loss=MoEELoss(perceptual_weights="random")).export(export)
+    config = str(Path(__file__).resolve().parents[2] / "configs/tiny/expert_sad.yaml")
+    result = subprocess.run([sys.executable, "-m", "moee", "fit", "--config", config,
+                             "--model.init_args.net.weights.vae", "null"],
+                            cwd=tmp_path, capture_output=True, text=True, timeout=180)
+    assert result.returncode == 1 and "Traceback" not in result.stderr
+    last = result.stderr.strip().splitlines()[-1]
+    assert last.startswith("error: runs/tiny/weights/backbone.safetensors was trained with")
+    assert "set model.init_args.objective to match" in last

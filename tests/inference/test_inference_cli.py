@@ -72,12 +72,14 @@ def animate_args(files: Path, out: Path, **overrides) -> list[str]:
         ({"audio": "broken.wav"}, "cannot read"),
         ({"emotion": "ecstatic"}, "unknown emotion"),
         ({"weights": "missing.safetensors"}, "checkpoint not found"),
+        ({"strength": 0}, "strength must be in (0, 1]"),
     ],
     ids=["no-face", "two-faces", "no-image", "silent", "unreadable-audio", "bad-emotion",
-         "no-weights"],
+         "no-weights", "bad-strength"],
 )
 def test_bad_input_is_one_line_and_leaves_nothing(files, tmp_path, capsys, override, message):
-    override = {k: files / v if k != "emotion" else v for k, v in override.items()}
+    override = {k: files / v if k in ("image", "audio", "weights") else v
+                for k, v in override.items()}
     out_dir = tmp_path / "out"
     with pytest.raises(SystemExit) as exit_info:
         animate_main(animate_args(files, out_dir / "video.mp4", **override))
