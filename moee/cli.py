@@ -86,21 +86,31 @@ def _is_hub_id(source: str) -> bool:
 def check_weight_paths(init_args) -> None:
     """Exit with one line when a stage's ``init_weights`` or a local ``net.weights`` folder is
     missing (hub ids are left to ``from_pretrained``), or when ``init_weights`` were trained
-    with another diffusion objective than the stage's."""
-    from moee.stages.base import ObjectiveMismatchError, check_objective
+    with another diffusion objective than the stage's, or are experts that disagree."""
+    from moee.stages.base import (
+        ExportsDisagreeError,
+        ObjectiveMismatchError,
+        check_objective,
+        check_parallel_exports,
+    )
     from moee.stages.diffusion import DiffusionObjective
 
     objective = init_args.get("objective")
     objective = DiffusionObjective(**dict(objective.get("init_args") or {})) if objective \
         else DiffusionObjective()
-    for path in init_args.get("init_weights") or []:
+    paths = init_args.get("init_weights") or []
+    for path in paths:
         if not os.path.isfile(path):
             sys.exit(f"error: checkpoint not found: {path!r}: train the earlier stage first (its "
                      "config's export_path writes it) or fix model.init_args.init_weights")
-        try:
+    try:
+        for path in paths:
             check_objective(path, objective)
-        except ObjectiveMismatchError as error:
-            sys.exit(f"error: {error}")
+        check_parallel_exports(paths)
+        for entry in init_args.get("models") or []:  # moee test: each row's weights
+            check_parallel_exports([p for p in entry.get("weights") or [] if os.path.isfile(p)])
+    except (ObjectiveMismatchError, ExportsDisagreeError) as error:
+        sys.exit(f"error: {error}")
     net = init_args.get("net")
     weights = (net.get("weights") if net else None) or {}
     for part, source in dict(weights).items():

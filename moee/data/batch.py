@@ -78,7 +78,8 @@ IMAGE_KEYS = ("frames", "reference", "motion_frames")
 def normalize_images(batch: dict[str, Any]) -> dict[str, Any]:
     """uint8 images of a batch → float32 in [-1, 1], in place (no-op if already float).
 
-    Masked mouths of MNS references become exactly 0.0 (grey).
+    Masked mouths of MNS references (and of the motion frames they stand in for) become
+    exactly 0.0 (grey).
     """
     if batch["frames"].dtype != torch.uint8:
         return batch
@@ -86,6 +87,7 @@ def normalize_images(batch: dict[str, Any]) -> dict[str, Any]:
         batch[key] = batch[key].float().div_(127.5).sub_(1.0)
     masked = batch["reference_is_masked"].view(-1, 1, 1, 1) & batch["mouth_mask"].bool()
     batch["reference"].masked_fill_(masked, 0.0)
+    batch["motion_frames"].masked_fill_(masked[:, None], 0.0)
     return batch
 
 

@@ -8,7 +8,8 @@ A sample is a window of ``num_frames`` frames of one clip with everything the st
 * the :data:`MOTION_FRAMES` frames before the window (the first frame repeated at clip start);
 * a reference frame: a random frame of the same clip, or — masked noisy emotion sampling
   (MNS), with probability ``mns_prob`` — a frame of the same person in another emotion
-  (the sample's ``mnsref.npy`` extra) with its mouth masked;
+  (the sample's ``mnsref.npy`` extra) with its mouth masked, which then also stands in for the
+  motion frames (they would show the clip's own expression, which MNS is there to hide);
 * the emotion condition in every modality the clip has, jittered with probability
   ``jitter_prob`` (intensity and weight noise, random dropout of the label / AU / text channels).
 
@@ -228,9 +229,13 @@ class ClipSampler:
         reference, ref_landmarks, masked = self._reference(clip, start, rng)
         mask = torch.from_numpy(mouth_mask(ref_landmarks, size, opts.mask_dilation))
         reference = to_tensor_images(reference, size)
+        motion_frames = to_tensor_images(clip.frames[motion], size)
         if masked:
             reference = reference.clone()  # never write into the clip's own arrays
             reference[:, mask] = MASK_FILL
+            # The clip's own previous frames would show the target expression that MNS hides:
+            # start from the reference instead, as the first clip of an animation does.
+            motion_frames = reference[None].expand(MOTION_FRAMES, -1, -1, -1).clone()
         emotion = EmotionSample.from_clip(clip, clip.aus[window])
         if opts.jitter_prob and rng.random() < opts.jitter_prob:
             emotion = emotion.jittered(rng, opts)
@@ -238,7 +243,7 @@ class ClipSampler:
         sample = {
             "frames": to_tensor_images(clip.frames[window], size),
             "reference": reference,
-            "motion_frames": to_tensor_images(clip.frames[motion], size),
+            "motion_frames": motion_frames,
             "reference_is_masked": masked,
             "audio": torch.from_numpy(window_audio(audio, start, f)),
             "emotion": {

@@ -57,7 +57,7 @@ from moee.inference.portrait import (
     prepare_portrait,
 )
 from moee.models.moee_net import MoEENet, MoEENetConfig
-from moee.stages.base import load_net_weights, trained_objective
+from moee.stages.base import check_parallel_exports, load_net_weights, trained_objective
 from moee.stages.diffusion import DiffusionObjective
 
 log = logging.getLogger(__name__)
@@ -156,8 +156,10 @@ class SamplerSettings:
 def load_stage_weights(net: MoEENet, paths: list[str | os.PathLike]) -> None:
     """Load stage exports (safetensors) or Lightning checkpoints into ``net``, in order.
 
-    Later files override earlier ones (backbone, the six experts, then the gates).
+    Later files override earlier ones (backbone, the six experts, then the gates); exports of
+    parallel stages must agree (:func:`~moee.stages.base.check_parallel_exports`).
     """
+    check_parallel_exports(paths)
     for path in paths:
         load_net_weights(net, path, hint=": train the stages first or fix the weights paths")
 

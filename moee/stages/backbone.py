@@ -15,7 +15,12 @@ class BackboneModule(DiffusionStage):
     ``mode="image"`` trains the spatial layers and the ReferenceNet on single frames (temporal
     and audio layers skipped); ``mode="video"`` adds the audio and temporal layers and trains on
     windows of frames with their audio. Emotion experts are not used in this stage.
+
+    Its export also carries the (untrained) Emotion-to-Latents: the six experts, trained side by
+    side from this export, then all condition on one and the same emotion latent space.
     """
+
+    carried_groups = ("emotion_latents",)
 
     def __init__(self, *args, mode: Literal["image", "video"] = "video", **kwargs) -> None:
         self.mode = mode

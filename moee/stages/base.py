@@ -104,6 +104,38 @@ def trained_objective(paths: list[str | Path]) -> DiffusionObjective | None:
     return DiffusionObjective(**json.loads(schedules.pop())) if schedules else None
 
 
+class ExportsDisagreeError(ValueError):
+    """Exports of parallel stages (the six experts) that hold different values for one weight."""
+
+
+def export_stage(path: str | Path) -> str | None:
+    """The stage class that wrote a ``.safetensors`` export (``None`` for other files)."""
+    path = Path(path)
+    if path.suffix != ".safetensors" or not path.is_file():
+        return None
+    with safe_open(str(path), "pt") as file:
+        return (file.metadata() or {}).get("stage")
+
+
+def check_parallel_exports(paths: list[str | Path]) -> None:
+    """Raise :class:`ExportsDisagreeError` if two exports of the same stage class (experts,
+    trained side by side from one backbone) hold different values for the same weight: loading
+    them in order would silently hand the first ones the last one's weights."""
+    seen: dict[str, dict[str, tuple[Path, torch.Tensor]]] = {}
+    for path in paths:
+        stage = export_stage(path)
+        if stage is None:
+            continue
+        held = seen.setdefault(stage, {})
+        with safe_open(str(path), "pt") as file:
+            for key in file.keys():
+                if key in held and not torch.equal(held[key][1], file.get_tensor(key)):
+                    raise ExportsDisagreeError(
+                        f"{held[key][0]} and {path} ({stage}) hold different {key}: parallel "
+                        f"stages must share it, retrain them from one backbone export")
+                held.setdefault(key, (Path(path), file.get_tensor(key)))
+
+
 def load_net_weights(net: MoEENet, path: str | Path, hint: str = "") -> None:
     """Load (a subset of) MoEENet weights from ``path``; every key must exist in ``net``."""
     state = load_weights(path, hint=hint)
@@ -145,6 +177,9 @@ class DiffusionStage(L.LightningModule):
 
     trainable_groups: tuple[str, ...] = ()
     """The parameter groups this stage trains; everything else is frozen."""
+    carried_groups: tuple[str, ...] = ()
+    """Frozen groups that this stage's checkpoints and export still hold, so that the stages
+    after it start from exactly these weights whatever their seed."""
 
     def __init__(
         self,
@@ -170,6 +205,7 @@ class DiffusionStage(L.LightningModule):
         self.export_path = export_path
         self.pixel_loss_frames = pixel_loss_frames
         self.strict_loading = False  # checkpoints hold only what the stage trains
+        check_parallel_exports(init_weights or [])
         for path in init_weights or []:
             self.load_net_weights(path)
         self.freeze_all_but(self.trainable_groups)
@@ -199,6 +235,12 @@ class DiffusionStage(L.LightningModule):
     def trained_parameters(self) -> dict[str, torch.nn.Parameter]:
         """{MoEENet name: parameter} of everything this stage trains."""
         return {n: p for n, p in self.net.named_parameters() if p.requires_grad}
+
+    def carried_parameters(self) -> dict[str, torch.nn.Parameter]:
+        """{MoEENet name: parameter} of the frozen ``carried_groups``."""
+        carried = {id(p) for group, params in parameter_groups(self.net).items()
+                   if group in self.carried_groups for p in params}
+        return {n: p for n, p in self.net.named_parameters() if id(p) in carried}
 
     def configure_model(self) -> None:
         """FSDP2: shard the network when a ``ModelParallelStrategy`` provides a device mesh
@@ -278,8 +320,10 @@ class DiffusionStage(L.LightningModule):
             self.ema.update(self.trained_parameters())
 
     def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
-        """Keep only the trained weights (frozen ones come from ``init_weights``) and the EMA."""
-        trained = {f"net.{name}" for name in self.trained_parameters()}
+        """Keep only the trained and carried weights (the other frozen ones come from
+        ``init_weights``) and the EMA."""
+        trained = {f"net.{name}" for name in {**self.trained_parameters(),
+                                               **self.carried_parameters()}}
         checkpoint["state_dict"] = {k: v for k, v in checkpoint["state_dict"].items()
                                     if k in trained}
         if self.ema is not None:
@@ -290,11 +334,13 @@ class DiffusionStage(L.LightningModule):
             self.ema.shadow = checkpoint["ema"]
 
     def exported_weights(self) -> dict[str, torch.Tensor]:
-        """The trained weights (their EMA when enabled), keyed by MoEENet parameter name.
+        """The trained weights (their EMA when enabled) and the carried ones, keyed by MoEENet
+        parameter name.
 
         FSDP-sharded parameters are gathered, so every rank must call this.
         """
-        source = self.ema.shadow if self.ema is not None else self.trained_parameters()
+        trained = self.ema.shadow if self.ema is not None else self.trained_parameters()
+        source = {**self.carried_parameters(), **trained}
         return {
             name: (t.full_tensor() if isinstance(t, DTensor) else t).detach().cpu().contiguous()
             for name, t in source.items()

@@ -9,6 +9,7 @@ from moee.data.faces import mouth_mask
 from moee.data.media import SAMPLES_PER_FRAME
 from moee.data.sampling import (
     AUDIO_FEATURES,
+    MOTION_FRAMES,
     ClipSampler,
     SamplingOptions,
     clip_audio,
@@ -102,6 +103,13 @@ def test_mns_reference_is_other_frame_with_masked_mouth(clip):
     assert np.array_equal(clip.extras["mnsref.npy"], refs_before)  # the clip is untouched
     refs = torch.from_numpy(clip.extras["mnsref.npy"][0]).float().div(127.5).sub(1).permute(2, 0, 1)
     torch.testing.assert_close(reference[:, ~mask], refs[:, ~mask])
+    # the motion frames would show the clip's own expression: the masked reference replaces them
+    motion = batch["motion_frames"][0]
+    assert motion.shape[0] == MOTION_FRAMES
+    for frame in motion:
+        assert torch.equal(frame, reference)
+    same_clip = normalize_images(collate(ClipSampler(SamplingOptions(num_frames=2))(clip)))
+    assert not torch.equal(same_clip["motion_frames"][0, 0], same_clip["reference"][0])
 
 
 def test_mouth_mask_covers_every_mouth_landmark():

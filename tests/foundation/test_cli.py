@@ -87,3 +87,27 @@ def test_weights_of_another_objective_are_one_clear_line(tmp_path):
     last = result.stderr.strip().splitlines()[-1]
     assert last.startswith("error: runs/tiny/weights/backbone.safetensors was trained with")
     assert "set model.init_args.objective to match" in last
+
+
+def test_experts_that_disagree_are_one_clear_line(tmp_path):
+    """Expert exports that each carry their own Emotion-to-Latents (the old recipe) would hand
+    every expert the last one's at load time: the gating stage refuses them in one line."""
+    import torch
+    from safetensors.torch import save_file
+
+    from moee.emotions import BASIC_EMOTIONS
+
+    weights = tmp_path / "runs" / "tiny" / "weights"
+    weights.mkdir(parents=True)
+    save_file({"x": torch.zeros(1)}, weights / "backbone.safetensors")
+    for index, emotion in enumerate(BASIC_EMOTIONS):
+        save_file({"emotion_to_latents.null_latent": torch.full((2, 3), float(index))},
+                  weights / f"expert_{emotion}.safetensors", metadata={"stage": "ExpertModule"})
+    config = str(Path(__file__).resolve().parents[2] / "configs/tiny/gating.yaml")
+    result = subprocess.run([sys.executable, "-m", "moee", "fit", "--config", config,
+                             "--model.init_args.net.weights.vae", "null"],
+                            cwd=tmp_path, capture_output=True, text=True, timeout=180)
+    assert result.returncode == 1 and "Traceback" not in result.stderr
+    last = result.stderr.strip().splitlines()[-1]
+    assert last.startswith("error: runs/tiny/weights/expert_angry.safetensors and ")
+    assert "emotion_to_latents.null_latent" in last and "one backbone export" in last

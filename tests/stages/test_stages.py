@@ -6,12 +6,13 @@ import lightning as L
 import pytest
 import torch
 import torch.nn.functional as F
+from safetensors.torch import load_file, save_file
 
 from moee.data.batch import make_batch
 from moee.data.testclips import make_test_clip
 from moee.inference.pipeline import MoEEPipeline, make_scheduler
 from moee.stages import BackboneModule, ExpertModule, GatingModule
-from moee.stages.base import MissingCheckpointError, trained_objective
+from moee.stages.base import ExportsDisagreeError, MissingCheckpointError, trained_objective
 from moee.stages.diffusion import DiffusionObjective
 from moee.stages.losses import MoEELoss
 
@@ -78,7 +79,7 @@ def test_loss_terms_against_reference():
 STAGES = [
     (BackboneModule, {"mode": "video"}, {"backbone", "reference", "audio", "temporal"}),
     (BackboneModule, {"mode": "image"}, {"backbone", "reference"}),
-    (ExpertModule, {"emotion": "sad"}, {"expert_4", "emotion_latents"}),
+    (ExpertModule, {"emotion": "sad"}, {"expert_4"}),
     (GatingModule, {}, {"gates", "emotion_latents"}),
 ]
 
@@ -119,7 +120,7 @@ def test_weights_hand_off_between_stages(tmp_path, batch):
     export = backbone.export(tmp_path / "backbone.safetensors")
 
     expert = ExpertModule(emotion="sad", loss=light_loss(), init_weights=[str(export)])
-    for name, p in backbone.trained_parameters().items():
+    for name, p in {**backbone.trained_parameters(), **backbone.carried_parameters()}.items():
         assert torch.equal(expert.net.get_parameter(name), p), name
     expert_export = expert.export(tmp_path / "expert_sad.safetensors")
     gating = GatingModule(loss=light_loss(), init_weights=[str(export), str(expert_export)])
@@ -132,6 +133,43 @@ def test_weights_hand_off_between_stages(tmp_path, batch):
     assert "\n" not in str(error.value)
     with pytest.raises(ValueError, match="per basic emotion"):
         ExpertModule(emotion="happily surprised")
+
+
+def test_experts_share_the_backbone_exports_emotion_latents(tmp_path, batch):
+    """The six experts train side by side: each must condition on the Emotion-to-Latents that
+    the backbone export carries, whatever its seed, and exports that disagree are refused."""
+    torch.manual_seed(1)
+    backbone = BackboneModule(loss=light_loss())
+    carried = backbone.carried_parameters()
+    assert carried and all(n.startswith("emotion_to_latents.") for n in carried)
+    assert not set(carried) & set(backbone.trained_parameters())
+    export = str(backbone.export(tmp_path / "backbone.safetensors"))
+    assert set(carried) <= set(load_file(export))
+
+    exports = []
+    for seed, emotion in ((2, "sad"), (3, "happy")):
+        torch.manual_seed(seed)  # a different seed must not change what the expert sees
+        expert = ExpertModule(emotion=emotion, loss=light_loss(), init_weights=[export])
+        optimizer = expert.configure_optimizers()
+        expert.diffusion_step(batch)["total"].backward()
+        optimizer.step()
+        for name, p in carried.items():
+            assert torch.equal(expert.net.get_parameter(name), p), name
+        exports.append(str(expert.export(tmp_path / f"expert_{emotion}.safetensors")))
+        assert not any(k.startswith("emotion_to_latents.") for k in load_file(exports[-1]))
+    GatingModule(loss=light_loss(), init_weights=[export, *exports])
+
+    # experts that each trained their own Emotion-to-Latents (the old recipe) cannot be mixed
+    for index, path in enumerate(exports):
+        weights = load_file(path)
+        weights["emotion_to_latents.null_latent"] = torch.full_like(
+            carried["emotion_to_latents.null_latent"], float(index))
+        save_file(weights, path, metadata={"stage": "ExpertModule"})
+    with pytest.raises(ExportsDisagreeError, match="emotion_to_latents.null_latent") as error:
+        GatingModule(loss=light_loss(), init_weights=[export, *exports])
+    assert "\n" not in str(error.value)
+    with pytest.raises(ExportsDisagreeError):
+        MoEEPipeline.from_weights(backbone.net.config, [export, *exports], progress=False)
 
 
 def test_exports_record_the_objective_that_later_stages_and_sampling_use(tmp_path):
