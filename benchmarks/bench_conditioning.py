@@ -21,7 +21,7 @@ emotion: no MoE              ...loses (+) without the experts at all
 
 A condition whose swaps move the loss by well under 1 % is one the model has not learnt to use.
 
-    python benchmarks/bench_conditioning.py [--weights runs/tiny/weights] [--data runs/synthemo/test]
+    python benchmarks/bench_conditioning.py [--weights runs/tiny/weights] [--identities 4]
 """
 
 from __future__ import annotations

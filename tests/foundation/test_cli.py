@@ -71,6 +71,16 @@ def test_missing_stage_weights_are_one_clear_line(tmp_path):
     assert "Traceback" not in missing_shards.stderr
 
 
+def fit_error_line(config: str, cwd: Path) -> str:
+    """The last stderr line of a ``fit`` of ``configs/tiny/<config>`` that must fail cleanly."""
+    path = str(Path(__file__).resolve().parents[2] / "configs" / "tiny" / config)
+    result = subprocess.run([sys.executable, "-m", "moee", "fit", "--config", path,
+                             "--model.init_args.net.weights.vae", "null"],
+                            cwd=cwd, capture_output=True, text=True, timeout=180)
+    assert result.returncode == 1 and "Traceback" not in result.stderr
+    return result.stderr.strip().splitlines()[-1]
+
+
 def test_weights_of_another_objective_are_one_clear_line(tmp_path):
     from moee.stages import BackboneModule
     from moee.stages.diffusion import DiffusionObjective
@@ -79,12 +89,7 @@ def test_weights_of_another_objective_are_one_clear_line(tmp_path):
     export = tmp_path / "runs" / "tiny" / "weights" / "backbone.safetensors"
     BackboneModule(objective=DiffusionObjective("v_prediction"),
                    loss=MoEELoss(perceptual_weights="random")).export(export)
-    config = str(Path(__file__).resolve().parents[2] / "configs/tiny/expert_sad.yaml")
-    result = subprocess.run([sys.executable, "-m", "moee", "fit", "--config", config,
-                             "--model.init_args.net.weights.vae", "null"],
-                            cwd=tmp_path, capture_output=True, text=True, timeout=180)
-    assert result.returncode == 1 and "Traceback" not in result.stderr
-    last = result.stderr.strip().splitlines()[-1]
+    last = fit_error_line("expert_sad.yaml", tmp_path)
     assert last.startswith("error: runs/tiny/weights/backbone.safetensors was trained with")
     assert "set model.init_args.objective to match" in last
 
@@ -103,11 +108,6 @@ def test_experts_that_disagree_are_one_clear_line(tmp_path):
     for index, emotion in enumerate(BASIC_EMOTIONS):
         save_file({"emotion_to_latents.null_latent": torch.full((2, 3), float(index))},
                   weights / f"expert_{emotion}.safetensors", metadata={"stage": "ExpertModule"})
-    config = str(Path(__file__).resolve().parents[2] / "configs/tiny/gating.yaml")
-    result = subprocess.run([sys.executable, "-m", "moee", "fit", "--config", config,
-                             "--model.init_args.net.weights.vae", "null"],
-                            cwd=tmp_path, capture_output=True, text=True, timeout=180)
-    assert result.returncode == 1 and "Traceback" not in result.stderr
-    last = result.stderr.strip().splitlines()[-1]
+    last = fit_error_line("gating.yaml", tmp_path)
     assert last.startswith("error: runs/tiny/weights/expert_angry.safetensors and ")
     assert "emotion_to_latents.null_latent" in last and "one backbone export" in last
