@@ -11,6 +11,7 @@ configs' relative paths point); finished steps are skipped on a rerun.
 from __future__ import annotations
 
 import json
+import sys
 import time
 import warnings
 from collections.abc import Callable
@@ -187,4 +188,9 @@ def quickstart(identities: int = 40, frames: int = 50, vae_steps: int | None = N
 
 def main(argv: list[str]) -> None:
     """``python -m moee quickstart [--identities N] ...``"""
-    CLI(quickstart, args=argv, prog="moee quickstart")
+    from moee.stages.base import ExportsDisagreeError
+
+    try:
+        CLI(quickstart, args=argv, prog="moee quickstart")
+    except ExportsDisagreeError as error:  # weights of an older recipe under runs/tiny/weights
+        sys.exit(f"error: {error} (python -m moee quickstart --force retrains every stage)")

@@ -47,3 +47,31 @@ def test_a_rerun_skips_finished_steps_and_keeps_their_times(tmp_path, monkeypatc
     timings = quickstart.quickstart(strength=0.5)
     assert set(timings) == {"vae", "animate"} and timings["vae"] == 105.0
     assert asked == {"strength": 0.5}
+
+
+def test_weights_of_the_old_expert_recipe_are_one_line(tmp_path, monkeypatch):
+    """Experts that each trained their own Emotion-to-Latents cannot be mixed: the quickstart
+    stops with one line that says how to retrain, not with a traceback."""
+    import torch
+    from safetensors.torch import save_file
+
+    from moee import quickstart
+
+    weights = tmp_path / "weights"
+    weights.mkdir()
+    for index, (export, _) in enumerate(STAGES):
+        if export.endswith(".safetensors"):
+            save_file({"emotion_to_latents.null_latent": torch.full((2,), float(index))},
+                      weights / export, metadata={"stage": "ExpertModule"})
+
+    from moee.inference.animate import stage_weights
+    from moee.stages.base import check_parallel_exports
+
+    # the stages are skipped (their exports exist); loading them for the videos must fail
+    monkeypatch.setattr(quickstart, "quickstart",
+                        lambda **_: check_parallel_exports(stage_weights([str(weights)])))
+    with pytest.raises(SystemExit) as stop:
+        quickstart.main([])
+    message = str(stop.value.code)
+    assert message.startswith("error: ") and "\n" not in message
+    assert "quickstart --force" in message and "emotion_to_latents.null_latent" in message
