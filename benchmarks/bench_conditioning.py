@@ -13,7 +13,7 @@ swap                         a model that uses the condition...
 reference: the clip's own    ...gains (−) from a reference showing the target expression
 reference: another person    ...loses (+) with the wrong identity
 reference: dropped           ...loses (+) without any reference
-audio: another clip's        ...loses (+) with misaligned speech
+audio: another clip's        ...loses (+) with another person's speech
 emotion: another expert      ...loses (+) with the wrong emotion (the experts are specific)
 emotion: null condition      ...loses (+) with the guidance branch's null emotion
 emotion: no MoE              ...loses (+) without the experts at all
@@ -27,7 +27,6 @@ A condition whose swaps move the loss by well under 1 % is one the model has not
 from __future__ import annotations
 
 import os
-from collections.abc import Callable
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
@@ -38,6 +37,7 @@ from tqdm import tqdm  # noqa: E402
 
 from moee.data.sampling import MOTION_FRAMES, window_audio  # noqa: E402
 from moee.data.shards import Clip, decode_clip, iter_raw_samples, shard_urls  # noqa: E402
+from moee.data.synth.probes import to_tensor  # noqa: E402
 from moee.emotions import BASIC_EMOTIONS, NEUTRAL, parse_emotion  # noqa: E402
 from moee.inference.animate import stage_weights  # noqa: E402
 from moee.inference.conditions import emotion_inputs  # noqa: E402
@@ -48,11 +48,6 @@ from moee.models.pretrained import WeightSources  # noqa: E402
 SWAPS = ("reference: the clip's own", "reference: another person", "reference: dropped",
          "audio: another clip's", "emotion: another expert", "emotion: null condition",
          "emotion: no MoE")
-
-
-def images(frames: np.ndarray) -> torch.Tensor:
-    """uint8 (n H W 3) → float (n 3 H W) in [-1, 1]."""
-    return torch.from_numpy(frames).permute(0, 3, 1, 2).float() / 127.5 - 1
 
 
 def load_clips(data: str) -> dict[tuple[str, str], Clip]:
@@ -74,7 +69,7 @@ class ConditionSwaps:
 
     def reference(self, frame: np.ndarray):
         """Reference features of one frame, which is also the motion frames (first clip)."""
-        image = images(frame[None])
+        image = to_tensor(frame[None])
         latent = self.net.vae.encode(image[:, None], sample=False)
         return self.net.encode_reference(image, latent.repeat(1, MOTION_FRAMES, 1, 1, 1),
                                          reference_latent=latent[:, 0])
@@ -133,10 +128,13 @@ def main(weights: str = "runs/tiny/weights", data: str = "runs/synthemo/test",
         timesteps: diffusion timesteps at which the loss is measured.
         seed: noise seed.
     """
+    for folder, what in ((weights, "trained tiny model"), (data, "SynthEmo split")):
+        if not os.path.isdir(folder):
+            raise SystemExit(f"error: no {what} at {folder!r}: run `python -m moee quickstart` "
+                             "first or pass its folder")
     net = MoEENetConfig(preset="tiny", weights=WeightSources(vae=os.path.join(weights, "vae")))
     swaps = ConditionSwaps(MoEEPipeline.from_weights(net, stage_weights([weights]),
                                                      progress=False), frames)
-    swaps.net.eval()
     clips = load_clips(data)
     people = sorted({person for person, emotion in clips if emotion == NEUTRAL})[:identities]
     if len(people) < 2:
@@ -151,8 +149,8 @@ def main(weights: str = "runs/tiny/weights", data: str = "runs/synthemo/test",
         stranger = people[(people.index(person) + 1) % len(people)]
         conditions = swaps.conditions(
             clip, clips[(person, NEUTRAL)].frames[start], clips[(stranger, NEUTRAL)].frames[start],
-            clips[(stranger, emotion)] if (stranger, emotion) in clips else clip, emotion, start)
-        latents = swaps.net.vae.encode(images(clip.frames[start:start + frames])[None],
+            clips[(stranger, NEUTRAL)], emotion, start)
+        latents = swaps.net.vae.encode(to_tensor(clip.frames[start:start + frames])[None],
                                        sample=False)
         for name, loss in swaps.losses(latents, conditions, steps, generator).items():
             totals[name] = totals.get(name, 0) + loss
@@ -161,14 +159,14 @@ def main(weights: str = "runs/tiny/weights", data: str = "runs/synthemo/test",
     return relative
 
 
-def print_table(timesteps: list[int], full: np.ndarray, relative: dict[str, np.ndarray],
-                out: Callable[[str], None] = print) -> None:
+def print_table(timesteps: list[int], full: np.ndarray,
+                relative: dict[str, np.ndarray]) -> None:
     """Markdown: the full condition's loss, then each swap's relative change, per timestep."""
-    out("| condition | " + " | ".join(f"t={t}" for t in timesteps) + " |")
-    out("|---|" + "---:|" * len(timesteps))
-    out("| full (loss) | " + " | ".join(f"{v:.4f}" for v in full) + " |")
+    print("| condition | " + " | ".join(f"t={t}" for t in timesteps) + " |")
+    print("|---|" + "---:|" * len(timesteps))
+    print("| full (loss) | " + " | ".join(f"{v:.4f}" for v in full) + " |")
     for name, values in relative.items():
-        out(f"| {name} | " + " | ".join(f"{v:+.1%}" for v in values) + " |")
+        print(f"| {name} | " + " | ".join(f"{v:+.1%}" for v in values) + " |")
 
 
 if __name__ == "__main__":

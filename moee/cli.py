@@ -84,32 +84,36 @@ def _is_hub_id(source: str) -> bool:
 
 
 def check_weight_paths(init_args) -> None:
-    """Exit with one line when a stage's ``init_weights`` or a local ``net.weights`` folder is
-    missing (hub ids are left to ``from_pretrained``), or when ``init_weights`` were trained
-    with another diffusion objective than the stage's, or are experts that disagree."""
+    """Exit with one line when a stage's ``init_weights``, the weights of a ``moee test`` row
+    or a local ``net.weights`` folder are missing (hub ids are left to ``from_pretrained``),
+    or when they cannot serve (:class:`~moee.stages.base.StageWeightsError`: corrupt, trained
+    with another diffusion objective than the stage's, experts that disagree)."""
     from moee.stages.base import (
-        ExportsDisagreeError,
-        ObjectiveMismatchError,
+        StageWeightsError,
         check_objective,
         check_parallel_exports,
+        trained_objective,
     )
     from moee.stages.diffusion import DiffusionObjective
 
     objective = init_args.get("objective")
     objective = DiffusionObjective(**dict(objective.get("init_args") or {})) if objective \
         else DiffusionObjective()
-    paths = init_args.get("init_weights") or []
-    for path in paths:
+    init_weights = list(init_args.get("init_weights") or [])
+    rows = [list(entry.get("weights") or []) for entry in init_args.get("models") or []]
+    for path in [*init_weights, *(path for row in rows for path in row)]:
         if not os.path.isfile(path):
-            sys.exit(f"error: checkpoint not found: {path!r}: train the earlier stage first (its "
-                     "config's export_path writes it) or fix model.init_args.init_weights")
+            sys.exit(f"error: checkpoint not found: {path!r}: train the stage that exports it "
+                     "first (its config's export_path) or fix the weights paths of the config "
+                     "(model.init_args.init_weights, or a models row's weights)")
     try:
-        for path in paths:
+        for path in init_weights:
             check_objective(path, objective)
-        check_parallel_exports(paths)
-        for entry in init_args.get("models") or []:  # moee test: each row's weights
-            check_parallel_exports([p for p in entry.get("weights") or [] if os.path.isfile(p)])
-    except (ObjectiveMismatchError, ExportsDisagreeError) as error:
+        for weights in (init_weights, *rows):
+            check_parallel_exports(weights)
+        for row in rows:
+            trained_objective(row)
+    except StageWeightsError as error:
         sys.exit(f"error: {error}")
     net = init_args.get("net")
     weights = (net.get("weights") if net else None) or {}
@@ -157,9 +161,10 @@ def main(argv: list[str] | None = None) -> None:
     from moee.data.shards import ShardError
     from moee.inference.lightning import USER_ERRORS
     from moee.models.pretrained import MissingWeightsError
-    from moee.stages.base import MissingCheckpointError
+    from moee.stages.base import MissingCheckpointError, StageWeightsError
 
     try:
         MoEECLI(args=None if from_command_line else argv)
-    except (*USER_ERRORS, ShardError, MissingWeightsError, MissingCheckpointError) as error:
+    except (*USER_ERRORS, ShardError, MissingWeightsError, MissingCheckpointError,
+            StageWeightsError) as error:
         sys.exit(f"error: {error}")

@@ -175,7 +175,9 @@ def quickstart(identities: int = 40, frames: int = 50, vae_steps: int | None = N
     record = RUNS / "tiny" / "quickstart.json"
     if record.is_file():  # a rerun keeps the times of the steps it skipped
         timings = {**json.loads(record.read_text())["seconds"], **timings}
-    record.write_text(json.dumps({"seconds": timings, "emotion_accuracy": scores}, indent=2))
+    partial = record.with_name(f".{record.name}.partial")
+    partial.write_text(json.dumps({"seconds": timings, "emotion_accuracy": scores}, indent=2))
+    partial.replace(record)
     print(f"[quickstart] videos:  {VIDEOS}/ ({len(videos)} mp4 with audio)")
     print(f"[quickstart] weights: {WEIGHTS}/")
     print(f"[quickstart] logs:    tensorboard --logdir {RUNS / 'tiny'}")
@@ -188,9 +190,9 @@ def quickstart(identities: int = 40, frames: int = 50, vae_steps: int | None = N
 
 def main(argv: list[str]) -> None:
     """``python -m moee quickstart [--identities N] ...``"""
-    from moee.stages.base import ExportsDisagreeError
+    from moee.stages.base import StageWeightsError
 
     try:
         CLI(quickstart, args=argv, prog="moee quickstart")
-    except ExportsDisagreeError as error:  # weights of an older recipe under runs/tiny/weights
+    except StageWeightsError as error:  # e.g. weights of an older recipe under runs/tiny/weights
         sys.exit(f"error: {error} (python -m moee quickstart --force retrains every stage)")

@@ -33,7 +33,7 @@ from moee.models.pretrained import (
     Preset,
     WeightSources,
 )
-from moee.stages.base import ExportsDisagreeError, MissingCheckpointError, ObjectiveMismatchError
+from moee.stages.base import MissingCheckpointError, StageWeightsError
 
 STAGE_FILES = ("backbone", *(f"expert_{e}" for e in BASIC_EMOTIONS), "gating")
 """Stage exports of a weights folder, in loading order."""
@@ -162,7 +162,7 @@ def main(argv: list[str] | None = None) -> None:
     try:
         path = animate(**args.as_dict())
     except (*USER_ERRORS, MissingCheckpointError, MissingWeightsError,
-            ObjectiveMismatchError, ExportsDisagreeError) as error:
+            StageWeightsError) as error:
         print(f"error: {' '.join(str(error).split())}", file=sys.stderr)
         sys.exit(1)
     print(path)

@@ -285,10 +285,11 @@ class MoEEPipeline:
         seed fixed per part (``moee.models.pretrained``), so they match the training stages.
         Without an ``objective``, the one recorded in the stage exports configures the sampler.
         """
-        model = MoEENet(net)
-        load_stage_weights(model, weights)
+        check_parallel_exports(weights)  # before building a network they cannot serve
         if kwargs.get("objective") is None:
             kwargs["objective"] = trained_objective(weights)
+        model = MoEENet(net)
+        load_stage_weights(model, weights)
         return cls(model, **kwargs)
 
     @property

@@ -11,6 +11,8 @@ from __future__ import annotations
 
 import json
 import logging
+import pickle
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -18,7 +20,7 @@ from typing import Any
 import lightning as L
 import torch
 from lightning.pytorch.cli import LRSchedulerCallable, OptimizerCallable
-from safetensors import safe_open
+from safetensors import SafetensorError, safe_open
 from safetensors.torch import load_file, save_file
 from torch.distributed.tensor import DTensor
 
@@ -60,13 +62,32 @@ def load_weights(path: str | Path, hint: str = "") -> dict[str, torch.Tensor]:
     if not path.is_file():
         raise MissingCheckpointError(f"checkpoint not found: {str(path)!r}{hint}")
     if path.suffix == ".safetensors":
-        return load_file(path)
-    checkpoint = torch.load(path, map_location="cpu", weights_only=True)
+        return readable(path, load_file)
+    checkpoint = readable(path, lambda p: torch.load(p, map_location="cpu", weights_only=True))
     state = checkpoint.get("state_dict", checkpoint)
     return {k.removeprefix("net."): v for k, v in state.items() if not k.startswith("loss.")}
 
 
-class ObjectiveMismatchError(ValueError):
+class StageWeightsError(ValueError):
+    """Stage weights that exist but cannot serve as given; the message is one line that says
+    what to do."""
+
+
+class CorruptCheckpointError(StageWeightsError):
+    """A weights file that is not a complete safetensors export or Lightning checkpoint."""
+
+
+def readable(path: str | Path, read: Callable[[str], Any]) -> Any:
+    """``read(path)``, with a truncated or foreign file as :class:`CorruptCheckpointError`."""
+    try:
+        return read(str(path))
+    except (SafetensorError, pickle.UnpicklingError, EOFError, RuntimeError) as error:
+        raise CorruptCheckpointError(
+            f"cannot read {str(path)!r} ({type(error).__name__}): it is not a complete "
+            "safetensors export or Lightning checkpoint; export or train it again") from None
+
+
+class ObjectiveMismatchError(StageWeightsError):
     """Weights trained with another prediction type or noise schedule than the one asked for."""
 
 
@@ -74,14 +95,24 @@ OBJECTIVE_KEY = "objective"
 """Safetensors metadata key of a stage export's :attr:`DiffusionObjective.schedule` (JSON)."""
 
 
+def export_metadata(path: str | Path) -> dict[str, str]:
+    """The metadata a stage export was written with (empty for other files, e.g. a Lightning
+    checkpoint)."""
+    path = Path(path)
+    if path.suffix != ".safetensors" or not path.is_file():
+        return {}
+    return readable(path, lambda p: _metadata(p) or {})
+
+
+def _metadata(path: str) -> dict[str, str] | None:
+    with safe_open(path, "pt") as file:
+        return file.metadata()
+
+
 def recorded_schedule(path: str | Path) -> dict | None:
     """The diffusion schedule a stage export was trained with (``None``: not recorded, e.g. a
     Lightning checkpoint or an older export)."""
-    path = Path(path)
-    if path.suffix != ".safetensors" or not path.is_file():
-        return None
-    with safe_open(str(path), "pt") as file:
-        recorded = (file.metadata() or {}).get(OBJECTIVE_KEY)
+    recorded = export_metadata(path).get(OBJECTIVE_KEY)
     return None if recorded is None else json.loads(recorded)
 
 
@@ -104,36 +135,32 @@ def trained_objective(paths: list[str | Path]) -> DiffusionObjective | None:
     return DiffusionObjective(**json.loads(schedules.pop())) if schedules else None
 
 
-class ExportsDisagreeError(ValueError):
+class ExportsDisagreeError(StageWeightsError):
     """Exports of parallel stages (the six experts) that hold different values for one weight."""
-
-
-def export_stage(path: str | Path) -> str | None:
-    """The stage class that wrote a ``.safetensors`` export (``None`` for other files)."""
-    path = Path(path)
-    if path.suffix != ".safetensors" or not path.is_file():
-        return None
-    with safe_open(str(path), "pt") as file:
-        return (file.metadata() or {}).get("stage")
 
 
 def check_parallel_exports(paths: list[str | Path]) -> None:
     """Raise :class:`ExportsDisagreeError` if two exports of the same stage class (experts,
     trained side by side from one backbone) hold different values for the same weight: loading
-    them in order would silently hand the first ones the last one's weights."""
-    seen: dict[str, dict[str, tuple[Path, torch.Tensor]]] = {}
-    for path in paths:
-        stage = export_stage(path)
+    them in order would silently hand the first ones the last one's weights.
+
+    Only the names are kept; a weight is read (from both files) only when a name repeats.
+    """
+    first_holder: dict[tuple[str, str], str] = {}  # (stage, weight name) → first export
+    for path in map(str, paths):
+        stage = export_metadata(path).get("stage")
         if stage is None:
             continue
-        held = seen.setdefault(stage, {})
-        with safe_open(str(path), "pt") as file:
+        with safe_open(path, "pt") as file:
             for key in file.keys():
-                if key in held and not torch.equal(held[key][1], file.get_tensor(key)):
-                    raise ExportsDisagreeError(
-                        f"{held[key][0]} and {path} ({stage}) hold different {key}: parallel "
-                        f"stages must share it, retrain them from one backbone export")
-                held.setdefault(key, (Path(path), file.get_tensor(key)))
+                earlier = first_holder.setdefault((stage, key), path)
+                if earlier == path:
+                    continue
+                with safe_open(earlier, "pt") as other:
+                    if not torch.equal(other.get_tensor(key), file.get_tensor(key)):
+                        raise ExportsDisagreeError(
+                            f"{earlier} and {path} ({stage}) hold different {key}: parallel "
+                            "stages must share it, retrain them from one backbone export")
 
 
 def load_net_weights(net: MoEENet, path: str | Path, hint: str = "") -> None:

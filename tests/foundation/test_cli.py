@@ -71,10 +71,11 @@ def test_missing_stage_weights_are_one_clear_line(tmp_path):
     assert "Traceback" not in missing_shards.stderr
 
 
-def fit_error_line(config: str, cwd: Path) -> str:
-    """The last stderr line of a ``fit`` of ``configs/tiny/<config>`` that must fail cleanly."""
+def error_line(config: str, cwd: Path, command: str = "fit") -> str:
+    """The last stderr line of ``command --config configs/tiny/<config>``, which must fail
+    with one line and no traceback."""
     path = str(Path(__file__).resolve().parents[2] / "configs" / "tiny" / config)
-    result = subprocess.run([sys.executable, "-m", "moee", "fit", "--config", path,
+    result = subprocess.run([sys.executable, "-m", "moee", command, "--config", path,
                              "--model.init_args.net.weights.vae", "null"],
                             cwd=cwd, capture_output=True, text=True, timeout=180)
     assert result.returncode == 1 and "Traceback" not in result.stderr
@@ -89,25 +90,30 @@ def test_weights_of_another_objective_are_one_clear_line(tmp_path):
     export = tmp_path / "runs" / "tiny" / "weights" / "backbone.safetensors"
     BackboneModule(objective=DiffusionObjective("v_prediction"),
                    loss=MoEELoss(perceptual_weights="random")).export(export)
-    last = fit_error_line("expert_sad.yaml", tmp_path)
+    last = error_line("expert_sad.yaml", tmp_path)
     assert last.startswith("error: runs/tiny/weights/backbone.safetensors was trained with")
     assert "set model.init_args.objective to match" in last
 
 
 def test_experts_that_disagree_are_one_clear_line(tmp_path):
     """Expert exports that each carry their own Emotion-to-Latents (the old recipe) would hand
-    every expert the last one's at load time: the gating stage refuses them in one line."""
+    every expert the last one's at load time: the gating stage and ``moee test`` refuse them
+    in one line, as they do missing weights."""
     import torch
     from safetensors.torch import save_file
 
     from moee.emotions import BASIC_EMOTIONS
 
+    missing = error_line("test.yaml", tmp_path, command="test")  # moee test's rows, too
+    assert missing.startswith("error: checkpoint not found: 'runs/tiny/weights/backbone.")
     weights = tmp_path / "runs" / "tiny" / "weights"
     weights.mkdir(parents=True)
-    save_file({"x": torch.zeros(1)}, weights / "backbone.safetensors")
+    for stage in ("backbone", "gating"):
+        save_file({"x": torch.zeros(1)}, weights / f"{stage}.safetensors")
     for index, emotion in enumerate(BASIC_EMOTIONS):
         save_file({"emotion_to_latents.null_latent": torch.full((2, 3), float(index))},
                   weights / f"expert_{emotion}.safetensors", metadata={"stage": "ExpertModule"})
-    last = fit_error_line("gating.yaml", tmp_path)
-    assert last.startswith("error: runs/tiny/weights/expert_angry.safetensors and ")
-    assert "emotion_to_latents.null_latent" in last and "one backbone export" in last
+    for command, config in (("fit", "gating.yaml"), ("test", "test.yaml")):
+        last = error_line(config, tmp_path, command=command)
+        assert last.startswith("error: runs/tiny/weights/expert_angry.safetensors and ")
+        assert "emotion_to_latents.null_latent" in last and "one backbone export" in last

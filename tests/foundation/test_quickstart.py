@@ -1,5 +1,6 @@
 """The quickstart's bookkeeping: which emotion each of its videos asks for."""
 
+import json
 from pathlib import Path
 
 import pytest
@@ -26,7 +27,10 @@ def test_every_stage_config_exists_and_every_condition_parses():
         "basic", "compound", "text", "speech"]
 
 
-def test_a_rerun_skips_finished_steps_and_keeps_their_times(tmp_path, monkeypatch):
+@pytest.fixture
+def trained_runs(tmp_path, monkeypatch):
+    """A runs/ folder whose SynthEmo and stage exports exist (empty files), wired into the
+    quickstart module; returns the weights folder."""
     from moee import quickstart
 
     runs = tmp_path / "runs"
@@ -36,10 +40,17 @@ def test_a_rerun_skips_finished_steps_and_keeps_their_times(tmp_path, monkeypatc
     weights.mkdir(parents=True)
     for export, _ in STAGES:
         (weights / export).touch()
-    (runs / "tiny" / "quickstart.json").write_text('{"seconds": {"vae": 105.0}}')
     for name, value in {"RUNS": runs, "SYNTHEMO": runs / "synthemo", "WEIGHTS": weights,
                         "VIDEOS": runs / "tiny" / "videos"}.items():
         monkeypatch.setattr(quickstart, name, value)
+    return weights
+
+
+def test_a_rerun_skips_finished_steps_and_keeps_their_times(trained_runs, monkeypatch):
+    from moee import quickstart
+
+    record = trained_runs.parent / "quickstart.json"
+    record.write_text('{"seconds": {"vae": 105.0}}')
     asked = {}
     monkeypatch.setattr(quickstart, "animate_test_portraits",
                         lambda portraits, steps, strength: asked.update(strength=strength) or [])
@@ -47,29 +58,25 @@ def test_a_rerun_skips_finished_steps_and_keeps_their_times(tmp_path, monkeypatc
     timings = quickstart.quickstart(strength=0.5)
     assert set(timings) == {"vae", "animate"} and timings["vae"] == 105.0
     assert asked == {"strength": 0.5}
+    assert json.loads(record.read_text())["seconds"] == timings
+    assert not list(record.parent.glob(".*partial"))
 
 
-def test_weights_of_the_old_expert_recipe_are_one_line(tmp_path, monkeypatch):
-    """Experts that each trained their own Emotion-to-Latents cannot be mixed: the quickstart
-    stops with one line that says how to retrain, not with a traceback."""
+def test_weights_of_the_old_expert_recipe_are_one_line(trained_runs):
+    """Experts that each trained their own Emotion-to-Latents cannot be mixed: the quickstart,
+    which skips the stages whose exports exist, stops at loading them with one line that says
+    how to retrain, not with a traceback."""
     import torch
     from safetensors.torch import save_file
 
     from moee import quickstart
 
-    weights = tmp_path / "weights"
-    weights.mkdir()
     for index, (export, _) in enumerate(STAGES):
-        if export.endswith(".safetensors"):
+        if export.startswith("expert_"):
             save_file({"emotion_to_latents.null_latent": torch.full((2,), float(index))},
-                      weights / export, metadata={"stage": "ExpertModule"})
-
-    from moee.inference.animate import stage_weights
-    from moee.stages.base import check_parallel_exports
-
-    # the stages are skipped (their exports exist); loading them for the videos must fail
-    monkeypatch.setattr(quickstart, "quickstart",
-                        lambda **_: check_parallel_exports(stage_weights([str(weights)])))
+                      trained_runs / export, metadata={"stage": "ExpertModule"})
+        elif export.endswith(".safetensors"):
+            save_file({"x": torch.zeros(1)}, trained_runs / export)
     with pytest.raises(SystemExit) as stop:
         quickstart.main([])
     message = str(stop.value.code)

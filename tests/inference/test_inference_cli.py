@@ -53,6 +53,7 @@ def files(tmp_path_factory):
     write_wav(root / "short.wav", speech(0.16, 16000), 16000)
     write_wav(root / "silent.wav", np.zeros(8000), 16000)
     (root / "broken.wav").write_bytes(b"RIFF not really a wav file")
+    (root / "truncated.safetensors").write_bytes(b"\x08\x00\x00\x00\x00\x00\x00\x00{")
     return root
 
 
@@ -72,10 +73,11 @@ def animate_args(files: Path, out: Path, **overrides) -> list[str]:
         ({"audio": "broken.wav"}, "cannot read"),
         ({"emotion": "ecstatic"}, "unknown emotion"),
         ({"weights": "missing.safetensors"}, "checkpoint not found"),
+        ({"weights": "truncated.safetensors"}, "is not a complete safetensors export"),
         ({"strength": 0}, "strength must be in (0, 1]"),
     ],
     ids=["no-face", "two-faces", "no-image", "silent", "unreadable-audio", "bad-emotion",
-         "no-weights", "bad-strength"],
+         "no-weights", "corrupt-weights", "bad-strength"],
 )
 def test_bad_input_is_one_line_and_leaves_nothing(files, tmp_path, capsys, override, message):
     override = {k: files / v if k in ("image", "audio", "weights") else v
