@@ -489,7 +489,7 @@ def process_identity(identity: str, sources: list[SourceVideo], output: Path,
     for _ in range(report.done_before):
         progress()
     kept = {r["shard"]["name"] for r in journal.shards}
-    for stale in output.glob(f".{prefix}-*.tar.partial"):
+    for stale in output.glob(f".{prefix}-*.tar.*.tmp"):  # temporaries of a killed run
         stale.unlink()
     for orphan in output.glob(f"{prefix}-[0-9]*.tar"):
         if orphan.name not in kept:  # renamed but not journaled before a crash: redone below

@@ -16,15 +16,17 @@ each shard folder has a ``manifest.json`` (samples, frames, identities, emotions
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import io
 import json
 import os
 import tarfile
 from collections import Counter
+from collections.abc import Iterator
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, BinaryIO
 
 import numpy as np
 import webdataset as wds
@@ -40,7 +42,7 @@ from moee.data.media import (
     read_video,
 )
 from moee.emotions import NUM_ACTION_UNITS
-from moee.utils import write_json
+from moee.utils import new_temp, replace, storage_errors, write_json
 
 SCHEMA_VERSION = 1
 NUM_LANDMARKS = 68
@@ -189,7 +191,9 @@ class ShardWriter:
     """Write Clips into ``<folder>/<prefix>-NNNNNN.tar`` shards of at most ``max_samples``.
 
     Each shard is written under a temporary name and renamed when closed, so a crash never
-    leaves a half shard. ``close()`` returns the ShardInfo of every shard written; pass them
+    leaves a half shard and a shard of the same name from before stays intact until then; a
+    full disk is one-line :class:`~moee.utils.WriteError` (the open shard is dropped, finished
+    ones stay). ``close()`` returns the ShardInfo of every shard written; pass them
     (from all writers of a folder) to :func:`write_manifest`.
     """
 
@@ -202,32 +206,41 @@ class ShardWriter:
         self.crf = crf
         self.infos: list[ShardInfo] = []
         self._tar: wds.TarWriter | None = None
+        self._partial: Path | None = None
         self._samples: list[ClipMeta] = []
 
     @property
     def _final(self) -> Path:
         return self.folder / f"{self.prefix}-{self.index:06d}.tar"
 
-    @property
-    def _partial(self) -> Path:
-        return self._final.with_name(f".{self._final.name}.partial")
-
     def write(self, clip: Clip) -> None:
         """Append one clip, opening a new shard when the current one is full."""
         sample = encode_clip(clip, crf=self.crf)
-        if self._tar is None:
-            self.folder.mkdir(parents=True, exist_ok=True)
-            self._tar = wds.TarWriter(str(self._partial))
-        self._tar.write(sample)
+        with self._dropped_on_error():
+            if self._tar is None:
+                self.folder.mkdir(parents=True, exist_ok=True)
+                self._partial = new_temp(self._final)
+                self._tar = wds.TarWriter(str(self._partial))
+            self._tar.write(sample)
         self._samples.append(clip.meta)
         if len(self._samples) >= self.max_samples:
             self._finish()
 
+    @contextlib.contextmanager
+    def _dropped_on_error(self) -> Iterator[None]:
+        """Abort the open shard if the block fails (storage errors as WriteError)."""
+        try:
+            with storage_errors(self._final):
+                yield
+        except BaseException:
+            self.abort()
+            raise
+
     def _finish(self) -> None:
-        self._tar.close()
-        partial = self._partial
-        self.infos.append(
-            ShardInfo(
+        with self._dropped_on_error():
+            self._tar.close()
+            partial = self._partial
+            info = ShardInfo(
                 name=self._final.name,
                 samples=len(self._samples),
                 frames=sum(m.num_frames for m in self._samples),
@@ -236,9 +249,9 @@ class ShardWriter:
                 identities=sorted({m.identity for m in self._samples}),
                 emotions=dict(Counter(m.emotion for m in self._samples)),
             )
-        )
-        os.replace(partial, self._final)
-        self._tar, self._samples = None, []
+            replace(partial, self._final)
+        self.infos.append(info)
+        self._tar, self._partial, self._samples = None, None, []
         self.index += 1
 
     def close(self) -> list[ShardInfo]:
@@ -250,9 +263,10 @@ class ShardWriter:
     def abort(self) -> None:
         """Drop the open shard: its partial file is removed, finished shards stay."""
         if self._tar is not None:
-            self._tar.close()
+            with contextlib.suppress(OSError):  # closing flushes, which may fail again
+                self._tar.close()
             self._partial.unlink(missing_ok=True)
-            self._tar, self._samples = None, []
+            self._tar, self._partial, self._samples = None, None, []
 
     def __enter__(self) -> ShardWriter:
         return self
@@ -303,32 +317,67 @@ def shard_urls(folder: str | os.PathLike) -> list[str]:
     return [str(Path(folder) / s["name"]) for s in read_manifest(folder)["shards"]]
 
 
-def verify_shards(folder: str | os.PathLike) -> list[str]:
-    """Check every shard against its manifest checksum; return the names that differ."""
-    bad = []
+@dataclass
+class ShardDamage:
+    """A shard that does not match its manifest entry."""
+
+    name: str
+    path: str
+    problem: str
+    samples: int
+    """Samples the manifest says it holds."""
+
+
+def check_shards(folder: str | os.PathLike, checksums: bool = False) -> list[ShardDamage]:
+    """The shards of a folder that differ from its manifest: missing, of another size, or
+    (with ``checksums``, which reads every byte) of another sha256. Sizes alone take a
+    ``stat`` per shard."""
+    damaged = []
     for shard in read_manifest(folder)["shards"]:
         path = Path(folder) / shard["name"]
-        if not path.is_file() or _sha256(path) != shard["sha256"]:
-            bad.append(shard["name"])
-    return bad
+        size = path.stat().st_size if path.is_file() else None
+        if size is None:
+            problem = "missing"
+        elif size != shard["bytes"]:
+            kind = "truncated" if size < shard["bytes"] else "larger"
+            problem = f"{kind}: {size:,} bytes, the manifest says {shard['bytes']:,}"
+        elif checksums and _sha256(path) != shard["sha256"]:
+            problem = "sha256 differs from the manifest"
+        else:
+            continue
+        damaged.append(ShardDamage(shard["name"], str(path), problem, shard["samples"]))
+    return damaged
 
 
-def iter_raw_samples(path: str | os.PathLike):
-    """Yield the raw samples (bytes per key) of one shard with plain tarfile, grouped by key."""
-    try:
-        with tarfile.open(path) as tar:
-            current: dict[str, Any] = {}
-            for member in tar:
-                if not member.isfile():
-                    continue
-                key, _, ext = member.name.partition(".")
-                if current and current["__key__"] != key:
-                    yield current
-                    current = {}
-                current.setdefault("__key__", key)
-                current["__url__"] = str(path)
-                current[ext] = tar.extractfile(member).read()
-            if current:
+def verify_shards(folder: str | os.PathLike) -> list[str]:
+    """Check every shard against its manifest checksum; return the names that differ."""
+    return [damage.name for damage in check_shards(folder, checksums=True)]
+
+
+def iter_tar_samples(stream: BinaryIO, url: str) -> Iterator[dict[str, Any]]:
+    """The raw samples (bytes per key) of a tar stream, grouped by key, each with its
+    ``__url__``; a sample is yielded only once complete, so a damaged tail drops the sample it
+    cuts. Tar and I/O errors propagate unchanged."""
+    with tarfile.open(fileobj=stream, mode="r|*") as tar:
+        current: dict[str, Any] = {}
+        for member in tar:
+            if not member.isfile():
+                continue
+            key, _, ext = member.name.partition(".")
+            if current and current["__key__"] != key:
                 yield current
+                current = {}
+            current.setdefault("__key__", key)
+            current["__url__"] = url
+            current[ext] = tar.extractfile(member).read()
+        if current:
+            yield current
+
+
+def iter_raw_samples(path: str | os.PathLike) -> Iterator[dict[str, Any]]:
+    """Yield the raw samples (bytes per key) of one shard file, grouped by key."""
+    try:
+        with open(path, "rb") as handle:
+            yield from iter_tar_samples(handle, str(path))
     except tarfile.TarError as error:
         raise ShardError(f"corrupt shard {str(path)!r}: {error}") from None

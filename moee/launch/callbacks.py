@@ -8,7 +8,6 @@
 
 from __future__ import annotations
 
-import json
 import math
 import os
 import random
@@ -21,6 +20,8 @@ import torch
 from lightning.pytorch.callbacks import Callback, ModelCheckpoint
 from lightning.pytorch.utilities import rank_zero_only
 from lightning.pytorch.utilities.exceptions import SIGTERMException
+
+from moee.utils import write_json
 
 HPC_PREFIX = "hpc_ckpt_"
 """Lightning's SLURM auto-requeue writes ``<default_root_dir>/hpc_ckpt_<n>.ckpt`` on SIGUSR1."""
@@ -117,11 +118,7 @@ class MetricsFile(Callback):
                    if value.numel() == 1 and math.isfinite(float(value))}
         record = {"global_step": trainer.global_step, "epoch": trainer.current_epoch,
                   "metrics": metrics}
-        path = Path(self.path or Path(trainer.default_root_dir) / "metrics.json")
-        path.parent.mkdir(parents=True, exist_ok=True)
-        partial = path.with_name(f".{path.name}.partial")
-        partial.write_text(json.dumps(record, indent=2, sort_keys=True))
-        partial.replace(path)
+        write_json(self.path or Path(trainer.default_root_dir) / "metrics.json", record)
 
 
 def rng_state() -> dict[str, Any]:

@@ -2,8 +2,9 @@
 
 ``FSDP2Strategy`` is Lightning's ``ModelParallelStrategy`` (FSDP2 / DTensor, CPU and GPU) with
 MoEE's defaults — all processes in one data-parallel dimension, bf16 parameters with fp32
-gradient reduction, activation checkpointing — and checkpoint loading that accepts the stages'
-partial checkpoints. ``DiffusionStage.configure_model`` calls :func:`shard_stage`.
+gradient reduction, activation checkpointing — checkpoint loading that accepts the stages'
+partial checkpoints, and sharded checkpoint folders written atomically (a failed save keeps
+the previous folder). ``DiffusionStage.configure_model`` calls :func:`shard_stage`.
 
 The sharding plan (:func:`shard_network`). FSDP2 gathers a unit's parameters when the unit is
 *called*, and a root unit must run before the units inside it; the stages call the VAE,
@@ -28,6 +29,7 @@ groups alone, sharded like their parameters.
 
 from __future__ import annotations
 
+import shutil
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Literal
 
@@ -35,6 +37,9 @@ import torch
 from lightning.pytorch.strategies import ModelParallelStrategy
 from torch.distributed.device_mesh import DeviceMesh
 from torch.distributed.fsdp import FSDPModule, MixedPrecisionPolicy, fully_shard
+
+from moee.launch.checkpoints import is_local
+from moee.utils import new_temp, replace, storage_errors
 
 if TYPE_CHECKING:
     from moee.stages.base import DiffusionStage
@@ -83,6 +88,28 @@ class FSDP2Strategy(ModelParallelStrategy):
         if self._data_parallel_size == "auto":
             self._data_parallel_size = self.num_nodes * self.num_processes
         super().setup_environment()
+
+    def save_checkpoint(self, checkpoint: dict[str, Any], filepath,
+                        storage_options: Any | None = None) -> None:
+        """Save; a sharded checkpoint goes to a temporary folder that replaces ``filepath`` once
+        every rank has written its shard, so a full disk or a crash keeps the previous
+        checkpoint (storage errors are one-line :class:`~moee.utils.WriteError`)."""
+        if not self._save_distributed_checkpoint or not is_local(filepath):
+            super().save_checkpoint(checkpoint, filepath, storage_options)
+            return
+        final = Path(self.broadcast(str(filepath)))
+        tmp = Path(self.broadcast(str(new_temp(final, directory=True)) if self.global_rank == 0
+                                  else None))
+        try:
+            with storage_errors(final):
+                super().save_checkpoint(checkpoint, tmp, storage_options)
+                self.barrier("moee_checkpoint_written")
+                if self.global_rank == 0:
+                    replace(tmp, final)
+        finally:
+            if self.global_rank == 0 and tmp.exists():
+                shutil.rmtree(tmp, ignore_errors=True)
+        self.barrier("moee_checkpoint_renamed")
 
     def load_checkpoint(self, checkpoint_path, weights_only: bool | None = None) -> dict[str, Any]:
         """Load a checkpoint; a sharded one may hold only the trained weights (stage checkpoints

@@ -7,11 +7,12 @@ including per-class accuracies) and CSV (for spreadsheets).
 
 from __future__ import annotations
 
-import csv
 import json
 import math
 from collections.abc import Mapping, Sequence
 from pathlib import Path
+
+from moee.utils import csv_text, write_text
 
 COLUMNS: dict[str, bool] = {
     "FID": False,
@@ -89,17 +90,13 @@ def write_tables(results: Results, folder: str | Path, name: str, title: str,
     JSON also the ``title``, the excluded rows and ``meta`` (e.g. the data set and clip count).
     """
     folder = Path(folder)
-    folder.mkdir(parents=True, exist_ok=True)
     keys = [c for c in COLUMNS if any(c in row for row in results.values())]
     keys += sorted({k for row in results.values() for k in row} - set(keys))
     paths = {suffix: folder / f"{name}.{suffix}" for suffix in ("md", "json", "csv")}
-    paths["md"].write_text(markdown_table(results, title, exclude, note), encoding="utf-8")
+    write_text(paths["md"], markdown_table(results, title, exclude, note))
     document = {"title": title, "columns": keys, "reference_rows": list(exclude),
                 **(meta or {}), "rows": [{"model": n, **row} for n, row in results.items()]}
-    paths["json"].write_text(json.dumps(document, indent=2), encoding="utf-8")
-    with paths["csv"].open("w", newline="", encoding="utf-8") as handle:
-        writer = csv.writer(handle)
-        writer.writerow(["model", *keys])
-        for model, row in results.items():
-            writer.writerow([model, *(row.get(k, "") for k in keys)])
+    write_text(paths["json"], json.dumps(document, indent=2))
+    write_text(paths["csv"], csv_text(["model", *keys], [
+        [model, *(row.get(k, "") for k in keys)] for model, row in results.items()]))
     return paths

@@ -28,7 +28,9 @@ from moee.launch.fsdp import shard_stage
 from moee.models.emotion_latents import EmotionInputs
 from moee.models.moee_net import MoEENet, MoEENetConfig, parameter_groups
 from moee.stages.diffusion import DiffusionObjective
+from moee.stages.guard import NonFiniteGuard, check_finite
 from moee.stages.losses import MoEELoss
+from moee.utils import atomic_path
 
 log = logging.getLogger(__name__)
 
@@ -200,6 +202,8 @@ class DiffusionStage(L.LightningModule):
         export_path: where ``on_train_end`` writes this stage's trained weights (safetensors).
         ema_decay: keep an EMA of the trained weights (exported instead of the raw ones).
         pixel_loss_frames: frames per sample decoded for the pixel-space loss terms.
+        max_nonfinite_steps: steps with a NaN/Inf loss or gradient are skipped; this many in a
+            row stop the run (:class:`~moee.stages.guard.NonFiniteGuard`; 0: never stop).
     """
 
     trainable_groups: tuple[str, ...] = ()
@@ -220,6 +224,7 @@ class DiffusionStage(L.LightningModule):
         export_path: str | None = None,
         ema_decay: float | None = None,
         pixel_loss_frames: int = 2,
+        max_nonfinite_steps: int = 3,
     ) -> None:
         super().__init__()
         self.save_hyperparameters(ignore=["objective", "loss", "optimizer", "lr_scheduler"])
@@ -231,6 +236,7 @@ class DiffusionStage(L.LightningModule):
         self.condition_dropout = condition_dropout or ConditionDropout()
         self.export_path = export_path
         self.pixel_loss_frames = pixel_loss_frames
+        self.nonfinite_guard = NonFiniteGuard(max_nonfinite_steps)
         self.strict_loading = False  # checkpoints hold only what the stage trains
         check_parallel_exports(init_weights or [])
         for path in init_weights or []:
@@ -274,6 +280,10 @@ class DiffusionStage(L.LightningModule):
         (``configs/trainer/fsdp.yaml``; plan in :mod:`moee.launch.fsdp`); otherwise nothing."""
         if self.device_mesh is not None:
             shard_stage(self)
+
+    def configure_callbacks(self) -> list[L.Callback]:
+        """The stage's own callbacks: the NaN/Inf step guard."""
+        return [self.nonfinite_guard]
 
     def configure_optimizers(self):
         optimizer = self.optimizer_factory(list(self.trained_parameters().values()))
@@ -373,22 +383,26 @@ class DiffusionStage(L.LightningModule):
             for name, t in source.items()
         }
 
-    def export(self, path: str | Path) -> Path:
-        """Write the trained weights as safetensors (stage name in the metadata).
+    def export(self, path: str | Path, weights: dict[str, torch.Tensor] | None = None,
+               groups: tuple[str, ...] | None = None) -> Path:
+        """Write the trained weights (or the given part of :meth:`exported_weights`, trained
+        as ``groups``) as safetensors (stage name in the metadata), atomically.
 
         Every rank gathers the weights (collective under FSDP); global rank 0 writes the file.
+        Non-finite weights are refused (:class:`~moee.stages.guard.NonFiniteWeightsError`, on
+        every rank) and a full disk is one-line :class:`~moee.utils.WriteError`; either way
+        the previous export is unchanged.
         """
-        weights = self.exported_weights()
+        weights = self.exported_weights() if weights is None else weights
         path = Path(path)
+        check_finite(weights, path)
         if self.trainer_is_attached and self.trainer.global_rank != 0:
             return path
-        path.parent.mkdir(parents=True, exist_ok=True)
-        partial = path.with_name(f".{path.name}.partial")
-        save_file(weights, str(partial),
-                  metadata={"stage": type(self).__name__,
-                            "groups": ",".join(self.trainable_groups),
-                            OBJECTIVE_KEY: json.dumps(self.objective.schedule)})
-        partial.replace(path)
+        with atomic_path(path) as tmp:
+            save_file(weights, str(tmp),
+                      metadata={"stage": type(self).__name__,
+                                "groups": ",".join(groups or self.trainable_groups),
+                                OBJECTIVE_KEY: json.dumps(self.objective.schedule)})
         log.info("exported %s", path)
         return path
 

@@ -136,7 +136,7 @@ def test_prepare_real_face_end_to_end_and_resume(astronaut, tmp_path):
     again = prepare_dataset(root, out, "mead", config=config, progress_bar=False)
     assert again.done_before == 4 and again.kept == 0 and not again.skipped
     assert read_manifest(out)["shards"] == manifest["shards"]
-    assert not list(out.glob(".*partial"))
+    assert not list(out.glob(".*.tmp"))
 
 
 def test_bad_inputs_are_skipped_and_counted(tmp_path):
