@@ -45,6 +45,8 @@ register_command("synth", "moee.data.synth.cli",
                  "generate SynthEmo shards; 'synth probes' trains its probe networks")
 register_command("sweep", "moee.launch.sweep",
                  "run a grid of fit jobs on SLURM (job array) or locally; 'sweep status|collect'")
+register_command("demo", "moee.demo.cli",
+                 "a web page (Gradio) that animates a portrait in every emotion form")
 
 
 class MoEECLI(LightningCLI):

@@ -109,29 +109,43 @@ def animate(
         dtype: floating-point type of the network.
         progress: show a progress bar.
     """
-    if not weights:
-        raise InputError("no --weights given; pass the trained stage exports or their folder")
-    trained_vae = next((os.path.join(w, "vae") for w in weights
-                        if os.path.isdir(os.path.join(w, "vae"))), None)
-    weights = stage_weights(weights)
-    if device == "auto":
-        device = "cuda" if torch.cuda.is_available() else "cpu"
     settings = SamplerSettings(sampler=sampler, steps=steps, audio_guidance=audio_guidance,
                                emotion_guidance=emotion_guidance, clip_frames=clip_frames,
                                transition=transition, strength=strength, seed=seed)
-    net = MoEENetConfig(preset=net_preset, weights=SD15_WEIGHTS) if net_preset == "sd15" \
-        else MoEENetConfig(preset=net_preset, weights=WeightSources(vae=trained_vae))
     portrait = PortraitSettings(detect=detect, detector=detector, margin=margin,
                                 paste_back=paste_back, feather=feather)
     size = size or PRESETS[net_preset].vae["sample_size"]
     inputs = prepare_inputs(image, audio, emotion, size, portrait, transition)
-    pipeline = MoEEPipeline.from_weights(net, weights, settings=settings, size=size,
-                                         progress=progress)
-    pipeline.net.to(device=device, dtype=getattr(torch, dtype))
+    pipeline = load_pipeline(weights, net_preset, settings, size, device, dtype, progress)
     return pipeline.render(inputs).save(out, frames_dir)
 
 
-def _underscored(argv: list[str]) -> list[str]:
+def load_pipeline(
+    weights: list[str],
+    net_preset: Preset = "tiny",
+    settings: SamplerSettings | None = None,
+    size: int | None = None,
+    device: str = "auto",
+    dtype: Literal["float32", "bfloat16", "float16"] = "float32",
+    progress: bool = True,
+) -> MoEEPipeline:
+    """Build the ``net_preset`` network, load ``weights`` (files or folders, see
+    :func:`animate`) and move it to ``device`` (``auto``: CUDA when present) and ``dtype``."""
+    if not weights:
+        raise InputError("no --weights given; pass the trained stage exports or their folder")
+    trained_vae = next((os.path.join(w, "vae") for w in weights
+                        if os.path.isdir(os.path.join(w, "vae"))), None)
+    if device == "auto":
+        device = "cuda" if torch.cuda.is_available() else "cpu"
+    net = MoEENetConfig(preset=net_preset, weights=SD15_WEIGHTS) if net_preset == "sd15" \
+        else MoEENetConfig(preset=net_preset, weights=WeightSources(vae=trained_vae))
+    pipeline = MoEEPipeline.from_weights(net, stage_weights(weights), settings=settings,
+                                         size=size, progress=progress)
+    pipeline.net.to(device=device, dtype=getattr(torch, dtype))
+    return pipeline
+
+
+def underscored(argv: list[str]) -> list[str]:
     """``--net-preset x`` → ``--net_preset x`` (both spellings are accepted)."""
     normalized = []
     for arg in argv:
@@ -157,7 +171,7 @@ def build_parser() -> ArgumentParser:
 
 def main(argv: list[str] | None = None) -> None:
     """Entry point of ``python -m moee animate`` (options: ``--help``)."""
-    args = build_parser().parse_args(_underscored(sys.argv[1:] if argv is None else argv))
+    args = build_parser().parse_args(underscored(sys.argv[1:] if argv is None else argv))
     logging.basicConfig(level=logging.WARNING, format="%(message)s")
     try:
         path = animate(**args.as_dict())

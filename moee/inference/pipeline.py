@@ -24,9 +24,10 @@ import logging
 import os
 import shutil
 import tempfile
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Literal
+from typing import Literal, NamedTuple
 
 import numpy as np
 import torch
@@ -73,6 +74,24 @@ _SCHEDULERS: dict[str, tuple[type[SchedulerMixin], dict]] = {
 
 # (drop_audio, drop_emotion) of the guidance branches
 UNCONDITIONAL, AUDIO_ONLY, FULL = (True, True), (False, True), (False, False)
+
+
+class StepProgress(NamedTuple):
+    """Where sampling stands after a denoising step: ``step`` of ``steps`` in ``clip`` of
+    ``clips`` (1-based)."""
+
+    clip: int
+    clips: int
+    step: int
+    steps: int
+
+    @property
+    def fraction(self) -> float:
+        """Share of all the video's denoising steps done, in (0, 1]."""
+        return ((self.clip - 1) * self.steps + self.step) / (self.clips * self.steps)
+
+
+ProgressCallback = Callable[[StepProgress], None]
 
 
 def make_scheduler(name: SamplerName, objective: DiffusionObjective) -> SchedulerMixin:
@@ -247,6 +266,8 @@ class MoEEPipeline:
         objective: the training objective whose schedule configures the sampler.
         size: side of the square face crop in pixels (default: the VAE's sample size).
         progress: show a tqdm bar over clips × steps.
+        on_step: called after every denoising step with its :class:`StepProgress` (a web
+            page's progress bar).
     """
 
     def __init__(
@@ -256,12 +277,14 @@ class MoEEPipeline:
         objective: DiffusionObjective | None = None,
         size: int | None = None,
         progress: bool = True,
+        on_step: ProgressCallback | None = None,
     ) -> None:
         self.net = net.eval()
         self.settings = settings = settings or SamplerSettings()
         self.objective = objective or DiffusionObjective()
         self.size = size or net.vae.vae.config.sample_size
         self.progress = progress
+        self.on_step = on_step
         if settings.steps < 1:
             raise InputError(f"steps must be ≥ 1, got {settings.steps}")
         if not 0 < settings.strength <= 1:
@@ -382,7 +405,7 @@ class MoEEPipeline:
                     "emotion_latents": emotion,
                     **routing.network_kwargs(self.device),
                 }
-                latents = self.denoise(conditions, f, latent, generator, bar)
+                latents = self.denoise(conditions, f, latent, generator, bar, (k + 1, clips))
                 motion = latents[:, -MOTION_FRAMES:]
                 frames.append(to_numpy_frames(net.vae.decode(latents.to(self.dtype))[0]))
         return np.concatenate(frames)[:total]
@@ -416,12 +439,14 @@ class MoEEPipeline:
         reference_latent: torch.Tensor,
         generator: torch.Generator | None,
         bar: tqdm,
+        clip: tuple[int, int] = (1, 1),
     ) -> torch.Tensor:
         """Run the sampler on fresh noise for one clip; returns clean latents (1 f c h w).
 
         ``conditions`` holds one sample's ``reference``, ``audio_tokens``, ``emotion_latents``,
         ``expert`` and ``weights``; every guidance branch runs in one batched network call.
         ``reference_latent`` (1 c h w) is where sampling starts when ``strength`` < 1.
+        ``clip`` is ``(number, count)`` of this clip (1-based), reported to ``on_step``.
         """
         guidance = self.settings.guidance
         branches = torch.tensor(guidance.branches, device=self.device)  # n 2
@@ -450,10 +475,12 @@ class MoEEPipeline:
             latents = scheduler.add_noise(start, noise, timesteps[:1])  # 1 f c h w, float32
         else:
             latents = noise * scheduler.init_noise_sigma
-        for t in timesteps:
+        for step, t in enumerate(timesteps, 1):
             model_input = scheduler.scale_model_input(latents, t).to(self.dtype)
             prediction = self.net(model_input.repeat(n, 1, 1, 1, 1), t.repeat(n), **batched)
             prediction = guidance.combine(prediction.float()[:, None])  # (n 1 f c h w) → 1 f c h w
             latents = scheduler.step(prediction, t, latents, generator=generator).prev_sample
             bar.update()
+            if self.on_step is not None:
+                self.on_step(StepProgress(*clip, step, len(timesteps)))
         return latents
