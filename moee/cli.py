@@ -45,6 +45,8 @@ register_command("synth", "moee.data.synth.cli",
                  "generate SynthEmo shards; 'synth probes' trains its probe networks")
 register_command("sweep", "moee.launch.sweep",
                  "run a grid of fit jobs on SLURM (job array) or locally; 'sweep status|collect'")
+register_command("data", "moee.data.health",
+                 "'data verify DIR': check shard folders against their manifest (sha256, sizes)")
 register_command("demo", "moee.demo.cli",
                  "a web page (Gradio) that animates a portrait in every emotion form")
 
@@ -62,6 +64,32 @@ class MoEECLI(LightningCLI):
 
     def _subcommand_config(self):
         return self.config[self.subcommand] if self.subcommand else self.config
+
+    def add_arguments_to_parser(self, parser) -> None:
+        parser.add_argument("--allow_skips", type=bool, default=False,
+                            help="exit 0 even when jobs, test clips or damaged data were skipped")
+
+    def instantiate_trainer(self, **kwargs):
+        """The trainer, writing local checkpoints atomically (:mod:`moee.launch.checkpoints`)."""
+        from moee.launch.checkpoints import use_atomic_checkpoints
+
+        trainer = super().instantiate_trainer(**kwargs)
+        use_atomic_checkpoints(trainer)
+        return trainer
+
+    def _exit_if_skipped(self) -> None:
+        """Exit 1 when the run skipped jobs, test clips or damaged data (the run's own report
+        line says what), unless ``--allow_skips``."""
+        from moee.reports import exit_line
+
+        jobs = getattr(self.model, "skipped", 0)
+        data = getattr(self.datamodule, "skipped", 0)
+        if (jobs or data) and not self._subcommand_config().get("allow_skips"):
+            what = {"test": "test clips"}.get(self.subcommand, "jobs") if jobs \
+                else "damaged shard reads and samples"
+            sys.exit(exit_line(jobs or data, what))
+
+    after_fit = after_validate = after_test = after_predict = _exit_if_skipped
 
     def instantiate_classes(self) -> None:
         """Build the classes, after checking local weight paths (one clear line, not a
@@ -164,9 +192,12 @@ def main(argv: list[str] | None = None) -> None:
     from moee.inference.lightning import USER_ERRORS
     from moee.models.pretrained import MissingWeightsError
     from moee.stages.base import MissingCheckpointError, StageWeightsError
+    from moee.stages.guard import NonFiniteTrainingError, NonFiniteWeightsError
+    from moee.utils import WriteError
 
     try:
         MoEECLI(args=None if from_command_line else argv)
     except (*USER_ERRORS, ShardError, MissingWeightsError, MissingCheckpointError,
-            StageWeightsError) as error:
+            StageWeightsError, NonFiniteTrainingError, NonFiniteWeightsError,
+            WriteError) as error:
         sys.exit(f"error: {error}")

@@ -7,10 +7,12 @@ of any of these. The training stream resamples shards endlessly (``resampled``) 
 into epochs of ``samples_per_epoch``; DDP ranks and loader workers read disjoint shards
 (``split_by_rank`` then ``split_by_worker``) when not resampling, and independently seeded
 random shards when resampling. Clips pass the emotion / identity / intensity filter on their
-``json`` alone, before any video is decoded. A corrupt shard or sample is logged by key and
-counted (:class:`SkipLog`), never fatal and never silent. Loader batches carry uint8 images,
-normalised on the device by ``on_after_batch_transfer``. See :mod:`moee.data.batch` for the
-batch layout and :mod:`moee.data.sampling` for windows, MNS and jitter.
+``json`` alone, before any video is decoded. Damaged data is checked against the manifest
+before a split is read, skipped and counted while it is read, and summarised at the end
+(:mod:`moee.data.health`); ``strict`` stops at the first damaged shard or sample instead.
+Loader batches carry uint8 images, normalised on the device by ``on_after_batch_transfer``.
+See :mod:`moee.data.batch` for the batch layout and :mod:`moee.data.sampling` for windows,
+MNS and jitter.
 """
 
 from __future__ import annotations
@@ -22,7 +24,7 @@ import logging
 import math
 import os
 import zlib
-from collections.abc import Callable, Iterable, Iterator
+from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
 from typing import Any
 
@@ -31,6 +33,14 @@ import torch
 import webdataset as wds
 
 from moee.data.batch import collate, normalize_images
+from moee.data.health import (
+    DataReport,
+    SkipLog,
+    manifest_counts,
+    manifest_folders,
+    read_shards,
+    size_check,
+)
 from moee.data.media import MediaError
 from moee.data.sampling import ClipSampler, SamplingOptions
 from moee.data.shards import MANIFEST, ShardError, decode_clip, read_manifest, shard_urls
@@ -39,6 +49,9 @@ from moee.emotions import canonical_emotion_name
 log = logging.getLogger(__name__)
 
 ShardSource = str | list[str]
+MAX_FAILURES_IN_A_ROW = 1000
+"""Failed shard reads and samples in a row after which the training stream (endless: resampled,
+or repeated until the epoch is full) stops: it has nothing readable left."""
 
 
 def resolve_shards(source: ShardSource) -> list[str]:
@@ -80,21 +93,6 @@ def split_by_rank(src: Iterable, rank: int = 0, world_size: int = 1) -> Iterator
 def _worker_seed(rank: int) -> int:
     info = torch.utils.data.get_worker_info()
     return rank * 1000 + (info.id if info is not None else 0)
-
-
-class SkipLog:
-    """WebDataset exception handler: log a bad shard or sample by key, count it, carry on."""
-
-    def __init__(self, what: str = "data"):
-        self.what = what
-        self.count = 0
-
-    def __call__(self, error: Exception) -> bool:
-        """Handle one error; returning True tells WebDataset to continue."""
-        self.count += 1
-        log.warning("skipping bad %s (%d so far in this process): %s", self.what, self.count,
-                    error)
-        return True
 
 
 @dataclass
@@ -143,15 +141,15 @@ class ClipFilter:
 
 
 def decode_and_sample(src: Iterable[dict[str, Any]], sampler: ClipSampler,
-                      handler: Callable[[Exception], bool]) -> Iterator[dict[str, Any]]:
+                      handler: SkipLog) -> Iterator[dict[str, Any]]:
     """Pipeline stage: raw samples → decoded clips → training samples; bad ones go to handler."""
     for raw in src:
         try:
             clip = decode_clip(raw)
         except (ShardError, MediaError) as error:
-            if handler(error):
-                continue
-            raise
+            handler.sample_failed(raw.get("__url__", "?"), raw.get("__key__", "?"), error)
+            continue
+        handler.sample_ok()
         yield from sampler(clip)
 
 
@@ -168,12 +166,14 @@ def build_pipeline(
     world_size: int = 1,
     seed: int = 0,
     handler: SkipLog | None = None,
+    expected: dict[str, int] | None = None,
 ) -> wds.DataPipeline:
     """The WebDataset pipeline of one split, yielding collated batches.
 
     Training shuffles shards and samples; with ``resampled`` it draws shards at random forever
     (seeded per rank and worker), otherwise it splits them by rank and by worker.
     ``batches_per_worker`` cuts the stream into epochs of that many batches per worker.
+    ``expected`` ({shard url: samples}, from the manifests) reports shards that end early.
     """
     handler = handler or SkipLog()
     if resampled:
@@ -187,7 +187,8 @@ def build_pipeline(
             stages.append(wds.detshuffle(len(urls), initial=len(urls), seed=seed))
         stages += [functools.partial(split_by_rank, rank=rank, world_size=world_size),
                    wds.split_by_worker]
-    stages.append(wds.tarfile_to_samples(handler=handler))
+    stages += [functools.partial(wds.tariterators.url_opener, handler=handler),
+               functools.partial(read_shards, handler=handler, expected=expected)]
     if train and shuffle_buffer > 1:
         stages.append(wds.detshuffle(shuffle_buffer, initial=shuffle_buffer, seed=seed + rank))
     if clip_filter is not None and clip_filter.active:
@@ -233,6 +234,8 @@ class MoEEDataModule(L.LightningDataModule):
         shuffle_buffer: clips held for shuffling in each worker (memory: decoded only after).
         seed: seed of shard order, shuffling, windows, MNS and jitter.
         pin_memory: pin batches for faster host-to-GPU copies.
+        strict: stop at the first damaged shard or sample (also when the size check before
+            reading finds one) instead of skipping it (:mod:`moee.data.health`).
     """
 
     def __init__(
@@ -261,6 +264,7 @@ class MoEEDataModule(L.LightningDataModule):
         shuffle_buffer: int = 64,
         seed: int = 0,
         pin_memory: bool = False,
+        strict: bool = False,
     ):
         super().__init__()
         self.save_hyperparameters()
@@ -282,8 +286,29 @@ class MoEEDataModule(L.LightningDataModule):
         self.shuffle_buffer = shuffle_buffer
         self.seed = seed
         self.pin_memory = pin_memory
-        self.skips = {split: SkipLog(f"{split} data") for split in self.sources}
+        self.strict = strict
+        self.skips = {split: SkipLog(f"{split} data", strict) for split in self.sources}
+        self.report = DataReport(self.skips)
         self.resume_step = 0
+
+    STAGE_SPLITS = {"fit": ("train", "val"), "validate": ("val",), "test": ("test",)}
+
+    def setup(self, stage: str) -> None:
+        """Check the shard sizes of the splits this stage reads against their manifests (one
+        line per damaged split) and attach the :class:`~moee.data.health.DataReport`."""
+        for split in self.STAGE_SPLITS.get(stage, ()):
+            skips = self.skips[split]
+            for folder in manifest_folders(self.sources[split]):
+                damaged = size_check(skips.what, folder, self.strict)
+                skips.known.update(d.name for d in damaged)
+        trainer = getattr(self, "trainer", None)
+        if trainer is not None and self.report not in trainer.callbacks:
+            trainer.callbacks.append(self.report)
+
+    @property
+    def skipped(self) -> int:
+        """Skipped shard reads and samples of the last run, over every rank (after it)."""
+        return self.report.skipped
 
     def state_dict(self) -> dict[str, Any]:
         """Saved in checkpoints: the global step the training stream has reached."""
@@ -319,7 +344,9 @@ class MoEEDataModule(L.LightningDataModule):
             raise ValueError(f"MoEEDataModule has no {split} shards; set data.{split}")
         return resolve_shards(source)
 
-    def _loader(self, dataset: wds.DataPipeline) -> torch.utils.data.DataLoader:
+    def _loader(self, dataset: wds.DataPipeline, split: str) -> torch.utils.data.DataLoader:
+        if self.num_workers > 0:
+            self.skips[split].connect()
         return torch.utils.data.DataLoader(
             dataset, batch_size=None, num_workers=self.num_workers,
             persistent_workers=self.num_workers > 0, pin_memory=self.pin_memory,
@@ -345,13 +372,15 @@ class MoEEDataModule(L.LightningDataModule):
             log.warning("%d shards for %d ranks × %d workers: some read nothing; use resampled",
                         len(urls), world_size, workers)
         seed = self.stream_seed()
+        self.skips["train"].max_in_a_row = MAX_FAILURES_IN_A_ROW  # epochs repeat the stream
         pipeline = build_pipeline(
             urls, ClipSampler(self.train_options, seed=seed, rank=rank), self.batch_size,
             clip_filter=self.clip_filter, train=True, resampled=self.resampled,
             shuffle_buffer=self.shuffle_buffer, batches_per_worker=per_worker, rank=rank,
             world_size=world_size, seed=seed, handler=self.skips["train"],
+            expected=manifest_counts(self.sources["train"]),
         )
-        return self._loader(pipeline.with_length(per_worker * workers, silent=True))
+        return self._loader(pipeline.with_length(per_worker * workers, silent=True), "train")
 
     def _eval_dataloader(self, split: str) -> torch.utils.data.DataLoader:
         rank, world_size = self._rank_and_world()
@@ -359,8 +388,9 @@ class MoEEDataModule(L.LightningDataModule):
             self._source(split), ClipSampler(self.eval_options, seed=self.seed, rank=rank),
             self.val_batch_size, clip_filter=self.clip_filter, train=False, rank=rank,
             world_size=world_size, seed=self.seed, handler=self.skips[split],
+            expected=manifest_counts(self.sources[split]),
         )
-        return self._loader(pipeline)
+        return self._loader(pipeline, split)
 
     def val_dataloader(self) -> torch.utils.data.DataLoader:
         """One deterministic pass over the validation shards (centred windows, no MNS/jitter)."""

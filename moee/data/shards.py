@@ -338,9 +338,10 @@ def check_shards(folder: str | os.PathLike, checksums: bool = False) -> list[Sha
         size = path.stat().st_size if path.is_file() else None
         if size is None:
             problem = "missing"
-        elif size != shard["bytes"]:
-            kind = "truncated" if size < shard["bytes"] else "larger"
-            problem = f"{kind}: {size:,} bytes, the manifest says {shard['bytes']:,}"
+        elif size < shard["bytes"]:
+            problem = f"truncated ({size:,} of {shard['bytes']:,} bytes)"
+        elif size > shard["bytes"]:
+            problem = f"larger than listed ({size:,} bytes, not {shard['bytes']:,})"
         elif checksums and _sha256(path) != shard["sha256"]:
             problem = "sha256 differs from the manifest"
         else:
