@@ -291,12 +291,10 @@ class MoEEDataModule(L.LightningDataModule):
         self.report = DataReport(self.skips)
         self.resume_step = 0
 
-    STAGE_SPLITS = {"fit": ("train", "val"), "validate": ("val",), "test": ("test",)}
-
     def setup(self, stage: str) -> None:
         """Check the shard sizes of the splits this stage reads against their manifests (one
         line per damaged split) and attach the :class:`~moee.data.health.DataReport`."""
-        for split in self.STAGE_SPLITS.get(stage, ()):
+        for split in DataReport.STAGE_SPLITS.get(stage, ()):
             skips = self.skips[split]
             for folder in manifest_folders(self.sources[split]):
                 damaged = size_check(skips.what, folder, self.strict)

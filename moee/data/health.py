@@ -304,8 +304,8 @@ def summary_line(what: str, records: list[SkipRecord], epochs: int | None = None
 
 class DataReport(L.Callback):
     """Counts of skipped data per epoch in the logger, and one summary line per split at the
-    end; ``MoEEDataModule.setup`` attaches it. ``skipped`` (every rank's records, after the
-    run) is what the CLI's exit status reads."""
+    end of ``fit``, ``validate`` and ``test``; ``MoEEDataModule.setup`` attaches it.
+    ``skipped`` (every rank's records, after the run) is what the CLI's exit status reads."""
 
     def __init__(self, skips: dict[str, SkipLog]) -> None:
         self.skips = skips
@@ -339,16 +339,25 @@ class DataReport(L.Callback):
         if not trainer.sanity_checking:
             self._log_epoch(pl_module, "val")
 
-    def teardown(self, trainer, pl_module, stage: str) -> None:
-        """One line per split that skipped anything (rank 0), on every rank the total."""
-        self.skipped = 0
-        for split, skips in self.skips.items():
+    def _summarise(self, trainer: L.Trainer, splits: tuple[str, ...]) -> None:
+        """One line per split that skipped anything (rank 0); ``skipped`` counts every rank's
+        records (a collective: every rank calls it)."""
+        for split in splits:
+            skips = self.skips[split]
             records = skips.gathered()
             self.skipped += len(records)
             line = summary_line(skips.what, records, self.epochs if split == "train" else None)
             if line and trainer.is_global_zero:
-                log.warning("%s (%s)", line, "logged as data/*_skipped_*" if
-                            trainer.loggers and split != "test" else "see above")
+                logged = " (logged as data/*_skipped_*)" if trainer.loggers and split != "test" \
+                    else ""
+                log.warning("%s%s", line, logged)
+
+    STAGE_SPLITS = {"fit": ("train", "val"), "validate": ("val",), "test": ("test",)}
+
+    def teardown(self, trainer, pl_module, stage: str) -> None:
+        """At the end of ``fit``, ``validate`` or ``test`` (after the progress bar has gone):
+        the data its splits skipped."""
+        self._summarise(trainer, self.STAGE_SPLITS.get(stage, ()))
 
 
 def verify(folders: list[str], checksums: bool = True) -> int:

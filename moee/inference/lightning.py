@@ -6,7 +6,9 @@ A jobs file lists one video per row, as CSV with a header or as JSON lines::
     faces/anna.jpg,speech/hello.wav,happily surprised,out/anna_hs.mp4
 
 Relative paths are resolved against the jobs file's folder. Under DDP, Lightning's predict
-loop hands each rank its own share of the jobs.
+loop hands each rank its own share of the jobs. The run ends with ``N of M jobs written, K
+skipped`` and, when jobs were skipped, ``skipped_jobs.csv`` (each job's row, inputs and reason)
+in the folder of the outputs (:mod:`moee.reports`).
 """
 
 from __future__ import annotations
@@ -14,7 +16,8 @@ from __future__ import annotations
 import csv
 import json
 import logging
-from dataclasses import asdict, dataclass, fields
+import os
+from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
 
 import lightning as L
@@ -25,7 +28,9 @@ from moee.emotions import EmotionSpecError
 from moee.inference.pipeline import MoEEPipeline, SamplerSettings
 from moee.inference.portrait import InputError, PortraitSettings
 from moee.models.moee_net import MoEENetConfig
+from moee.reports import SKIPPED_JOBS, BatchReport
 from moee.stages.diffusion import DiffusionObjective
+from moee.utils import gather_objects
 
 log = logging.getLogger(__name__)
 
@@ -43,6 +48,8 @@ class AnimationJob:
     emotion: str = "neutral"
     seed: int | None = None
     frames_dir: str | None = None
+    row: int = field(default=0, compare=False)
+    """Its row in the jobs file (1 = the first job), for the report."""
 
 
 def read_jobs(path: str | Path) -> list[AnimationJob]:
@@ -58,7 +65,7 @@ def read_jobs(path: str | Path) -> list[AnimationJob]:
         rows = [json.loads(line) for line in lines if line.strip()]
     else:
         raise InputError(f"jobs file {str(path)!r} must be .csv or .jsonl")
-    names = {f.name for f in fields(AnimationJob)}
+    names = {f.name for f in fields(AnimationJob)} - {"row"}
     jobs = []
     for number, row in enumerate(rows, start=1):
         row = {k.strip(): v for k, v in row.items() if v not in (None, "")}
@@ -71,7 +78,7 @@ def read_jobs(path: str | Path) -> list[AnimationJob]:
                 row[key] = str(path.parent / row[key])
         if "seed" in row:
             row["seed"] = int(row["seed"])
-        jobs.append(AnimationJob(**row))
+        jobs.append(AnimationJob(**row, row=number))
     return jobs
 
 
@@ -105,7 +112,8 @@ class AnimationModule(L.LightningModule):
     """Renders animation jobs with :class:`MoEEPipeline` in ``predict_step``.
 
     A job with bad inputs (no face, silent audio, unknown emotion, ...) is logged in one line
-    and skipped; the others still render.
+    and skipped; the others still render. At the end the jobs of every rank are reported
+    (:class:`~moee.reports.BatchReport`) and ``skipped`` holds how many were skipped.
 
     Args:
         net: the network configuration (``preset: tiny`` or ``sd15``).
@@ -136,6 +144,8 @@ class AnimationModule(L.LightningModule):
         )
         self.net = self.pipeline.net
         self.portrait = portrait or PortraitSettings()
+        self.results: list[dict] = []
+        self.skipped = 0
 
     def predict_step(self, batch: list[AnimationJob], batch_idx: int) -> list[dict]:
         """Render each job of ``batch``; returns ``{"job", "output" | "error"}`` per job."""
@@ -151,4 +161,36 @@ class AnimationModule(L.LightningModule):
             path = animation.save(job.output, job.frames_dir)
             log.info("wrote %s (%d frames)", path, len(animation.frames))
             results.append({"job": asdict(job), "output": str(path)})
+        self.results += results
         return results
+
+    def on_predict_epoch_start(self) -> None:
+        self.results = []
+
+    def teardown(self, stage: str) -> None:
+        """After predicting (and after the progress bar has gone): report the jobs of every
+        rank in the run's last line, and the CSV of the skipped ones."""
+        if stage != "predict":
+            return
+        results = [r for rank_results in gather_objects(self.results) for r in rank_results]
+        report = job_report(results)
+        self.skipped = report.skipped_count
+        if self.trainer.is_global_zero and report.total:
+            report.finish(outputs_folder([r["job"]["output"] for r in results]) / SKIPPED_JOBS)
+
+
+def job_report(results: list[dict]) -> BatchReport:
+    """The :class:`BatchReport` of ``predict_step`` results, in jobs-file order (a job that a
+    padded DDP sampler ran twice counts once)."""
+    unique = {(r["job"]["row"], r["job"]["output"]): r for r in results}
+    ordered = [unique[key] for key in sorted(unique)]
+    skipped = [{"row": r["job"]["row"],
+                **{k: v for k, v in r["job"].items() if v is not None and k != "row"},
+                "reason": r["error"]} for r in ordered if "error" in r]
+    return BatchReport("jobs", "written", done=len(ordered) - len(skipped), skipped=skipped)
+
+
+def outputs_folder(outputs: list[str]) -> Path:
+    """The deepest folder that holds every output."""
+    folders = [os.path.dirname(os.path.abspath(o)) for o in outputs]
+    return Path(os.path.commonpath(folders)) if folders else Path.cwd()

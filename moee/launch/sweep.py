@@ -19,12 +19,14 @@ Every job runs the normal ``fit`` (:func:`run_job`) with, added by the sweep:
 (``<root>/<job>/metrics.json``) and ``ckpt_path: last`` — so a requeued or re-run job resumes
 from its last checkpoint. On SLURM the array's jobs get ``--signal=USR1@<signal_delay_s>``:
 Lightning's SLURM environment saves a checkpoint and requeues the job before its time limit.
+
+``sweep collect`` ends with ``N of M jobs collected, K skipped`` and, for the jobs that failed
+or have not finished, ``<root>/skipped_jobs.csv`` (state, reason, log); its exit status is 1
+when any job is missing, unless ``--allow_skips true``.
 """
 
 from __future__ import annotations
 
-import csv
-import io
 import itertools
 import json
 import os
@@ -38,6 +40,9 @@ from typing import Any, Literal
 
 import yaml
 from jsonargparse import ArgumentParser
+
+from moee.reports import SKIPPED_JOBS, BatchReport, exit_line
+from moee.utils import csv_text, write_json, write_text
 
 ACTIONS = ("submit", "status", "collect")
 _TEMPLATE = re.compile(r"\{([A-Za-z_]\w*)\}")
@@ -278,6 +283,7 @@ def submit(sweep: Sweep, executor: str | None = None, wait: bool = False,
         handles = submitter.map_array(run_job, chunk, [workdir] * len(chunk))
         for record, handle in zip(records[start:start + batch], handles):
             record["job_id"] = handle.job_id
+            record["log"] = str(handle.paths.stderr)
         _write_manifest(sweep, kind, records)
         print(f"{kind}: submitted {len(handles)} job(s): {', '.join(h.job_id for h in handles)}")
         if kind == "local" or wait:
@@ -295,7 +301,13 @@ def submit(sweep: Sweep, executor: str | None = None, wait: bool = False,
 
 def _write_manifest(sweep: Sweep, kind: str, records: list[dict[str, Any]]) -> None:
     manifest = {"sweep": asdict(sweep), "executor": kind, "jobs": records}
-    (sweep.folder / MANIFEST).write_text(json.dumps(manifest, indent=2))
+    write_json(sweep.folder / MANIFEST, manifest)
+
+
+def _records(sweep: Sweep) -> dict[str, dict[str, Any]]:
+    """{job name: its record in ``sweep.json``} (empty before a submit)."""
+    path = sweep.folder / MANIFEST
+    return {r["name"]: r for r in json.loads(path.read_text())["jobs"]} if path.is_file() else {}
 
 
 def _slurm_states(job_ids: list[str]) -> dict[str, str]:
@@ -310,10 +322,7 @@ def _slurm_states(job_ids: list[str]) -> dict[str, str]:
 def status(sweep: Sweep) -> list[dict[str, Any]]:
     """One row per job: state (``done``, a SLURM state, ``stopped`` with a checkpoint, or
     ``not finished``), global step reached, job id."""
-    manifest_path = sweep.folder / MANIFEST
-    ids = {}
-    if manifest_path.is_file():
-        ids = {r["name"]: r["job_id"] for r in json.loads(manifest_path.read_text())["jobs"]}
+    ids = {name: record["job_id"] for name, record in _records(sweep).items()}
     states = _slurm_states([i for i in ids.values() if i])
     rows = []
     for job in sweep.expand():
@@ -347,14 +356,22 @@ def collect(sweep: Sweep) -> tuple[list[dict[str, Any]], str, str]:
     markdown = "\n".join(["| " + " | ".join(columns) + " |",
                           "|" + "---|" * len(columns),
                           *("| " + " | ".join(cells) + " |" for cells in table)]) + "\n"
-    buffer = io.StringIO()
-    writer = csv.writer(buffer)
-    writer.writerow(columns)
-    writer.writerows(table)
-    sweep.folder.mkdir(parents=True, exist_ok=True)
-    (sweep.folder / "results.md").write_text(markdown)
-    (sweep.folder / "results.csv").write_text(buffer.getvalue())
-    return rows, markdown, buffer.getvalue()
+    text = csv_text(columns, table)
+    write_text(sweep.folder / "results.md", markdown)
+    write_text(sweep.folder / "results.csv", text)
+    return rows, markdown, text
+
+
+def collect_report(sweep: Sweep) -> BatchReport:
+    """The jobs ``collect`` finds finished, and for every other one its state and reason (the
+    error ``submit`` recorded, or where it stands) and log."""
+    records = _records(sweep)
+    rows = status(sweep)
+    skipped = [{"job": row["job"], "state": row["state"], "job_id": row["job_id"],
+                "log": records.get(row["job"], {}).get("log", ""),
+                "reason": records.get(row["job"], {}).get("error") or row["state"]}
+               for row in rows if row["state"] != "done"]
+    return BatchReport("jobs", "collected", done=len(rows) - len(skipped), skipped=skipped)
 
 
 def _cell(value: Any) -> str:
@@ -368,6 +385,9 @@ def main(argv: list[str]) -> None:
     parser = ArgumentParser(prog=f"python -m moee sweep {action}",
                             description=(__doc__ or "").split("\n\n")[0])
     parser.add_argument("--config", required=True, help="the sweep file (configs/sweeps/*.yaml)")
+    if action == "collect":
+        parser.add_argument("--allow_skips", type=bool, default=False,
+                            help="exit 0 even when jobs failed or have not finished")
     if action == "submit":
         parser.add_argument("--executor", type=str | None, default=None,
                             help="slurm | local | auto (default: the sweep file's)")
@@ -385,6 +405,10 @@ def main(argv: list[str]) -> None:
         for row in status(sweep):
             print(f"{row['state']:<20} step {row['step']!s:<8} {row['job_id']:<14} {row['job']}")
     else:
-        rows, markdown, _ = collect(sweep)
+        _, markdown, _ = collect(sweep)
         print(markdown, end="")
-        print(f"{len(rows)} finished job(s); wrote {sweep.folder / 'results.md'} and .csv")
+        print(f"wrote {sweep.folder / 'results.md'} and .csv")
+        report = collect_report(sweep)
+        report.finish(sweep.folder / SKIPPED_JOBS)
+        if report.skipped and not options.allow_skips:
+            sys.exit(exit_line(report.skipped_count, "jobs"))

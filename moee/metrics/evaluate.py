@@ -7,7 +7,9 @@ reference frame with the clip's audio under the clip's own emotion condition
 the learned gates), then updates that model's :class:`MetricSuite` with the generated and the
 ground-truth frames. At the end of the test epoch every suite is computed (its states are
 sums, reduced over DDP ranks), logged through Lightning as ``test/<model>/<column>``, and rank
-0 writes the table (:mod:`moee.metrics.tables`): ``<output_dir>/<table>.{md,json,csv}``.
+0 writes the table (:mod:`moee.metrics.tables`): ``<output_dir>/<table>.{md,json,csv}``. The
+run ends with ``N of M test clips scored, K skipped``: the clips of damaged test shards and
+bad samples are the skipped ones, listed in ``<output_dir>/<table>_skipped.csv``.
 
 Besides trained models a row may be ``ground_truth`` (the real frames: the metrics' floor,
 e.g. FID 0, Emotion-Acc = the probe's accuracy) or ``reference`` (the still reference frame
@@ -51,6 +53,7 @@ from moee.metrics.sync import LipSync
 from moee.metrics.synthemo import synthemo_suite
 from moee.metrics.tables import write_tables
 from moee.models.moee_net import MoEENet, MoEENetConfig
+from moee.reports import BatchReport
 from moee.stages.base import trained_objective
 from moee.stages.diffusion import DiffusionObjective
 
@@ -308,6 +311,7 @@ class EvaluationModule(L.LightningModule):
         self.suites = nn.ModuleList(metrics.build() for _ in models)
         self.clips = SumMetric()
         self.results: dict[str, dict[str, float]] = {}
+        self.scored = self.skipped = 0
 
     def render(self, entry: ModelEntry, batch: dict[str, Any]) -> Tensor:
         """The clips of one row for a batch: ``(b, f, 3, H, W)`` in [-1, 1]."""
@@ -344,3 +348,17 @@ class EvaluationModule(L.LightningModule):
                 meta={"dataset": self.dataset, "clips": clips, "ablation": self.ablation},
             )
             log.info("results table: %s", ", ".join(str(p) for p in paths.values()))
+        self.scored = clips
+
+    def teardown(self, stage: str) -> None:
+        """After testing, the run's last line: ``N of M test clips scored, K skipped`` (the
+        clips of the test split's damaged data; every rank calls it), with
+        ``<table>_skipped.csv``."""
+        if stage != "test":
+            return
+        skips = getattr(self.trainer.datamodule, "skips", {}).get("test")
+        report = BatchReport("test clips", "scored", done=self.scored,
+                             skipped=skips.skipped_rows() if skips is not None else [])
+        self.skipped = report.skipped_count
+        if self.trainer.is_global_zero:
+            report.finish(self.output_dir / f"{self.table}_skipped.csv")

@@ -4,11 +4,8 @@ status of ``fit``, and ``python -m moee data verify``."""
 
 from __future__ import annotations
 
-import io
 import logging
-import os
 import shutil
-import tarfile
 from pathlib import Path
 
 import lightning as L
@@ -22,6 +19,12 @@ from moee.data.health import DamagedDataError
 from moee.data.health import main as data_main
 from moee.data.shards import read_manifest, shard_urls
 from moee.data.testclips import write_test_shards
+from tests.data.damage import (
+    damage_video,
+    keys_by_shard,
+    replace_with_garbage,
+    truncate_in_second_sample,
+)
 
 NUM_FRAMES = 4
 
@@ -30,42 +33,6 @@ NUM_FRAMES = 4
 def shards(tmp_path_factory):
     """8 clips (2 identities × happy, sad, happily surprised, neutral), 2 per shard."""
     return write_test_shards(tmp_path_factory.mktemp("health"), num_frames=12, size=32)
-
-
-def keys_by_shard(folder: Path) -> dict[str, list[str]]:
-    """{shard file name: its sample keys, in order}."""
-    result = {}
-    for url in shard_urls(folder):
-        with tarfile.open(url) as tar:
-            result[Path(url).name] = list(dict.fromkeys(m.name.split(".")[0] for m in tar))
-    return result
-
-
-def truncate_in_second_sample(url: str) -> None:
-    """Cut a shard in the middle of its second sample: the first one stays readable."""
-    with tarfile.open(url) as tar:
-        members = tar.getmembers()
-    first_key = members[0].name.split(".")[0]
-    second = next(m for m in members if not m.name.startswith(first_key))
-    data = Path(url).read_bytes()
-    Path(url).write_bytes(data[: second.offset_data + second.size // 2])
-
-
-def replace_with_garbage(url: str, size: int | None = None) -> None:
-    """Overwrite a shard with random bytes (of its own size by default)."""
-    Path(url).write_bytes(os.urandom(size or Path(url).stat().st_size))
-
-
-def damage_video(url: str, key: str) -> None:
-    """Replace one sample's mp4 by bytes that are not a video (the shard stays a valid tar)."""
-    with tarfile.open(url) as tar:
-        members = [(m, tar.extractfile(m).read()) for m in tar.getmembers()]
-    with tarfile.open(url, "w") as tar:
-        for member, data in members:
-            if member.name == f"{key}.mp4":
-                data = b"this is not an mp4"
-            member.size = len(data)
-            tar.addfile(member, io.BytesIO(data))
 
 
 def damaged_copy(shards: Path, folder: Path, damage: str) -> tuple[Path, set[str]]:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import csv
 import wave
 from pathlib import Path
 
@@ -112,11 +113,8 @@ def test_animate_a_real_photo_end_to_end(files, tmp_path, capsys):
     assert correlation > 0.95
 
 
-def test_predict_renders_a_jobs_file(files, tmp_path):
-    jobs = tmp_path / "jobs.csv"
-    jobs.write_text("image,audio,emotion,output\n"
-                    f"{files / 'astronaut.jpg'},{files / 'short.wav'},sad@0.5,out/ok.mp4\n"
-                    f"{files / 'grey.png'},{files / 'short.wav'},sad,out/no_face.mp4\n")
+def predict(files: Path, tmp_path: Path, jobs: Path, *extra: str) -> None:
+    """``moee predict`` of a jobs file with the tiny config, the random weights and 1 step."""
     override = tmp_path / "override.yaml"  # the weights file holds the VAE too
     override.write_text("model:\n  init_args:\n    net:\n      weights:\n        vae: null\n")
     moee_main(["predict", "--config", str(CONFIGS / "tiny/predict.yaml"),
@@ -126,9 +124,49 @@ def test_predict_renders_a_jobs_file(files, tmp_path):
                "--model.init_args.sampler.clip_frames", "4",
                "--model.init_args.progress", "false",
                "--data.init_args.jobs", str(jobs),
-               "--trainer.default_root_dir", str(tmp_path / "run")])
+               "--trainer.default_root_dir", str(tmp_path / "run"), *extra])
+
+
+def test_predict_renders_the_good_jobs_and_reports_the_skipped_ones(files, tmp_path, capsys):
+    jobs = tmp_path / "jobs.csv"
+    image, audio = files / "astronaut.jpg", files / "short.wav"
+    jobs.write_text("image,audio,emotion,output\n"
+                    f"{image},{audio},sad@0.5,out/ok.mp4\n"
+                    f"{files / 'missing.jpg'},{audio},sad,out/missing.mp4\n"
+                    f"{image},{audio},sadd,out/typo.mp4\n"
+                    f"{image},{audio},happy,out/ok2.mp4\n")
+    with pytest.raises(SystemExit) as info:
+        predict(files, tmp_path, jobs)
+    assert info.value.code == ("error: 2 jobs skipped (see the line above); exit status 1 "
+                               "(--allow_skips accepts skips)")
+    report = tmp_path / "out" / "skipped_jobs.csv"
+    out = capsys.readouterr().out.strip().splitlines()
+    assert out[-1] == f"2 of 4 jobs written, 2 skipped (reasons: {report})"
     frames, _ = read_video(tmp_path / "out/ok.mp4")
     assert frames.shape == (4, 64, 64, 3)
+    assert sorted(p.name for p in (tmp_path / "out").iterdir()) == [
+        "ok.mp4", "ok2.mp4", "skipped_jobs.csv"]
+    rows = list(csv.DictReader(report.open()))
+    assert [r["row"] for r in rows] == ["2", "3"]
+    assert rows[0]["image"] == str(files / "missing.jpg") and "cannot read image" in \
+        rows[0]["reason"]
+    assert rows[1]["emotion"] == "sadd" and "unknown emotion 'sadd'" in rows[1]["reason"]
+
+
+def test_allow_skips_exits_0_and_a_clean_batch_removes_the_old_report(files, tmp_path,
+                                                                       capsys):
+    jobs = tmp_path / "jobs.csv"
+    jobs.write_text("image,audio,emotion,output\n"
+                    f"{files / 'grey.png'},{files / 'short.wav'},sad,out/no_face.mp4\n")
+    predict(files, tmp_path, jobs, "--allow_skips", "true")  # no SystemExit
+    report = tmp_path / "out" / "skipped_jobs.csv"
+    assert capsys.readouterr().out.strip().splitlines()[-1] == \
+        f"0 of 1 jobs written, 1 skipped (reasons: {report})"
+    assert "no face found" in report.read_text()
+    jobs.write_text("image,audio,emotion,output\n"
+                    f"{files / 'astronaut.jpg'},{files / 'short.wav'},sad,out/ok.mp4\n")
+    predict(files, tmp_path, jobs)  # nothing skipped: exit status 0, the stale report goes
+    assert capsys.readouterr().out.strip().splitlines()[-1] == "1 of 1 jobs written, 0 skipped"
     assert sorted(p.name for p in (tmp_path / "out").iterdir()) == ["ok.mp4"]
 
 

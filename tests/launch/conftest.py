@@ -1,4 +1,5 @@
-"""Shared pieces of the launch tests: tiny shards and the arguments of a tiny ``fit``."""
+"""Shared pieces of the launch tests: tiny shards, the arguments of a tiny ``fit``, and the
+check that no process a test starts outlives it."""
 
 from __future__ import annotations
 
@@ -10,8 +11,30 @@ from pathlib import Path
 import pytest
 
 from moee.data.testclips import write_test_shards
+from tests.processes import (
+    TOKEN_VARIABLE,
+    describe,
+    kill_and_wait,
+    new_token,
+    processes_with_env,
+    run_to_end,
+)
 
 REPO = Path(__file__).resolve().parents[2]
+
+
+@pytest.fixture(autouse=True)
+def no_process_outlives_the_test(monkeypatch):
+    """Mark every process the test starts (:mod:`tests.processes`); fail the test if one is
+    still alive when it ends (after killing it)."""
+    token = new_token()
+    monkeypatch.setenv(TOKEN_VARIABLE, token)
+    yield
+    leftover = processes_with_env(TOKEN_VARIABLE, token)
+    if leftover:
+        names = describe(leftover)
+        kill_and_wait(leftover)
+        pytest.fail(f"{len(leftover)} process(es) outlived the test: {names}")
 
 
 @pytest.fixture(scope="session")
@@ -66,8 +89,9 @@ def moee_env() -> dict[str, str]:
 
 def run_moee(args: list[str], cwd: Path = REPO, timeout: float = 600,
              **kwargs) -> subprocess.CompletedProcess:
-    """Run ``python -m moee ARGS`` to completion; fail the test with its output on error."""
-    result = subprocess.run([sys.executable, "-m", "moee", *args], cwd=cwd, env=moee_env(),
-                            capture_output=True, text=True, timeout=timeout, **kwargs)
+    """Run ``python -m moee ARGS`` to completion (with every process it starts); fail the test
+    with its output on error."""
+    result = run_to_end([sys.executable, "-m", "moee", *args], timeout, cwd=cwd, env=moee_env(),
+                        **kwargs)
     assert result.returncode == 0, f"moee {args[0]} failed:\n{result.stdout}\n{result.stderr}"
     return result

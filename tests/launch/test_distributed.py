@@ -7,7 +7,6 @@ of the equivalence test: Lightning's launcher starts the second rank by running 
 from __future__ import annotations
 
 import json
-import subprocess
 import sys
 from pathlib import Path
 
@@ -25,6 +24,8 @@ from moee.stages import ExpertModule
 from moee.stages.losses import MoEELoss
 
 try:  # as a test module (package import) or as the worker script
+    from tests.processes import run_to_end
+
     from .conftest import REPO, moee_env, run_moee, tiny_fit_args
 except ImportError:
     REPO = Path(__file__).resolve().parents[2]
@@ -93,10 +94,10 @@ def worker(out: Path, strategy: str, devices: int, shards: Path) -> None:
 
 
 def run_worker(out: Path, strategy: str, devices: int, shards: Path) -> None:
-    """Run :func:`worker` in a fresh process (its ranks in fresh processes too)."""
-    result = subprocess.run([sys.executable, __file__, str(out), strategy, str(devices),
-                             str(shards)], cwd=REPO, env=moee_env(), capture_output=True,
-                            text=True, timeout=600)
+    """Run :func:`worker` in a fresh process (its ranks in fresh processes too, all ended with
+    it)."""
+    result = run_to_end([sys.executable, __file__, str(out), strategy, str(devices),
+                         str(shards)], 600, cwd=REPO, env=moee_env())
     assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
 
 

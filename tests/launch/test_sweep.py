@@ -18,6 +18,7 @@ import yaml
 from moee.cli import main
 from moee.emotions import BASIC_EMOTIONS
 from moee.launch.sweep import Sweep, collect, status, submit
+from tests.processes import describe, kill_and_wait, processes_with_env
 
 from .conftest import REPO, TINY_CONFIG, tiny_overrides
 
@@ -72,6 +73,34 @@ def test_collect_tabulates_finished_jobs(tmp_path):
     assert "| x=2 | 11 | 1.5 |" in markdown
     assert list(csv.reader(io.StringIO(text)))[1] == ["x=1", "10", "0.5"]
     assert [r["state"] for r in status(sweep)] == ["done", "done", "not finished"]
+
+
+def test_collect_over_failed_jobs_reports_them_and_exits_1(tmp_path, capsys):
+    sweep_file = tmp_path / "sweep.yaml"
+    sweep_file.write_text(yaml.safe_dump({
+        "name": "t", "configs": ["c.yaml"], "grid": {"model.init_args.x": [1, 2, 3]},
+        "root": str(tmp_path / "{name}"), "executor": "local"}))
+    sweep = Sweep.load(sweep_file)
+    jobs = sweep.expand()
+    Path(jobs[0].job_dir).mkdir(parents=True)
+    jobs[0].metrics_path.write_text(json.dumps({"global_step": 4, "epoch": 0, "metrics": {}}))
+    records = [{"name": j.name, "job_id": str(100 + i), "log": f"{j.job_dir}.err"}
+               for i, j in enumerate(jobs)]
+    records[1]["error"] = "error: checkpoint not found: 'runs/backbone.safetensors'"
+    (sweep.folder / "sweep.json").write_text(json.dumps({"jobs": records}))
+    with pytest.raises(SystemExit) as info:
+        main(["sweep", "collect", "--config", str(sweep_file)])
+    assert info.value.code == ("error: 2 jobs skipped (see the line above); exit status 1 "
+                               "(--allow_skips accepts skips)")
+    report = sweep.folder / "skipped_jobs.csv"
+    assert capsys.readouterr().out.strip().splitlines()[-1] == \
+        f"1 of 3 jobs collected, 2 skipped (reasons: {report})"
+    rows = list(csv.DictReader(report.open()))
+    assert [(r["job"], r["state"], r["reason"]) for r in rows] == [
+        ("x=2", "not finished", "error: checkpoint not found: 'runs/backbone.safetensors'"),
+        ("x=3", "not finished", "not finished")]
+    assert rows[0]["log"] == f"{jobs[1].job_dir}.err"
+    main(["sweep", "collect", "--config", str(sweep_file), "--allow_skips", "true"])
 
 
 def tiny_sweep(shards: Path, root: Path, executor: str) -> Sweep:
@@ -163,6 +192,18 @@ PartitionName=debug Nodes=localhost Default=YES MaxTime=INFINITE State=UP
                        f"{info.stderr!r}; logs in {folder}/log")
 
 
+def _cancel_jobs_and_wait(timeout: float = 60) -> None:
+    """Cancel every job of the test SLURM and wait until it knows none (their steps ended)."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        jobs = subprocess.run(["squeue", "-h", "-o", "%A"], capture_output=True,
+                              text=True).stdout.split()
+        if not jobs:
+            return
+        subprocess.run(["scancel", *jobs], capture_output=True)
+        time.sleep(0.5)
+
+
 def _stop(daemons: list[subprocess.Popen]) -> None:
     for process in reversed(daemons):
         process.terminate()
@@ -204,7 +245,12 @@ def slurm(tmp_path_factory):
     try:
         yield folder
     finally:
+        _cancel_jobs_and_wait()  # before the daemons go: steps need them to finish
         _stop(daemons)
+        # a job step left anyway ignores SIGTERM without its controller: kill it by its PID
+        steps = processes_with_env("SLURM_CONF", str(folder / "slurm.conf"))
+        alive = kill_and_wait(steps)
+        assert not alive, f"job steps of the test SLURM survive SIGKILL: {describe(alive)}"
         if previous is None:
             os.environ.pop("SLURM_CONF", None)
         else:

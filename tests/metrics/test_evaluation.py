@@ -6,8 +6,10 @@ and tiny SynthEmo shards made in a temporary folder.
 
 from __future__ import annotations
 
+import csv
 import io
 import json
+import shutil
 from pathlib import Path
 
 import lightning as L
@@ -21,6 +23,7 @@ from tensorboard.backend.event_processing.event_accumulator import EventAccumula
 from moee.cli import main as moee_main
 from moee.data.batch import normalize_images
 from moee.data.datamodule import MoEEDataModule
+from moee.data.shards import read_manifest, shard_urls
 from moee.data.synth.generator import ClipConfig, generate_dataset
 from moee.data.synth.probes import SynthEmoProbes, load_probes, save_probes
 from moee.emotions import EMOTION_CLASSES
@@ -33,6 +36,7 @@ from moee.models.moee_net import MoEENet, MoEENetConfig, parameter_groups
 from moee.models.pretrained import WeightSources
 from moee.stages import BackboneModule
 from moee.stages.losses import MoEELoss
+from tests.data.damage import truncate_in_second_sample
 
 CONFIGS = Path(__file__).resolve().parents[2] / "configs"
 FAST_SAMPLER = {"sampler": "ddim", "steps": 1, "audio_guidance": 1.0, "emotion_guidance": 1.0,
@@ -57,11 +61,13 @@ def workspace(tmp_path_factory):
     return root
 
 
-def run_test_command(workspace: Path, out: Path) -> dict:
-    """``moee test`` with the shipped tiny config and small overrides; returns the JSON table."""
-    models = [{"name": "random", "weights": [str(workspace / "net.safetensors")]},
-              {"name": "Ground truth", "source": "ground_truth"},
-              {"name": "Still reference", "source": "reference"}]
+def run_test_command(workspace: Path, out: Path, test: Path | None = None,
+                     models: list[dict] | None = None) -> dict:
+    """``moee test`` with the shipped tiny config and small overrides (of the ``test`` shards
+    and the ``models`` rows); returns the JSON table."""
+    models = models or [{"name": "random", "weights": [str(workspace / "net.safetensors")]},
+                        {"name": "Ground truth", "source": "ground_truth"},
+                        {"name": "Still reference", "source": "reference"}]
     overrides = {
         "trainer": {"default_root_dir": str(out), "limit_test_batches": None},
         "model": {"init_args": {
@@ -70,13 +76,37 @@ def run_test_command(workspace: Path, out: Path) -> dict:
             "metrics": {"class_path": "moee.metrics.evaluate.SynthEmoMetrics",
                         "init_args": {"probe_cache": str(workspace / "cache"), "fvd_frames": 4,
                                       "sync_max_offset": 2}}}},
-        "data": {"init_args": {"test": str(workspace / "synthemo" / "test"), "num_frames": 8,
+        "data": {"init_args": {"test": str(test or workspace / "synthemo" / "test"),
+                               "num_frames": 8,
                                "num_workers": 0, "val_batch_size": 2}},
     }
     extra = out / "overrides.yaml"
     extra.write_text(yaml.safe_dump(overrides))
     moee_main(["test", "--config", str(CONFIGS / "tiny" / "test.yaml"), "--config", str(extra)])
     return json.loads((out / "eval" / "synthemo.json").read_text())
+
+
+def test_damaged_test_shards_are_skipped_clips_in_the_report(workspace, tmp_path, capsys):
+    test = tmp_path / "test"
+    shutil.copytree(workspace / "synthemo" / "test", test)
+    url = shard_urls(test)[0]
+    truncate_in_second_sample(url)
+    samples = read_manifest(test)["samples"]
+    lost = read_manifest(test)["shards"][0]["samples"] - 1
+    with pytest.raises(SystemExit) as info:
+        run_test_command(workspace, tmp_path, test, [{"name": "Ground truth",
+                                                      "source": "ground_truth"}])
+    assert info.value.code == (f"error: {lost} test clips skipped (see the line above); exit "
+                               "status 1 (--allow_skips accepts skips)")
+    report = tmp_path / "eval" / "synthemo_skipped.csv"
+    last = capsys.readouterr().out.strip().splitlines()[-1]
+    assert last == (f"{samples - lost} of {samples} test clips scored, {lost} skipped "
+                    f"(reasons: {report})")
+    (row,) = csv.DictReader(report.open())
+    assert row["shard"] == url and row["count"] == str(lost)
+    assert row["reason"] == f"unexpected end of data (after 1 of {lost + 1} samples)"
+    table = json.loads((tmp_path / "eval" / "synthemo.json").read_text())
+    assert table["clips"] == samples - lost  # the table is of the clips that were read
 
 
 def probe_accuracy(workspace: Path) -> float:
