@@ -35,6 +35,12 @@ TIMELINE_START = [[0, "neutral"], [1, "happy"], [2, "sadly surprised"]]
 CSS = ".moee-check {font-size: 0.9em; opacity: 0.85}"
 
 
+def page_error(message: str) -> gr.Error:
+    """A message as one line on the page, kept until closed (no traceback in the log)."""
+    return gr.Error(html.escape(" ".join(message.split())), duration=None,
+                    print_exception=False)
+
+
 def readable_uploads(image: gr.Image) -> gr.Image:
     """Make an upload that is not an image one readable error on the page.
 
@@ -47,17 +53,10 @@ def readable_uploads(image: gr.Image) -> gr.Image:
         try:
             return preprocess(payload)
         except (OSError, ValueError, SyntaxError):
-            raise gr.Error("cannot read the portrait: not an image file", duration=None,
-                           print_exception=False) from None
+            raise page_error("cannot read the portrait: not an image file") from None
 
     image.preprocess = checked
     return image
-
-
-def page_error(error: Exception) -> gr.Error:
-    """An input error as one line on the page (no traceback in the log either)."""
-    return gr.Error(html.escape(" ".join(str(error).split())), duration=None,
-                    print_exception=False)
 
 
 @dataclass
@@ -171,7 +170,7 @@ class Handlers:
         try:
             result = self.model.generate(job, self.files.folder(session), on_step)
         except USER_ERRORS as error:
-            raise page_error(error) from None
+            raise page_error(str(error)) from None
         log.info("%s", result.summary())
         return str(result.video), str(result.strip), result.summary()
 
@@ -203,7 +202,9 @@ def build_app(model: DemoModel, files: SessionFiles, examples: Sequence[Example]
                 with gr.Tabs():
                     emotion_tabs = emotion_forms()
                 condition = gr.Textbox("neutral", label="Condition (moee animate --emotion)",
-                                       buttons=["copy"], elem_id="condition")
+                                       info="what Generate uses: the forms above write it, "
+                                            "or type any condition", buttons=["copy"],
+                                       elem_id="condition")
                 check = gr.Markdown(forms.check_condition("neutral"), elem_id="check",
                                     elem_classes="moee-check")
                 options = sampling_options(model)
@@ -240,11 +241,21 @@ class Server:
     url: str
     app: gr.Blocks
     root: Path
+    previous_temp_dir: str | None = None
 
     def close(self) -> None:
-        """Stop the server and remove every temporary file of the app."""
+        """Stop the server, remove every temporary file of the app, restore the environment."""
         self.app.close()
-        shutil.rmtree(self.root, ignore_errors=True)
+        remove_temp_dir(self.root, self.previous_temp_dir)
+
+
+def remove_temp_dir(root: Path, previous: str | None) -> None:
+    """Remove the app's folder and give gradio back the temporary folder it had before."""
+    shutil.rmtree(root, ignore_errors=True)
+    if previous is None:
+        os.environ.pop("GRADIO_TEMP_DIR", None)
+    else:
+        os.environ["GRADIO_TEMP_DIR"] = previous
 
 
 def serve(model: DemoModel, host: str = "127.0.0.1", port: int | None = 7860,
@@ -252,23 +263,23 @@ def serve(model: DemoModel, host: str = "127.0.0.1", port: int | None = 7860,
     """Start the page on ``host:port`` (``port=None``: a free one) and return the server.
 
     Every upload, cached file and output goes into one fresh temporary folder (gradio's
-    ``GRADIO_TEMP_DIR``); ``block=False`` returns at once (tests).
+    ``GRADIO_TEMP_DIR``, so one demo per process); ``block=False`` returns at once (tests).
     """
     root = Path(tempfile.mkdtemp(prefix="moee-demo-"))
+    previous = os.environ.get("GRADIO_TEMP_DIR")
     os.environ["GRADIO_TEMP_DIR"] = str(root)
     os.environ.setdefault("GRADIO_ANALYTICS_ENABLED", "False")
-    files = SessionFiles(root)
-    made = write_examples(root / "examples") if examples else []
-    app = build_app(model, files, made)
-    app.queue(default_concurrency_limit=1, max_size=16)
     try:
+        files = SessionFiles(root)
+        app = build_app(model, files, write_examples(root / "examples") if examples else [])
+        app.queue(default_concurrency_limit=1, max_size=16)
         app.launch(server_name=host, server_port=port, max_file_size=model.limits.max_file_size,
                    prevent_thread_lock=True, show_error=False, quiet=quiet, css=CSS,
                    footer_links=[])
     except BaseException:
-        shutil.rmtree(root, ignore_errors=True)
+        remove_temp_dir(root, previous)
         raise
-    server = Server(app.local_url, app, root)
+    server = Server(app.local_url, app, root, previous)
     if block:
         try:
             app.block_thread()

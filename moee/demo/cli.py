@@ -68,6 +68,7 @@ def main(argv: list[str] | None = None) -> None:
                              f"(default: {DEFAULT_WEIGHTS})")
     args = parser.parse_args(underscored(sys.argv[1:] if argv is None else argv))
     logging.basicConfig(level=logging.INFO, format="%(message)s")
+    logging.getLogger("httpx").setLevel(logging.WARNING)  # gradio's own start-up requests
     if importlib.util.find_spec("gradio") is None:
         sys.exit("error: the demo needs gradio: pip install -e \".[demo]\"")
     try:

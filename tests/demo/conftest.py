@@ -7,14 +7,11 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from PIL import Image
-from safetensors.torch import save_file
 
 from moee.demo.app import serve
 from moee.demo.engine import DemoModel, Limits
 from moee.inference.pipeline import MoEEPipeline
-from tests.inference.nets import live_tiny_net
-from tests.inference.test_inference_cli import speech, write_wav
+from tests.inference.test_inference_cli import speech, write_inputs, write_wav
 
 MAX_SECONDS = 2.0
 
@@ -22,16 +19,8 @@ MAX_SECONDS = 2.0
 @pytest.fixture(scope="session")
 def demo_files(tmp_path_factory) -> Path:
     """Random tiny weights and every input file, good and bad."""
-    data = pytest.importorskip("skimage.data", reason="scikit-image gives the real photo")
-    root = tmp_path_factory.mktemp("demo_inputs")
-    net = live_tiny_net()
-    save_file({k: v.clone() for k, v in net.state_dict().items()}, root / "w.safetensors")
-    astronaut = data.astronaut()
-    Image.fromarray(astronaut).save(root / "astronaut.jpg")
-    Image.fromarray(np.concatenate([astronaut[:300, 80:330]] * 2, axis=1)).save(root / "two.png")
-    Image.new("RGB", (256, 256), (128, 128, 128)).save(root / "grey.png")
+    root = write_inputs(tmp_path_factory.mktemp("demo_inputs"))
     (root / "not_an_image.png").write_bytes(b"\x89PNG but not really")
-    write_wav(root / "speech.wav", speech(0.5, 44100), 44100, channels=2)
     write_wav(root / "long.wav", speech(MAX_SECONDS + 0.5, 16000), 16000)
     write_wav(root / "silent.wav", np.zeros(8000), 16000)
     (root / "broken.wav").write_bytes(b"RIFF not really a wav file")

@@ -3,6 +3,7 @@ stay in the app's folder, unreadable images, no weights, and the command line.""
 
 from __future__ import annotations
 
+import os
 import socket
 
 import httpx
@@ -52,12 +53,14 @@ def test_an_image_file_that_is_not_an_image_is_one_message(server, demo_files):
 
 def test_without_weights_the_page_opens_and_names_the_command(tmp_path):
     model = DemoModel([str(tmp_path / "weights")])
+    temp_dir = os.environ.get("GRADIO_TEMP_DIR")
     running = serve(model, port=free_port(), examples=False, block=False, quiet=True)
     try:
         config = httpx.get(f"{running.url}config", timeout=30).text
         assert "make them with `python -m moee quickstart`" in config
     finally:
         running.close()
+    assert os.environ.get("GRADIO_TEMP_DIR") == temp_dir and not running.root.exists()
 
 
 def test_command_line_errors_are_one_line(tmp_path, monkeypatch, capsys):

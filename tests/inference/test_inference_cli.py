@@ -39,11 +39,10 @@ def speech(seconds: float, rate: int) -> np.ndarray:
     return 0.3 * np.sin(2 * np.pi * 150 * t) * (0.6 + 0.4 * np.sin(2 * np.pi * 4 * t))
 
 
-@pytest.fixture(scope="module")
-def files(tmp_path_factory):
-    """Random tiny weights (live branches) and every input file, good and bad."""
+def write_inputs(root: Path) -> Path:
+    """Random tiny weights (live branches) and the common inputs: the astronaut photo, two
+    faces, no face, and half a second of 44.1 kHz stereo speech."""
     data = pytest.importorskip("skimage.data", reason="scikit-image gives the real photo")
-    root = tmp_path_factory.mktemp("inputs")
     net = live_tiny_net()
     save_file({k: v.clone() for k, v in net.state_dict().items()}, root / "w.safetensors")
     astronaut = data.astronaut()
@@ -51,6 +50,13 @@ def files(tmp_path_factory):
     Image.fromarray(np.concatenate([astronaut[:300, 80:330]] * 2, axis=1)).save(root / "two.png")
     Image.new("RGB", (256, 256), (128, 128, 128)).save(root / "grey.png")
     write_wav(root / "speech.wav", speech(0.5, 44100), 44100, channels=2)
+    return root
+
+
+@pytest.fixture(scope="module")
+def files(tmp_path_factory):
+    """Random tiny weights (live branches) and every input file, good and bad."""
+    root = write_inputs(tmp_path_factory.mktemp("inputs"))
     write_wav(root / "short.wav", speech(0.16, 16000), 16000)
     write_wav(root / "silent.wav", np.zeros(8000), 16000)
     (root / "broken.wav").write_bytes(b"RIFF not really a wav file")
