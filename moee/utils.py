@@ -13,7 +13,7 @@ import re
 import shutil
 import socket
 import tempfile
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -57,8 +57,9 @@ def human_bytes(size: float) -> str:
 
 
 def free_space(path: str | os.PathLike) -> str:
-    """``"1.2 GiB free in /data"`` for the nearest existing folder of ``path``."""
-    folder = Path(path).absolute()
+    """``"1.2 GiB free in /data"`` for the folder of the file ``path`` (or its nearest existing
+    parent)."""
+    folder = Path(path).absolute().parent
     while not folder.exists() and folder != folder.parent:
         folder = folder.parent
     try:
@@ -150,15 +151,17 @@ def replace(tmp: str | os.PathLike, final: str | os.PathLike) -> None:
 
 
 @contextlib.contextmanager
-def storage_errors(path: str | os.PathLike) -> Iterator[None]:
+def storage_errors(path: str | os.PathLike,
+                   cleanup: Callable[[], None] | None = None) -> Iterator[None]:
     """Turn a storage error raised in the block (full disk, I/O error) into the one-line
-    :class:`WriteError` of ``path``; other errors pass unchanged."""
+    :class:`WriteError` of ``path``; other errors pass unchanged. ``cleanup`` runs first on
+    any error (so the free space reported is that left once the partial write is gone)."""
     try:
         yield
-    except WriteError:
-        raise
-    except Exception as error:
-        code = write_errno(error)
+    except BaseException as error:
+        if cleanup is not None:
+            cleanup()
+        code = None if isinstance(error, WriteError) else write_errno(error)
         if code is None:
             raise
         raise write_error(code, path) from None
@@ -176,15 +179,16 @@ def atomic_path(path: str | os.PathLike, directory: bool = False) -> Iterator[Pa
     """
     final = Path(path)
     tmp: Path | None = None
-    try:
-        with storage_errors(final):
-            final.parent.mkdir(parents=True, exist_ok=True)
-            tmp = new_temp(final, directory)
-            yield tmp
-            replace(tmp, final)
-    finally:
+
+    def remove_temp() -> None:
         if tmp is not None and (tmp.exists() or tmp.is_symlink()):
             _remove(tmp)
+
+    with storage_errors(final, cleanup=remove_temp):
+        final.parent.mkdir(parents=True, exist_ok=True)
+        tmp = new_temp(final, directory)
+        yield tmp
+        replace(tmp, final)
 
 
 def write_text(path: str | os.PathLike, text: str) -> Path:

@@ -226,15 +226,9 @@ class ShardWriter:
         if len(self._samples) >= self.max_samples:
             self._finish()
 
-    @contextlib.contextmanager
-    def _dropped_on_error(self) -> Iterator[None]:
+    def _dropped_on_error(self) -> contextlib.AbstractContextManager[None]:
         """Abort the open shard if the block fails (storage errors as WriteError)."""
-        try:
-            with storage_errors(self._final):
-                yield
-        except BaseException:
-            self.abort()
-            raise
+        return storage_errors(self._final, cleanup=self.abort)
 
     def _finish(self) -> None:
         with self._dropped_on_error():
@@ -263,8 +257,10 @@ class ShardWriter:
     def abort(self) -> None:
         """Drop the open shard: its partial file is removed, finished shards stay."""
         if self._tar is not None:
-            with contextlib.suppress(OSError):  # closing flushes, which may fail again
+            with contextlib.suppress(OSError):  # closing flushes, which may fail again...
                 self._tar.close()
+            with contextlib.suppress(OSError):  # ...and then the file itself is still open
+                self._tar.stream.close()
             self._partial.unlink(missing_ok=True)
             self._tar, self._partial, self._samples = None, None, []
 

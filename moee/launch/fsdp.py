@@ -100,15 +100,15 @@ class FSDP2Strategy(ModelParallelStrategy):
         final = Path(self.broadcast(str(filepath)))
         tmp = Path(self.broadcast(str(new_temp(final, directory=True)) if self.global_rank == 0
                                   else None))
-        try:
-            with storage_errors(final):
-                super().save_checkpoint(checkpoint, tmp, storage_options)
-                self.barrier("moee_checkpoint_written")
-                if self.global_rank == 0:
-                    replace(tmp, final)
-        finally:
-            if self.global_rank == 0 and tmp.exists():
+        def remove_temp() -> None:
+            if self.global_rank == 0:
                 shutil.rmtree(tmp, ignore_errors=True)
+
+        with storage_errors(final, cleanup=remove_temp):
+            super().save_checkpoint(checkpoint, tmp, storage_options)
+            self.barrier("moee_checkpoint_written")
+            if self.global_rank == 0:
+                replace(tmp, final)
         self.barrier("moee_checkpoint_renamed")
 
     def load_checkpoint(self, checkpoint_path, weights_only: bool | None = None) -> dict[str, Any]:
