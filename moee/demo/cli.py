@@ -13,6 +13,7 @@ from __future__ import annotations
 import importlib.util
 import logging
 import signal
+import socket
 import sys
 
 from jsonargparse import ArgumentParser
@@ -46,6 +47,7 @@ def demo(
     """
     from moee.demo.app import serve
 
+    check_port(host, port)
     model = DemoModel(weights, net_preset, device,
                       Limits(max_seconds=max_seconds, max_file_size=max_file_size))
     if model.pipeline is None:
@@ -58,21 +60,27 @@ def _interrupt(signum, frame) -> None:
     raise KeyboardInterrupt
 
 
+def check_port(host: str, port: int) -> None:
+    """Exit with one line when ``host:port`` cannot be served (taken, or not this machine's)."""
+    with socket.socket() as probe:
+        probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)  # as the server binds
+        try:
+            probe.bind((host, port))
+        except OSError as error:
+            sys.exit(f"error: cannot serve on {host}:{port}: {error.strerror or error}; "
+                     "pass another --port or --host")
+
+
 def main(argv: list[str] | None = None) -> None:
     """Entry point of ``python -m moee demo`` (options: ``--help``)."""
     parser = ArgumentParser(prog="python -m moee demo", default_env=False,
                             description="Serve the MoEE web demo (Gradio).")
     parser.add_function_arguments(demo, skip={"weights"})
     parser.add_argument("--weights", nargs="+", default=[DEFAULT_WEIGHTS],
-                        help="trained weights in loading order, or their folder "
-                             f"(default: {DEFAULT_WEIGHTS})")
+                        help="trained weights in loading order, or their folder")
     args = parser.parse_args(underscored(sys.argv[1:] if argv is None else argv))
     logging.basicConfig(level=logging.INFO, format="%(message)s")
     logging.getLogger("httpx").setLevel(logging.WARNING)  # gradio's own start-up requests
     if importlib.util.find_spec("gradio") is None:
         sys.exit("error: the demo needs gradio: pip install -e \".[demo]\"")
-    try:
-        demo(**args.as_dict())
-    except OSError as error:  # the port is taken, or the address cannot be bound
-        sys.exit(f"error: cannot serve on {args.host}:{args.port}: "
-                 f"{' '.join(str(error).split())}")
+    demo(**args.as_dict())

@@ -68,7 +68,8 @@ def test_command_line_errors_are_one_line(tmp_path, monkeypatch, capsys):
         taken.bind(("127.0.0.1", 0))
         taken.listen()
         port = taken.getsockname()[1]
-        with pytest.raises(SystemExit, match=rf"^error: cannot serve on 127.0.0.1:{port}: "):
+        with pytest.raises(SystemExit, match=rf"^error: cannot serve on 127.0.0.1:{port}: "
+                           "Address already in use; pass another --port"):
             cli.main(["--weights", str(tmp_path), "--port", str(port), "--examples", "false"])
     monkeypatch.setattr(cli.importlib.util, "find_spec", lambda name: None)
     with pytest.raises(SystemExit, match=r"^error: the demo needs gradio: pip install -e"):
