@@ -119,9 +119,11 @@ def _remove(path: Path) -> None:
 
 
 def new_temp(final: str | os.PathLike, directory: bool = False, suffix: str = ".tmp") -> Path:
-    """A new temporary file (or folder) beside ``final``, named after it, this host and this
-    process (after removing those of killed processes: :func:`remove_stale_temps`)."""
+    """A new temporary file (or folder) beside ``final`` (its folder is created), named after
+    it, this host and this process (after removing those of killed processes:
+    :func:`remove_stale_temps`)."""
     final = Path(final)
+    final.parent.mkdir(parents=True, exist_ok=True)
     remove_stale_temps(final)
     prefix = f"{_temp_prefix(final)}{os.getpid()}-"
     if directory:
@@ -185,7 +187,6 @@ def atomic_path(path: str | os.PathLike, directory: bool = False) -> Iterator[Pa
             _remove(tmp)
 
     with storage_errors(final, cleanup=remove_temp):
-        final.parent.mkdir(parents=True, exist_ok=True)
         tmp = new_temp(final, directory)
         yield tmp
         replace(tmp, final)

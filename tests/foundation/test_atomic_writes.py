@@ -136,7 +136,7 @@ def test_sharded_checkpoint_folder_that_fails_keeps_the_previous_one(tmp_path, m
                                          world_size=1)
     try:
         strategy = FSDP2Strategy()
-        path = tmp_path / "last.ckpt"
+        path = tmp_path / "checkpoints" / "last.ckpt"  # its folder does not exist yet
         strategy.save_checkpoint({"state_dict": {"w": torch.ones(2)}, "step": 1}, path)
         files = sorted(p.name for p in path.iterdir())
         real_save = model_parallel._distributed_checkpoint_save
@@ -151,9 +151,9 @@ def test_sharded_checkpoint_folder_that_fails_keeps_the_previous_one(tmp_path, m
         assert_one_line(info.value, path, "No space left on device")
         monkeypatch.setattr(model_parallel, "_distributed_checkpoint_save", real_save)
         assert sorted(p.name for p in path.iterdir()) == files
-        assert torch.load(path / "meta.pt")["step"] == 1 and leftovers(tmp_path) == []
+        assert torch.load(path / "meta.pt")["step"] == 1 and leftovers(path.parent) == []
         strategy.save_checkpoint({"state_dict": {"w": torch.zeros(2)}, "step": 3}, path)
-        assert torch.load(path / "meta.pt")["step"] == 3 and leftovers(tmp_path) == []
+        assert torch.load(path / "meta.pt")["step"] == 3 and leftovers(path.parent) == []
     finally:
         torch.distributed.destroy_process_group()
 
