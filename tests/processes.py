@@ -8,6 +8,7 @@ when they left the test's process group.
 
 from __future__ import annotations
 
+import contextlib
 import os
 import signal
 import subprocess
@@ -77,6 +78,19 @@ def _running(pid: int) -> bool:
     return state != "Z"  # a zombie has ended; its parent reaps it
 
 
+def kill_group(leader: subprocess.Popen, timeout: float = 10.0) -> None:
+    """SIGKILL every process of the process group ``leader`` leads, reap ``leader``, and wait
+    until no other member of the group is left."""
+    with contextlib.suppress(ProcessLookupError, PermissionError):
+        os.killpg(leader.pid, signal.SIGKILL)
+    leader.wait()
+    deadline = time.monotonic() + timeout
+    with contextlib.suppress(ProcessLookupError, PermissionError):
+        while time.monotonic() < deadline:
+            os.killpg(leader.pid, 0)  # ProcessLookupError once the group is empty
+            time.sleep(0.02)
+
+
 def run_to_end(command: list[str], timeout: float, **kwargs) -> subprocess.CompletedProcess:
     """``subprocess.run`` (output captured as text) in a session of its own, whose every
     process is killed when the command ends or times out: Lightning's DDP launcher starts the
@@ -88,11 +102,7 @@ def run_to_end(command: list[str], timeout: float, **kwargs) -> subprocess.Compl
         try:
             process.wait(timeout=timeout)
         finally:
-            try:
-                os.killpg(process.pid, signal.SIGKILL)
-            except (ProcessLookupError, PermissionError):
-                pass
-            process.wait()
+            kill_group(process)
         stdout.seek(0)
         stderr.seek(0)
         return subprocess.CompletedProcess(command, process.returncode, stdout.read(),

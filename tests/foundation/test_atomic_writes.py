@@ -211,3 +211,35 @@ def test_other_errors_pass_unchanged_and_leave_nothing(tmp_path):
         tmp.write_bytes(np.zeros(10).tobytes())
         raise KeyError("a bug, not the disk")
     assert list(tmp_path.iterdir()) == []
+
+
+def test_a_full_disk_during_fit_is_one_error_line_and_keeps_the_last_checkpoint(tmp_path,
+                                                                                 monkeypatch):
+    """Through ``python -m moee fit``: the CLI gives every trainer the atomic checkpoint IO."""
+    import yaml
+
+    from moee.cli import main as moee_main
+    from moee.data.testclips import write_test_shards
+    from tests.data.test_health import fit_config
+
+    shards = write_test_shards(tmp_path / "shards", num_frames=12, size=32)
+    config = fit_config(shards, tmp_path)
+    settings = yaml.safe_load(config.read_text())
+    settings["trainer"].update(enable_checkpointing=True, max_epochs=1)
+    config.write_text(yaml.safe_dump(settings))
+    moee_main(["fit", "--config", str(config)])
+    (checkpoint,) = (tmp_path / "csv" / "version_0" / "checkpoints").iterdir()
+    before = checkpoint.read_bytes()
+    settings["trainer"]["max_epochs"] = 2
+    config.write_text(yaml.safe_dump(settings))
+
+    def full(obj, handle, *args, **kwargs):
+        raise RuntimeError("unexpected pos") from full_disk()
+
+    monkeypatch.setattr(torch, "save", full)
+    with pytest.raises(SystemExit) as info:
+        moee_main(["fit", "--config", str(config), "--ckpt_path", str(checkpoint)])
+    message = str(info.value.code)
+    assert message.startswith(f"error: cannot write {checkpoint.parent}/epoch=1-step=")
+    assert "No space left on device" in message and "\n" not in message
+    assert checkpoint.read_bytes() == before and leftovers(checkpoint.parent) == []
