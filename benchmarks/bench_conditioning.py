@@ -43,7 +43,6 @@ from moee.inference.animate import stage_weights  # noqa: E402
 from moee.inference.conditions import emotion_inputs  # noqa: E402
 from moee.inference.pipeline import MoEEPipeline  # noqa: E402
 from moee.models.moee_net import MoEENetConfig  # noqa: E402
-from moee.models.pretrained import WeightSources  # noqa: E402
 
 SWAPS = ("reference: the clip's own", "reference: another person", "reference: dropped",
          "audio: another clip's", "emotion: another expert", "emotion: null condition",
@@ -121,7 +120,7 @@ def main(weights: str = "runs/tiny/weights", data: str = "runs/synthemo/test",
     """Print the relative loss change of every swap at every timestep; return them.
 
     Args:
-        weights: folder of the tiny model's stage exports (and its ``vae/``).
+        weights: folder of the tiny model's stage exports.
         data: SynthEmo shards with neutral and basic-emotion clips of each identity.
         identities: held-out people scored (each with its six basic-emotion clips).
         frames: window length (the clip length the model was trained on).
@@ -132,7 +131,7 @@ def main(weights: str = "runs/tiny/weights", data: str = "runs/synthemo/test",
         if not os.path.isdir(folder):
             raise SystemExit(f"error: no {what} at {folder!r}: run `python -m moee quickstart` "
                              "first or pass its folder")
-    net = MoEENetConfig(preset="tiny", weights=WeightSources(vae=os.path.join(weights, "vae")))
+    net = MoEENetConfig(preset="tiny")
     swaps = ConditionSwaps(MoEEPipeline.from_weights(net, stage_weights([weights]),
                                                      progress=False), frames)
     clips = load_clips(data)

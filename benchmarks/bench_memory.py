@@ -83,8 +83,6 @@ def cases(sd15: bool) -> list[dict]:
     """The grid: frames and resolution growth, then each memory-saving switch."""
     grid = [dict(mode="inference", preset="tiny", size=64, frames=f) for f in (8, 16, 32)]
     grid += [dict(mode="inference", preset="tiny", size=s, frames=16) for s in (128, 256)]
-    grid += [dict(mode="inference", preset="tiny", size=256, frames=16, vae=v)
-             for v in ("sliced", "tiled")]
     for size, frames in ((64, 8), (64, 16), (64, 32), (128, 16)):
         grid += [dict(mode="training", preset="tiny", size=size, frames=frames, checkpointing=c)
                  for c in (False, True)]

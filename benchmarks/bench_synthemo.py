@@ -39,7 +39,7 @@ from moee.emotions import BASIC_EMOTIONS, COMPOUND_EMOTIONS
 from moee.metrics.tables import COLUMNS, markdown_table, wins_of
 
 CONFIGS = Path(__file__).resolve().parents[1] / "configs" / "tiny"
-STEPS = {"vae": 200, "backbone": 240, "expert": 16, "gating": 40}
+STEPS = {"backbone": 240, "expert": 16, "gating": 40}
 """Optimiser steps per stage at ``--scale 1``."""
 EMOTIONAL = [*BASIC_EMOTIONS, *COMPOUND_EMOTIONS]
 FULL, NO_MOE, NO_GLOBAL, NO_MNS = "MoEE (full)", "w/o MoE", "w/o global gate", "w/o MNS"
@@ -72,7 +72,6 @@ class Bench:
                 "--trainer.max_steps", str(steps), "--trainer.limit_val_batches", "0",
                 "--trainer.default_root_dir", str(self.out / "logs" / name),
                 "--trainer.enable_progress_bar", "false",
-                "--model.init_args.net.weights.vae", str(self.weights / "vae"),
                 "--model.init_args.export_path", str(export),
                 "--data.init_args.num_workers", "1",
                 *(f"--data.init_args.{split}={self.data / split}"
@@ -86,19 +85,9 @@ class Bench:
         self.timed("synthemo", ["synth", "--out", str(self.data), "--train", str(identities),
                                 "--val", "2", "--test", "6", "--frames", str(frames),
                                 "--progress", "false"], self.data / "test" / "manifest.json")
-        self.timed("vae", ["fit", "--config", str(CONFIGS / "vae.yaml"),
-                           "--trainer.max_steps", str(self.steps["vae"]),
-                           "--trainer.limit_val_batches", "0",
-                           "--trainer.enable_progress_bar", "false",
-                           "--trainer.default_root_dir", str(self.out / "logs" / "vae"),
-                           "--model.init_args.export_path", str(self.weights / "vae"),
-                           "--data.init_args.num_workers", "1",
-                           f"--data.init_args.train={self.data / 'train'}",
-                           f"--data.init_args.val={self.data / 'val'}"],
-                   self.weights / "vae")
         backbone = self.fit("backbone", "backbone.yaml", self.steps["backbone"])
         experts = {}
-        for variant, mns in ((FULL, "0.3"), (NO_MNS, "0.0")):
+        for variant, mns in ((FULL, "0.8"), (NO_MNS, "0.0")):
             tag = "mns" if mns != "0.0" else "nomns"
             experts[variant] = [
                 self.fit(f"expert_{e}_{tag}", f"expert_{e}.yaml", self.steps["expert"],
@@ -129,8 +118,7 @@ class Bench:
         ablations = {FULL: {}, NO_MOE: {"num_experts": 1}, NO_GLOBAL: {"global_gate": False},
                      NO_MNS: {}}
         models = [{"name": name, "weights": [str(p) for p in weights[name]],
-                   "net": {"preset": "tiny", "weights": {"vae": str(self.weights / "vae")},
-                           **ablations[name]}}
+                   "net": {"preset": "tiny", **ablations[name]}}
                   for name in ablations]
         models.append({"name": "Ground truth", "source": "ground_truth"})
         overrides = {
@@ -168,7 +156,7 @@ def main() -> None:
     bench = Bench(Path(args.out), steps)
     s = bench.steps
     emotion_steps = 6 * s["expert"] + s["gating"]
-    print(f"[bench] budget: {torch.get_num_threads()} CPU threads; shared VAE {s['vae']} + "
+    print(f"[bench] budget: {torch.get_num_threads()} CPU threads; shared "
           f"backbone {s['backbone']} steps; per variant {emotion_steps} emotion-stage steps "
           f"(6 experts x {s['expert']} + gating {s['gating']}, or one attention x "
           f"{emotion_steps}); test: {args.test_batches} x 4 held-out clips of 16 frames, "

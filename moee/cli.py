@@ -150,9 +150,7 @@ def check_weight_paths(init_args) -> None:
     for part, source in dict(weights).items():
         if source not in (None, "None", "null", "") and not _is_hub_id(str(source)) \
                 and not os.path.exists(source):
-            hint = (" — the tiny VAE is trained there by `python -m moee fit --config "
-                    "configs/tiny/vae.yaml`") if part == "vae" else ""
-            sys.exit(f"error: no {part} weights at {str(source)!r}{hint}; or set "
+            sys.exit(f"error: no {part} weights at {str(source)!r}; download them or set "
                      f"model.init_args.net.weights.{part}")
 
 

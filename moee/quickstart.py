@@ -1,11 +1,12 @@
 """``python -m moee quickstart``: the whole system on SynthEmo, on a CPU, with no downloads.
 
-It generates SynthEmo shards, trains every stage of the tiny model with the configs in
-``configs/tiny/`` (its autoencoder, the backbone, the six experts, the gates), animates held-out
-SynthEmo portraits with a basic, a compound, a text and an audio-only emotion, and — when the
-SynthEmo probes are trained (``python -m moee synth probes``) — scores the emotion of the
-videos. Everything goes under ``runs/`` of the current folder (the repository root, where the
-configs' relative paths point); finished steps are skipped on a rerun.
+It generates SynthEmo shards, trains the SynthEmo probes (once; they are cached), trains every
+stage of the tiny model with the configs in ``configs/tiny/`` (the backbone, the six experts,
+the gates), animates every held-out identity from a neutral portrait, from pure noise, under
+basic, compound, text and speech conditions (:mod:`moee.showcase`), and ends with what the
+probes read in those videos: emotion per condition kind, identity and lip sync. Everything goes
+under ``runs/`` of the current folder (the repository root, where the configs' relative paths
+point); finished steps are skipped on a rerun.
 """
 
 from __future__ import annotations
@@ -26,24 +27,16 @@ CONFIGS = Path(__file__).resolve().parents[1] / "configs"
 RUNS = Path("runs")
 SYNTHEMO = RUNS / "synthemo"
 WEIGHTS = RUNS / "tiny" / "weights"
-
 VIDEOS = RUNS / "tiny" / "videos"
+SHEET = RUNS / "tiny" / "quickstart_sheet.png"
 
-STAGES: tuple[tuple[str, str], ...] = (
-    ("vae", "tiny/vae.yaml"),
-    ("backbone.safetensors", "tiny/backbone.yaml"),
-    *((f"expert_{e}.safetensors", f"tiny/expert_{e}.yaml") for e in BASIC_EMOTIONS),
-    ("gating.safetensors", "tiny/gating.yaml"),
+STAGES: tuple[tuple[str, tuple[str, ...], str], ...] = (
+    ("backbone", ("backbone.safetensors",), "tiny/backbone.yaml"),
+    ("experts", tuple(f"expert_{e}.safetensors" for e in BASIC_EMOTIONS), "tiny/experts.yaml"),
+    ("gating", ("gating.safetensors",), "tiny/gating.yaml"),
 )
-"""(what the stage exports under WEIGHTS, its config) for every training stage, in order."""
-
-EMOTIONS: dict[str, str] = {
-    "happy": "happy",
-    "happily_surprised": "happily surprised",
-    "text": "text:the brows are raised high and the jaw drops open",
-    "speech": "speech",
-}
-"""The conditions the quickstart animates: basic, compound, text, and the speech's own tone."""
+"""(name, what the stage exports under WEIGHTS, its config) for every training stage, in
+order; the six experts train side by side in one run."""
 
 
 def _timed(timings: dict[str, float], name: str, step: Callable[[], object]) -> None:
@@ -53,95 +46,69 @@ def _timed(timings: dict[str, float], name: str, step: Callable[[], object]) -> 
     print(f"[quickstart] {name}: {timings[name]:.0f} s", flush=True)
 
 
-def animate_test_portraits(portraits: int = 2, steps: int = 8, seconds: float = 1.28,
-                           strength: float = 1.0) -> list[Path]:
-    """Animate the first frame of held-out SynthEmo clips with their audio (the first
-    ``seconds``) in each of EMOTIONS; ``strength`` as in :class:`SamplerSettings`."""
-    from moee.data.media import AUDIO_RATE
-    from moee.data.shards import decode_clip, iter_raw_samples, shard_urls
+def animate_held_out(people: int | None = None, seconds: float = 0.64, steps: int = 8,
+                     strength: float = 1.0, guidance: float = 2.0) -> list:
+    """Animate the held-out identities' neutral portraits (see :mod:`moee.showcase`): every
+    basic label on every identity, the other kinds on the first ``people``. Write each video to
+    VIDEOS and return ``[(PlannedVideo, frames)]``."""
+    from tqdm import tqdm
+
+    from moee.data.media import VIDEO_FPS
     from moee.inference.animate import stage_weights
     from moee.inference.conditions import EmotionTrack
     from moee.inference.pipeline import Animation, MoEEPipeline, SamplerSettings
     from moee.models.moee_net import MoEENetConfig
-    from moee.models.pretrained import WeightSources
+    from moee.showcase import KINDS, held_out_people, plan_videos, speech_of, to_image_tensor
 
-    net = MoEENetConfig(preset="tiny", weights=WeightSources(vae=str(WEIGHTS / "vae")))
-    pipeline = MoEEPipeline.from_weights(net, stage_weights([str(WEIGHTS)]), size=64,
-                                         settings=SamplerSettings(steps=steps, clip_frames=8,
-                                                                  strength=strength))
-    clips, seen = [], set()
-    for url in shard_urls(SYNTHEMO / "test"):
-        for raw in iter_raw_samples(url):
-            clip = decode_clip(raw)
-            if clip.meta.identity not in seen and len(clips) < portraits:
-                seen.add(clip.meta.identity)
-                clips.append(clip)
-    written = []
-    for clip in clips:
-        reference = torch.from_numpy(clip.frames[0]).permute(2, 0, 1).float() / 127.5 - 1
-        audio = clip.audio[: round(seconds * AUDIO_RATE)]
-        for name, spec in EMOTIONS.items():
-            frames = pipeline.generate(reference, audio, EmotionTrack.parse(spec),
-                                       torch.Generator().manual_seed(0))
-            path = VIDEOS / f"{clip.meta.identity}_{name}_spoken-{clip.meta.emotion}.mp4"
-            written.append(Animation(frames, audio).save(path.with_name(
-                path.name.replace(" ", "-"))))
-    return written
+    pipeline = MoEEPipeline.from_weights(
+        MoEENetConfig(preset="tiny"), stage_weights([str(WEIGHTS)]), progress=False,
+        settings=SamplerSettings(steps=steps, clip_frames=8, strength=strength,
+                                 audio_guidance=guidance, emotion_guidance=guidance))
+    frames = round(seconds * VIDEO_FPS)
+    everyone = held_out_people(SYNTHEMO / "test")
+    plan = plan_videos(everyone, KINDS[:1]) + plan_videos(everyone[:people], KINDS[1:])
+    made = []
+    for video in tqdm(plan, desc="animate", unit="video"):
+        audio, _ = speech_of(video, frames)
+        generated = pipeline.generate(to_image_tensor(video.person.portrait), audio,
+                                      EmotionTrack.parse(video.condition),
+                                      torch.Generator().manual_seed(0))
+        Animation(generated, audio).save(VIDEOS / f"{video.name}.mp4")
+        made.append((video, generated))
+    return made
 
 
-def requested_emotion(video: Path) -> str:
-    """The emotion a quickstart video asks for, from its name ``<id>_<condition>_spoken-<e>``:
-    the text prompt describes surprise; ``speech`` asks for the emotion the clip was spoken in."""
-    from moee.emotions import canonical_emotion_name
+def read_held_out(made: list, probes) -> dict:
+    """Score the made videos with the probes, print the figures, write the contact sheet."""
+    from moee.data.synth.sheet import write_png
+    from moee.metrics.probe_judge import ProbeJudge
+    from moee.showcase import score_videos, showcase_sheet
 
-    condition, spoken = video.stem.split("_", 1)[1].rsplit("_spoken-", 1)
-    if condition == "text":
-        return "surprised"
-    return canonical_emotion_name(spoken if condition == "speech" else condition)
-
-
-def score_videos(videos: list[Path]) -> dict[str, float] | None:
-    """Emotion accuracy of the videos under the SynthEmo probes (None if they are not trained).
-
-    A video counts as right when the probe's frame-averaged emotion is the requested one; for
-    ``speech`` the requested emotion is the one the clip was spoken with.
-    """
-    from moee.data.media import read_video
-    from moee.data.synth.probes import load_probes
-    from moee.emotions import EMOTION_CLASSES
-
-    try:
-        probes = load_probes(size=64)
-    except FileNotFoundError as error:
-        print(f"[quickstart] not scored: {error}")
-        return None
-    hits: dict[str, list[bool]] = {}
-    for path in videos:
-        name = path.stem.split("_", 1)[1].rsplit("_spoken-", 1)[0]
-        frames, _ = read_video(path)
-        images = torch.from_numpy(frames).permute(0, 3, 1, 2).float() / 127.5 - 1
-        with torch.no_grad():
-            predicted = probes.emotion_logits(images).softmax(-1).mean(0).argmax().item()
-        hits.setdefault(name, []).append(EMOTION_CLASSES[predicted] == requested_emotion(path))
-    return {name: sum(h) / len(h) for name, h in hits.items()}
+    portraits = {video.person.identity: video.person.portrait for video, _ in made}
+    scores = score_videos(ProbeJudge(probes, portraits), made)
+    for line in scores.lines():
+        print(f"[quickstart] {line}")
+    write_png(SHEET, showcase_sheet(made))
+    return scores.as_dict()
 
 
-def quickstart(identities: int = 40, frames: int = 50, vae_steps: int | None = None,
-               backbone_steps: int | None = None, expert_steps: int | None = None,
-               gating_steps: int | None = None, portraits: int = 2, sampling_steps: int = 8,
-               strength: float = 0.7, workers: int = 2, force: bool = False) -> dict[str, float]:
-    """Generate SynthEmo, train every stage of the tiny model, and animate test portraits.
+def quickstart(identities: int = 40, frames: int = 50, backbone_steps: int | None = None,
+               expert_steps: int | None = None, gating_steps: int | None = None,
+               people: int | None = 4, seconds: float = 0.64, sampling_steps: int = 8,
+               strength: float = 1.0, workers: int = 2, force: bool = False) -> dict[str, float]:
+    """Generate SynthEmo, train the probes and every stage of the tiny model, animate the
+    held-out identities and print what the probes read.
 
     Args:
         identities: SynthEmo training identities (validation and test get a fifth each).
         frames: frames per SynthEmo clip.
-        vae_steps, backbone_steps, expert_steps, gating_steps: override the configs'
-            ``max_steps``.
-        portraits: held-out identities animated in each of the four emotion conditions.
+        backbone_steps, expert_steps, gating_steps: override the configs' ``max_steps``.
+        people: held-out identities animated under the compound, text and speech conditions
+            (``None``: all); the basic labels animate every test identity.
+        seconds: length of each video.
         sampling_steps: DPM-Solver++ steps per clip.
-        strength: start sampling from the reference noised to this share of the schedule
-            (1: from pure noise, as the paper; the tiny model's few minutes of training
-            cannot rebuild a face from pure noise, see README).
+        strength: 1 samples from pure noise (the paper's way); below 1 starts from the noised
+            portrait (``SamplerSettings.strength``).
         workers: processes for data generation.
         force: redo steps whose outputs exist.
 
@@ -149,6 +116,7 @@ def quickstart(identities: int = 40, frames: int = 50, vae_steps: int | None = N
         Wall time in seconds per step.
     """
     from moee.cli import main as moee
+    from moee.data.synth.probes import cache_path, load_probes, train_probes
 
     # Stages run in this process through the CLI's own entry point; Lightning warns about that.
     warnings.filterwarnings("ignore", message="LightningCLI's args parameter")
@@ -158,34 +126,39 @@ def quickstart(identities: int = 40, frames: int = 50, vae_steps: int | None = N
         _timed(timings, "synthemo", lambda: moee([
             "synth", "--out", str(SYNTHEMO), "--train", str(identities), "--val", str(held_out),
             "--test", str(held_out), "--frames", str(frames), "--workers", str(workers)]))
-    overrides = {"vae": vae_steps, "backbone": backbone_steps, "gating": gating_steps}
-    for export, config in STAGES:
-        name = export.removesuffix(".safetensors")
-        if not force and (WEIGHTS / export).exists():
-            print(f"[quickstart] {name}: already trained ({WEIGHTS / export})")
+    if not cache_path().is_file():
+        _timed(timings, "probes", lambda: train_probes(threads=torch.get_num_threads(),
+                                                       **QUICK_PROBES))
+    overrides = {"backbone": backbone_steps, "experts": expert_steps, "gating": gating_steps}
+    for name, exports, config in STAGES:
+        if not force and all((WEIGHTS / export).exists() for export in exports):
+            print(f"[quickstart] {name}: already trained ({WEIGHTS}/{exports[0]}...)")
             continue
-        steps = overrides.get(name, expert_steps)
+        steps = overrides[name]
         extra = ["--trainer.max_steps", str(steps)] if steps else []
         _timed(timings, name, lambda c=config, e=extra: moee(
             ["fit", "--config", str(CONFIGS / c), *e]))
-    videos: list[Path] = []
-    _timed(timings, "animate", lambda: videos.extend(animate_test_portraits(
-        portraits, sampling_steps, strength=strength)))
-    scores = score_videos(videos)
+    made: list = []
+    _timed(timings, "animate", lambda: made.extend(animate_held_out(
+        people, seconds, sampling_steps, strength)))
+    scores = read_held_out(made, load_probes())
     record = RUNS / "tiny" / "quickstart.json"
     if record.is_file():  # a rerun keeps the times of the steps it skipped
         timings = {**json.loads(record.read_text())["seconds"], **timings}
     partial = record.with_name(f".{record.name}.partial")
-    partial.write_text(json.dumps({"seconds": timings, "emotion_accuracy": scores}, indent=2))
+    partial.write_text(json.dumps({"seconds": timings, **scores}, indent=2))
     partial.replace(record)
-    print(f"[quickstart] videos:  {VIDEOS}/ ({len(videos)} mp4 with audio)")
+    print(f"[quickstart] videos:  {VIDEOS}/ ({len(made)} mp4 with audio); sheet: {SHEET}")
     print(f"[quickstart] weights: {WEIGHTS}/")
     print(f"[quickstart] logs:    tensorboard --logdir {RUNS / 'tiny'}")
-    if scores is not None:
-        print(f"[quickstart] emotion accuracy under the SynthEmo probes: {scores}")
     print(f"[quickstart] total {sum(timings.values()) / 60:.1f} min; "
           f"figures in {RUNS / 'tiny' / 'quickstart.json'}")
     return timings
+
+
+QUICK_PROBES = dict(train_identities=200, frames_per_identity=24, expression_steps=900,
+                    identity_steps=200)
+"""The quickstart's probe budget (``python -m moee synth probes`` trains the full one)."""
 
 
 def main(argv: list[str]) -> None:

@@ -227,6 +227,8 @@ class MoEEDataModule(L.LightningDataModule):
         intensity_noise: standard deviation of the intensity jitter.
         weight_noise: standard deviation of the basic-emotion weight jitter.
         modality_dropout: probability that a jitter drops each of label, AU and text.
+        apex_fraction, modalities, single_modality_prob: windows at the expression's apex and
+            which emotion modalities samples use (see :class:`SamplingOptions`).
         resampled: draw training shards at random with replacement (endless, DDP-safe even with
             fewer shards than ranks × workers); ``False``: one pass over disjoint shards.
         samples_per_epoch: training samples per epoch over all devices; ``None``: the manifest's
@@ -259,6 +261,9 @@ class MoEEDataModule(L.LightningDataModule):
         intensity_noise: float = 0.1,
         weight_noise: float = 0.05,
         modality_dropout: float = 0.2,
+        apex_fraction: float = 0.0,
+        modalities: list[str] | None = None,
+        single_modality_prob: float = 0.0,
         resampled: bool = True,
         samples_per_epoch: int | None = None,
         shuffle_buffer: int = 64,
@@ -277,7 +282,8 @@ class MoEEDataModule(L.LightningDataModule):
             num_frames=num_frames, image_size=image_size, windows_per_clip=windows_per_clip,
             mns_prob=mns_prob, mask_dilation=mask_dilation, jitter_prob=jitter_prob,
             intensity_noise=intensity_noise, weight_noise=weight_noise,
-            modality_dropout=modality_dropout,
+            modality_dropout=modality_dropout, apex_fraction=apex_fraction,
+            modalities=modalities, single_modality_prob=single_modality_prob,
         )
         self.eval_options = SamplingOptions.evaluation(num_frames, image_size)
         self.eval_options.mask_dilation = mask_dilation

@@ -32,7 +32,7 @@ import torch
 from moee.data.faces import mouth_mask
 from moee.data.media import SAMPLES_PER_FRAME
 from moee.data.shards import Clip
-from moee.emotions import BASIC_EMOTIONS
+from moee.emotions import ACTION_UNITS, BASIC_EMOTIONS
 
 log = logging.getLogger(__name__)
 
@@ -50,6 +50,8 @@ NO_SOURCE = "none"
 """``meta.extra["au_source"]`` / ``["label_source"]`` value of a channel the clip lacks."""
 MASK_FILL = 128
 """uint8 grey of masked mouth pixels (0.0 in [-1, 1] once normalised)."""
+_EXPRESSION_AUS = np.array([au not in ("AU25", "AU26", "AU45") for au in ACTION_UNITS])
+"""The AUs that show the emotion (speech moves AU25/AU26, blinks AU45)."""
 
 
 @dataclass
@@ -68,6 +70,14 @@ class SamplingOptions:
         intensity_noise: standard deviation of the intensity noise of a jitter.
         weight_noise: standard deviation of the noise added to the basic-emotion weights.
         modality_dropout: per-channel probability that a jitter drops label, AU or text.
+        apex_fraction: draw training windows only where the clip's expression (its per-frame
+            AU track) is at least this fraction of its apex: clips ramp up from neutral, and a
+            window of the ramp's start would teach the full label on a neutral face. 0: any.
+        modalities: the emotion modalities a sample may use (``MODALITIES`` names); the others
+            are marked absent. ``None``: all the clip has.
+        single_modality_prob: probability that a sample keeps only one of its modalities,
+            drawn at random, so that every modality also learns to stand alone (inference
+            usually gives one: a label, a text or the speech).
     """
 
     num_frames: int = 16
@@ -80,11 +90,19 @@ class SamplingOptions:
     intensity_noise: float = 0.1
     weight_noise: float = 0.05
     modality_dropout: float = 0.2
+    apex_fraction: float = 0.0
+    modalities: list[str] | None = None
+    single_modality_prob: float = 0.0
 
     def __post_init__(self) -> None:
         if self.num_frames < 1 or self.windows_per_clip < 1:
             raise ValueError("num_frames and windows_per_clip must be ≥ 1")
-        for name in ("mns_prob", "jitter_prob", "modality_dropout"):
+        unknown = set(self.modalities or ()) - set(MODALITIES)
+        if unknown:
+            raise ValueError(f"unknown emotion modalities {sorted(unknown)}; valid: "
+                             f"{', '.join(MODALITIES)}")
+        for name in ("mns_prob", "jitter_prob", "modality_dropout", "apex_fraction",
+                     "single_modality_prob"):
             if not 0.0 <= getattr(self, name) <= 1.0:
                 raise ValueError(f"{name} must be in [0, 1], got {getattr(self, name)}")
 
@@ -170,13 +188,32 @@ class EmotionSample:
         present = self.present.copy()
         drop = rng.random(3) < options.modality_dropout
         present[:3] &= ~drop
+        return self._masked(present, label, intensity)
+
+    def _masked(self, present: np.ndarray, label: np.ndarray | None = None,
+                intensity: float | None = None) -> EmotionSample:
+        """A copy using only the ``present`` modalities (absent channels zeroed)."""
+        label = self.label if label is None else label
         return EmotionSample(
             label=label if present[0] else np.zeros_like(label),
             au=self.au if present[1] else np.zeros_like(self.au),
             text=self.text if present[2] else "",
-            intensity=intensity,
+            intensity=self.intensity if intensity is None else intensity,
             present=present,
         )
+
+    def restricted(self, options: SamplingOptions, rng: np.random.Generator) -> EmotionSample:
+        """Only the allowed ``options.modalities``, and with ``single_modality_prob`` just one
+        of them (at random); absent channels are zeroed as a jitter's dropout does."""
+        present = self.present.copy()
+        if options.modalities is not None:
+            present &= np.isin(MODALITIES, options.modalities)
+        if options.single_modality_prob and present.sum() > 1 \
+                and rng.random() < options.single_modality_prob:
+            keep = rng.choice(np.flatnonzero(present))
+            present[:] = False
+            present[keep] = True
+        return self if (present == self.present).all() else self._masked(present)
 
 
 class ClipSampler:
@@ -211,12 +248,27 @@ class ClipSampler:
             return []
         if self.options.random_window:
             rng = self.rng
-            starts = rng.integers(0, total - f + 1, size=self.options.windows_per_clip)
+            starts = rng.choice(self.window_starts(clip), size=self.options.windows_per_clip)
         else:
             rng = np.random.default_rng(zlib.crc32(clip.key.encode()))
             starts = [(total - f) // 2]
         audio = clip_audio(clip)
         return [self.sample(clip, int(start), audio, rng) for start in starts]
+
+    def window_starts(self, clip: Clip) -> np.ndarray:
+        """The window starts training may draw: all of them, or with ``apex_fraction`` those
+        whose every frame shows at least that share of the clip's apex expression (the best
+        window when none does)."""
+        f, fraction = self.options.num_frames, self.options.apex_fraction
+        starts = np.arange(len(clip.frames) - f + 1)
+        if not fraction:
+            return starts
+        strength = np.linalg.norm(clip.aus[:, _EXPRESSION_AUS].astype(np.float32), axis=1)
+        if strength.max() <= 0:  # neutral: every window is at its "apex"
+            return starts
+        lowest = np.lib.stride_tricks.sliding_window_view(strength, f).min(1)
+        eligible = starts[lowest >= fraction * strength.max()]
+        return eligible if len(eligible) else starts[[int(lowest.argmax())]]
 
     def sample(self, clip: Clip, start: int, audio: np.ndarray,
                rng: np.random.Generator) -> dict[str, Any]:
@@ -239,6 +291,7 @@ class ClipSampler:
         emotion = EmotionSample.from_clip(clip, clip.aus[window])
         if opts.jitter_prob and rng.random() < opts.jitter_prob:
             emotion = emotion.jittered(rng, opts)
+        emotion = emotion.restricted(opts, rng)
         name = clip.meta.emotion
         sample = {
             "frames": to_tensor_images(clip.frames[window], size),

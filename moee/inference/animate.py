@@ -31,7 +31,6 @@ from moee.models.pretrained import (
     SD15_WEIGHTS,
     MissingWeightsError,
     Preset,
-    WeightSources,
 )
 from moee.stages.base import MissingCheckpointError, StageWeightsError
 
@@ -83,8 +82,7 @@ def animate(
         audio: the speech (any audio format, rate and channel count).
         out: the mp4 to write (H.264, 25 fps, the input audio muxed in).
         weights: trained weights in loading order (backbone, experts, gating), or a folder
-            holding backbone.safetensors, expert_<emotion>.safetensors and gating.safetensors
-            (and, for the tiny preset, the stage-0 autoencoder in its ``vae/`` subfolder).
+            holding backbone.safetensors, expert_<emotion>.safetensors and gating.safetensors.
         emotion: "happy", "sad@0.4", "happily surprised", "happy:0.7,surprised:0.3",
             "AU6:0.8,AU12:1", "text:a faint smile", "speech", "neutral", or a timeline like
             "0s:neutral,3s:happy,6s:sadly surprised".
@@ -114,7 +112,7 @@ def animate(
                                transition=transition, strength=strength, seed=seed)
     portrait = PortraitSettings(detect=detect, detector=detector, margin=margin,
                                 paste_back=paste_back, feather=feather)
-    size = size or PRESETS[net_preset].vae["sample_size"]
+    size = size or PRESETS[net_preset].image_size
     inputs = prepare_inputs(image, audio, emotion, size, portrait, transition)
     pipeline = load_pipeline(weights, net_preset, settings, size, device, dtype, progress)
     return pipeline.render(inputs).save(out, frames_dir)
@@ -133,12 +131,10 @@ def load_pipeline(
     :func:`animate`) and move it to ``device`` (``auto``: CUDA when present) and ``dtype``."""
     if not weights:
         raise InputError("no --weights given; pass the trained stage exports or their folder")
-    trained_vae = next((os.path.join(w, "vae") for w in weights
-                        if os.path.isdir(os.path.join(w, "vae"))), None)
     if device == "auto":
         device = "cuda" if torch.cuda.is_available() else "cpu"
     net = MoEENetConfig(preset=net_preset, weights=SD15_WEIGHTS) if net_preset == "sd15" \
-        else MoEENetConfig(preset=net_preset, weights=WeightSources(vae=trained_vae))
+        else MoEENetConfig(preset=net_preset)
     pipeline = MoEEPipeline.from_weights(net, stage_weights(weights), settings=settings,
                                          size=size, progress=progress)
     pipeline.net.to(device=device, dtype=getattr(torch, dtype))

@@ -5,10 +5,10 @@ Every user condition goes through :func:`moee.emotions.parse_emotion`, then:
 =====================  ===========================================  =========================
 condition              Emotion-to-Latents input (``present``)       Emotion MoE routing
 =====================  ===========================================  =========================
-basic ``sad@0.4``      label × intensity + prototype AUs            single expert ``i``
-compound               label (compound shares) + prototype AUs      learned gates (eq. 2–4)
-mix ``happy:.7,...``   label (the mix) + prototype AUs              ``weights`` = the mix
-neutral                zero label + zero AUs                        learned gates
+basic ``sad@0.4``      label × intensity                            single expert ``i``
+compound               label (compound shares × intensity)          learned gates (eq. 2–4)
+mix ``happy:.7,...``   label (the mix)                              ``weights`` = the mix
+neutral                zero label                                   learned gates
 ``AU6:0.8,...``        AUs                                          learned gates
 ``text:...``           T5 text                                      learned gates
 ``speech``             speech-emotion encoder on the clip's audio   learned gates
@@ -78,10 +78,9 @@ def emotion_inputs(
     present = dict.fromkeys(MODALITIES, False)
     label = torch.zeros(1, NUM_EXPERTS, device=device)
     au = torch.zeros(1, NUM_ACTION_UNITS, device=device)
-    if condition.kind in _LABEL_KINDS:
-        present["label"] = present["au"] = True
+    if condition.kind in _LABEL_KINDS:  # as the experts are trained: the label alone
+        present["label"] = True
         label = torch.tensor([condition.label_vector()], device=device)
-        au = torch.tensor([condition.au_vector()], device=device)
     elif condition.kind == "au":
         present["au"] = True
         au = torch.tensor([condition.au_vector()], device=device)

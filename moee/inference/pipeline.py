@@ -282,7 +282,7 @@ class MoEEPipeline:
         self.net = net.eval()
         self.settings = settings = settings or SamplerSettings()
         self.objective = objective or DiffusionObjective()
-        self.size = size or net.vae.vae.config.sample_size
+        self.size = size or net.vae.sample_size
         self.progress = progress
         self.on_step = on_step
         if settings.steps < 1:

@@ -2,9 +2,14 @@
 
 For hidden states ``X`` (b n d) and emotion latents ``C`` (b m c), with ``e`` experts::
 
-    s  = sigmoid(local_gate(X))            local gate, per token     (b n e)
-    g  = softmax(global_gate(mean_n X))    global gate, per sample   (b e)
+    s  = sigmoid(local_gate(X))                                  local gate, per token  (b n e)
+    g  = softmax(global_gate(mean_n X) + context_gate(mean_m C))  global gate, per sample (b e)
     X' = X + sum_i g_i * E_i(X * s_i, C)   E_i: cross-attention, queries from X, keys/values from C
+
+``context_gate`` is MoEE's one addition to the paper's eq. 3: the hidden states entering the
+first MoE layer carry no emotion at all (the emotion enters the network only here), so a gate
+that reads X alone cannot tell "happily surprised" from "sadly fearful" there. It starts at
+zero, where eq. 3 holds exactly, and learns in the gating stage with the other gates.
 
 Two implementations share the same parameters (the experts' own ``nn.Linear`` layers):
 
@@ -91,8 +96,9 @@ class EmotionMoE(nn.Module):
         zero_init_output: zero the experts' output projections so that inserting the module
             into a pretrained backbone starts as the identity. The gates then receive no gradient
             until the experts' outputs move away from zero; set ``False`` for a random start.
-        global_gate: learn the global gate ω; ``False`` (ablation) mixes the experts with equal
-            weights: ``global_gate`` is then a parameter-free :class:`UniformGate`.
+        global_gate: learn the global gate ω (and its emotion term ``context_gate``);
+            ``False`` (ablation) mixes the experts with equal weights: ``global_gate`` is then a
+            parameter-free :class:`UniformGate` and ``context_gate`` is ``None``.
 
     With ``num_experts=1`` (ablation "w/o MoE") the module is one cross-attention,
     ``X' = X + E_0(X, C)``: ``local_gate`` and ``global_gate`` are ``None`` and the routing
@@ -121,11 +127,14 @@ class EmotionMoE(nn.Module):
             CrossAttentionExpert(dim, context_dim, heads, dim_head) for _ in range(num_experts)
         )
         self.local_gate = nn.Linear(dim, num_experts) if num_experts > 1 else None
-        if num_experts == 1:
-            self.global_gate = None
-        else:
-            self.global_gate = nn.Linear(dim, num_experts) if global_gate else UniformGate(
-                num_experts)
+        self.global_gate = self.context_gate = None
+        if num_experts > 1 and global_gate:
+            self.global_gate = nn.Linear(dim, num_experts)
+            self.context_gate = nn.Linear(context_dim, num_experts)
+            nn.init.zeros_(self.context_gate.weight)
+            nn.init.zeros_(self.context_gate.bias)
+        elif num_experts > 1:
+            self.global_gate = UniformGate(num_experts)
         if zero_init_output:
             for expert in self.experts:
                 nn.init.zeros_(expert.to_out.weight)
@@ -138,9 +147,13 @@ class EmotionMoE(nn.Module):
             zero_init_output=self.zero_init_output, global_gate=global_gate, **self.sizes,
         )
 
-    def gates(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        """Local gate s (b n e) and global gate g (b e) of eq. 2-3."""
-        return torch.sigmoid(self.local_gate(x)), torch.softmax(self.global_gate(x.mean(1)), -1)
+    def gates(self, x: torch.Tensor, context: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """Local gate s (b n e) and global gate g (b e) of eq. 2-3, for x (b n d) and one
+        context (b m c) per row."""
+        logits = self.global_gate(x.mean(1))
+        if self.context_gate is not None:
+            logits = logits + self.context_gate(context.mean(1))
+        return torch.sigmoid(self.local_gate(x)), torch.softmax(logits, -1)
 
     def forward(
         self,
@@ -173,7 +186,7 @@ class EmotionMoE(nn.Module):
             return x + self.experts[0](x, per_row)
         if expert is not None:
             return x + self._single(x, per_row, expert)
-        local, global_ = self.gates(x)
+        local, global_ = self.gates(x, per_row)
         if weights is not None:
             global_ = weights.to(x.dtype)
         if not self.fused:

@@ -26,7 +26,6 @@ from moee.models.emotion_latents import (
 from moee.models.image_encoder import ImageEncoder
 from moee.models.reference import ReferenceFeatures, ReferenceNet
 from moee.models.unet import Denoiser, DenoiserContext
-from moee.models.vae import VideoVAE
 
 log = logging.getLogger(__name__)
 
@@ -94,8 +93,9 @@ def _keep_mask(drop: torch.Tensor | None) -> torch.Tensor | None:
 class MoEENet(nn.Module):
     """The whole MoEE network.
 
-    Submodules: ``vae`` (:class:`VideoVAE`), ``image_encoder``, ``reference_net``,
-    ``denoiser``, ``audio_encoder`` + ``audio_projection``, ``emotion_to_latents``.
+    Submodules: ``vae`` (the first stage: ``VideoVAE`` or ``PatchCodec``), ``image_encoder``,
+    ``reference_net``, ``denoiser``, ``audio_encoder`` + ``audio_projection``,
+    ``emotion_to_latents``.
     Pretrained encoders (VAE, CLIP, wav2vec2, T5, speech emotion) are frozen and stay in eval
     mode; ``self.load_report`` counts loaded vs newly initialised parameters.
     """
@@ -105,7 +105,7 @@ class MoEENet(nn.Module):
         self.config = config = config or MoEENetConfig()
         arch, src = pretrained.PRESETS[config.preset], config.weights
         unet_dim = arch.unet["cross_attention_dim"]
-        self.vae = VideoVAE(pretrained.build_vae(arch, src.vae))
+        self.vae = pretrained.build_first_stage(arch, src.vae)
         self.image_encoder = ImageEncoder(pretrained.build_image_encoder(arch, src.image_encoder))
         self.reference_net = ReferenceNet(pretrained.build_unet(arch, src.unet))
         self.denoiser = Denoiser(
@@ -116,6 +116,7 @@ class MoEENet(nn.Module):
             fused_moe=config.fused_moe,
             temporal_groups=arch.temporal_groups,
             max_frames=config.max_frames,
+            concat_reference=arch.concat_reference,
         )
         self.audio_encoder = AudioEncoder(pretrained.build_audio_encoder(arch, src.audio_encoder))
         self.audio_projection = AudioProjection(
@@ -242,7 +243,8 @@ class MoEENet(nn.Module):
             weights: (b e) explicit expert mixture replacing the global gate.
             drop_reference, drop_audio, drop_emotion: (b,) bool, conditions dropped for
                 classifier-free guidance (reference tokens masked and image embedding zeroed;
-                audio tokens zeroed; emotion replaced by the learned null latent).
+                audio tokens zeroed; the Emotion MoE left out, so that emotion guidance
+                amplifies exactly what the experts add to the backbone).
             image_mode: skip audio and temporal layers.
 
         Returns:
@@ -259,15 +261,14 @@ class MoEENet(nn.Module):
             audio_tokens = audio_tokens * _keep_mask(drop_audio)[:, None, None, None]
         if emotion_latents is None and emotion is not None:
             emotion_latents = self.encode_emotion(emotion)
-        if emotion_latents is not None and drop_emotion is not None:
-            null = self.emotion_to_latents.null(emotion_latents.shape[0])
-            emotion_latents = torch.where(drop_emotion.bool()[:, None, None], null, emotion_latents)
         ctx = DenoiserContext(
             num_frames=noisy_latents.shape[1],
             reference=reference.features,
             reference_keep=_keep_mask(drop_reference),
+            reference_latent=reference.latent,
             audio=audio_tokens,
             emotion=emotion_latents,
+            emotion_keep=_keep_mask(drop_emotion),
             expert=expert,
             weights=weights,
             image_mode=image_mode,

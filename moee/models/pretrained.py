@@ -29,6 +29,8 @@ from transformers import (
     Wav2Vec2Model,
 )
 
+from moee.models.vae import PatchCodec, VideoVAE
+
 Preset = Literal["tiny", "sd15"]
 
 
@@ -101,6 +103,20 @@ class Architecture:
     moe_heads: int
     temporal_groups: int
     motion_adapter: dict[str, Any] = field(default_factory=dict)
+    patch_size: int | None = None
+    """``None``: the first stage is the ``AutoencoderKL`` of :attr:`vae`; an int ``p``: the
+    lossless :class:`~moee.models.vae.PatchCodec` (``vae`` then only gives ``sample_size``)."""
+    patch_scale: float = 2.0
+    """The patch codec's latent scale: pixels in [-1, 1] of faces have a standard deviation
+    near 0.5, and diffusion wants unit-variance latents (SD-1.5's VAE has 0.18215 for this)."""
+    concat_reference: bool = False
+    """Also feed the denoiser the reference latent beside each noisy frame (see
+    :class:`~moee.models.unet.Denoiser`)."""
+
+    @property
+    def image_size(self) -> int:
+        """Side in pixels of the frames the network is built for."""
+        return self.vae["sample_size"]
 
 
 _SD15_UNET = dict(
@@ -115,17 +131,18 @@ _SD15_UNET = dict(
     attention_head_dim=8,
     norm_num_groups=32,
 )
-_TINY_UNET = dict(
-    sample_size=16,
-    in_channels=4,
-    out_channels=4,
-    down_block_types=("DownBlock2D", "CrossAttnDownBlock2D"),
-    up_block_types=("CrossAttnUpBlock2D", "UpBlock2D"),
-    block_out_channels=(32, 64),
+_TINY_PATCH = 2
+_TINY_UNET = dict(  # on 32x32x12 patch latents of 64 px frames; attention only at 8x8
+    sample_size=32,
+    in_channels=3 * _TINY_PATCH**2,
+    out_channels=3 * _TINY_PATCH**2,
+    down_block_types=("DownBlock2D", "DownBlock2D", "CrossAttnDownBlock2D"),
+    up_block_types=("CrossAttnUpBlock2D", "UpBlock2D", "UpBlock2D"),
+    block_out_channels=(32, 64, 128),
     layers_per_block=1,
-    cross_attention_dim=32,
+    cross_attention_dim=64,
     attention_head_dim=4,  # diffusers' legacy name: the number of heads
-    norm_num_groups=8,
+    norm_num_groups=16,
 )
 _TINY_CONV = dict(conv_dim=(16,) * 7, num_conv_pos_embeddings=16, num_conv_pos_embedding_groups=2)
 _TINY_SPEECH = dict(
@@ -135,15 +152,9 @@ _TINY_SPEECH = dict(
 PRESETS: dict[str, Architecture] = {
     "tiny": Architecture(
         unet=_TINY_UNET,
-        vae=dict(
-            down_block_types=("DownEncoderBlock2D",) * 3,
-            up_block_types=("UpDecoderBlock2D",) * 3,
-            block_out_channels=(16, 32, 32),
-            layers_per_block=1,
-            latent_channels=4,
-            norm_num_groups=8,
-            sample_size=64,
-        ),
+        vae=dict(sample_size=64),
+        patch_size=_TINY_PATCH,
+        concat_reference=True,
         image_encoder=dict(
             hidden_size=32,
             intermediate_size=64,
@@ -151,7 +162,7 @@ PRESETS: dict[str, Architecture] = {
             num_attention_heads=2,
             image_size=32,
             patch_size=8,
-            projection_dim=32,
+            projection_dim=64,
         ),
         audio_encoder=_TINY_SPEECH,
         text_encoder=dict(vocab_size=384, d_model=32, d_kv=8, d_ff=64, num_layers=2, num_heads=4),
@@ -163,8 +174,8 @@ PRESETS: dict[str, Architecture] = {
         emotion_heads=4,
         emotion_hidden=64,
         moe_heads=4,
-        temporal_groups=8,
-        motion_adapter=dict(block_out_channels=(32, 64), motion_norm_num_groups=8),
+        temporal_groups=16,
+        motion_adapter=dict(block_out_channels=(32, 64, 128), motion_norm_num_groups=16),
     ),
     "sd15": Architecture(
         unet=_SD15_UNET,
@@ -248,6 +259,18 @@ def build_vae(arch: Architecture, source: str | None) -> AutoencoderKL:
     if source:
         return _load("vae", source, AutoencoderKL.from_pretrained)
     return _random("vae", lambda: AutoencoderKL(**arch.vae))
+
+
+def build_first_stage(arch: Architecture, source: str | None) -> VideoVAE | PatchCodec:
+    """Frames <-> latents: the preset's lossless patch codec, or its (loaded) autoencoder."""
+    if arch.patch_size is None:
+        return VideoVAE(build_vae(arch, source))
+    if source:
+        raise ValueError(
+            f"this preset's first stage is a lossless {arch.patch_size}x{arch.patch_size} patch "
+            f"codec with no weights, but weights.vae is {source!r}: set "
+            "model.init_args.net.weights.vae to null")
+    return PatchCodec(arch.patch_size, arch.image_size, arch.patch_scale)
 
 
 def build_image_encoder(arch: Architecture, source: str | None) -> CLIPVisionModelWithProjection:

@@ -27,16 +27,20 @@ class ReferenceFeatures:
     Attributes:
         features: block name -> (b r n d), ``r`` = 1 reference + motion frames.
         image_embeds: reference image embedding for cross-attention (b k D).
+        latent: the reference latent (b c h w), which a denoiser built with
+            ``concat_reference`` also takes beside every noisy frame.
     """
 
     features: dict[str, torch.Tensor]
     image_embeds: torch.Tensor
+    latent: torch.Tensor | None = None
 
     def repeat(self, times: int) -> ReferenceFeatures:
         """The same features for ``times`` copies of the batch (e.g. guidance branches)."""
         return ReferenceFeatures(
             {k: v.repeat(times, 1, 1, 1) for k, v in self.features.items()},
             self.image_embeds.repeat(times, 1, 1),
+            None if self.latent is None else self.latent.repeat(times, 1, 1, 1),
         )
 
 
@@ -103,4 +107,4 @@ class ReferenceNet(nn.Module):
             cross_attention_kwargs={"store": store},
         )
         features = {k: rearrange(v, "(b r) n d -> b r n d", b=b) for k, v in store.items()}
-        return ReferenceFeatures(features, image_embeds)
+        return ReferenceFeatures(features, image_embeds, latent)

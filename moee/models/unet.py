@@ -46,8 +46,12 @@ class DenoiserContext:
         num_frames: frames ``f`` per sample (the U-Net batch is ``b * f``).
         reference: block name -> ReferenceNet features (b r n d), ``r`` = 1 + motion frames.
         reference_keep: (b,) bool, samples that see the reference (``False``: dropped for CFG).
+        reference_latent: (b c h w) the reference latent, concatenated to every noisy frame's
+            channels by a denoiser with ``concat_reference`` (zeros where it is dropped).
         audio: audio tokens (b f t c) or ``None`` (audio attention skipped).
         emotion: emotion latents (b m c) or ``None`` (Emotion MoE skipped).
+        emotion_keep: (b,) bool, samples that go through the Emotion MoE (``False``: its
+            emotion is dropped for classifier-free guidance, the experts' branch is left out).
         expert: single-expert path of the Emotion MoE (int or (b,) LongTensor).
         weights: (b e) explicit expert mixture replacing the global gate.
         image_mode: still images: audio and temporal layers are skipped (stage-1 image training).
@@ -56,8 +60,10 @@ class DenoiserContext:
     num_frames: int
     reference: dict[str, torch.Tensor] | None = None
     reference_keep: torch.Tensor | None = None
+    reference_latent: torch.Tensor | None = None
     audio: torch.Tensor | None = None
     emotion: torch.Tensor | None = None
+    emotion_keep: torch.Tensor | None = None
     expert: int | torch.Tensor | None = None
     weights: torch.Tensor | None = None
     image_mode: bool = False
@@ -214,10 +220,26 @@ class BlockExtras(nn.Module):
             expert = ctx.expert
             if isinstance(expert, torch.Tensor):
                 expert = ctx.per_frame(expert)
-            x = self.emotion(x, ctx.emotion.to(x.dtype), expert, weights)  # shared by frames
+            mixed = self.emotion(x, ctx.emotion.to(x.dtype), expert, weights)  # shared by frames
+            if ctx.emotion_keep is None:
+                x = mixed
+            else:
+                x = torch.where(ctx.per_frame(ctx.emotion_keep.bool())[:, None, None], mixed, x)
         if video and ctx.num_frames > 1:
             x = self.temporal(x, ctx.num_frames)
         return x
+
+
+def _widen_conv_in(unet: UNet2DConditionModel, in_channels: int) -> None:
+    """Give ``unet.conv_in`` ``in_channels`` inputs; the new ones start with zero weights."""
+    old = unet.conv_in
+    new = nn.Conv2d(in_channels, old.out_channels, old.kernel_size, old.stride, old.padding)
+    with torch.no_grad():
+        new.weight.zero_()
+        new.weight[:, : old.in_channels] = old.weight
+        new.bias.copy_(old.bias)
+    unet.conv_in = new
+    unet.register_to_config(in_channels=in_channels)
 
 
 def _extras_key(block_name: str) -> str:
@@ -251,6 +273,10 @@ class Denoiser(nn.Module):
         fused_moe: run the experts fused (see :class:`EmotionMoE`).
         temporal_groups: GroupNorm groups of the motion modules.
         max_frames: longest clip the motion modules' positional embedding covers.
+        concat_reference: also feed the reference latent, channel-concatenated to each noisy
+            frame (InstructPix2Pix-style): ``conv_in`` is widened, its new input channels
+            zero-initialised, so pretrained weights start unchanged. A pixel-aligned identity
+            path beside the ReferenceNet's attention, which small models learn much faster.
     """
 
     def __init__(
@@ -262,9 +288,13 @@ class Denoiser(nn.Module):
         fused_moe: bool = True,
         temporal_groups: int = 32,
         max_frames: int = 32,
+        concat_reference: bool = False,
     ) -> None:
         super().__init__()
         self.unet = unet
+        self.concat_reference = concat_reference
+        if concat_reference:
+            _widen_conv_in(unet, 2 * unet.config.in_channels)
         self.block_names = transformer_block_names(unet)
         modules = dict(unet.named_modules())
         self.blocks = nn.ModuleDict()
@@ -346,6 +376,11 @@ class Denoiser(nn.Module):
         b, f = latents.shape[:2]
         if ctx.num_frames != f:
             raise ValueError(f"context is for {ctx.num_frames} frames, latents have {f}")
+        if self.concat_reference:
+            reference = ctx.reference_latent.to(latents.dtype)
+            if ctx.reference_keep is not None:
+                reference = reference * ctx.reference_keep.to(reference.dtype)[:, None, None, None]
+            latents = torch.cat([latents, repeat(reference, "b c h w -> b f c h w", f=f)], 2)
         out = self.unet(
             rearrange(latents, "b f c h w -> (b f) c h w"),
             repeat(timesteps, "b -> (b f)", f=f),

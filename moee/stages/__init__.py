@@ -1,9 +1,8 @@
-"""Training stages: autoencoder (stage 0, tiny only), backbone (1), experts (2), gating (3)."""
+"""Training stages: backbone (1), experts (2), gating (3)."""
 
-from moee.stages.autoencoder import AutoencoderModule
 from moee.stages.backbone import BackboneModule
 from moee.stages.base import DiffusionStage
 from moee.stages.expert import ExpertModule
 from moee.stages.gating import GatingModule
 
-__all__ = ["AutoencoderModule", "BackboneModule", "DiffusionStage", "ExpertModule", "GatingModule"]
+__all__ = ["BackboneModule", "DiffusionStage", "ExpertModule", "GatingModule"]

@@ -8,14 +8,16 @@ from typing import Literal
 import torch
 from diffusers import DDPMScheduler
 
-Prediction = Literal["epsilon", "v_prediction"]
+Prediction = Literal["epsilon", "v_prediction", "sample"]
 
 
 class DiffusionObjective:
     """Forward process and regression target of a diffusers DDPM schedule.
 
     Args:
-        prediction_type: ``"epsilon"`` (SD-1.5) or ``"v_prediction"``.
+        prediction_type: ``"epsilon"`` (SD-1.5), ``"v_prediction"``, or ``"sample"`` (the
+            clean latent itself: a small model that has not learnt to find fine noise then
+            leaves its output smooth rather than noisy; the tiny preset's choice).
         zero_terminal_snr: rescale betas so the last timestep is pure noise (Lin et al. 2024);
             use it with ``v_prediction``.
         noise_offset: std of a per-sample, per-channel constant added to the noise, which lets
@@ -86,15 +88,19 @@ class DiffusionObjective:
 
     def target(self, latents: torch.Tensor, noise: torch.Tensor,
                timesteps: torch.Tensor) -> torch.Tensor:
-        """What the network regresses: ε, or v = sqrt(ᾱ) ε − sqrt(1 − ᾱ) z_0."""
+        """What the network regresses: ε, z_0, or v = sqrt(ᾱ) ε − sqrt(1 − ᾱ) z_0."""
         if self.prediction_type == "epsilon":
             return noise
+        if self.prediction_type == "sample":
+            return latents
         a, s = self._alphas(timesteps, latents)
         return a * noise - s * latents
 
     def predict_x0(self, noisy: torch.Tensor, prediction: torch.Tensor,
                    timesteps: torch.Tensor) -> torch.Tensor:
         """The clean latent implied by a prediction at timestep t."""
+        if self.prediction_type == "sample":
+            return prediction
         a, s = self._alphas(timesteps, noisy)
         if self.prediction_type == "epsilon":
             return (noisy - s * prediction) / a.clamp_min(1e-4)

@@ -5,10 +5,12 @@ from __future__ import annotations
 from typing import Any
 
 import torch
+import torch.nn.functional as F
 
-from moee.emotions import BASIC_EMOTIONS
+from moee.emotions import BASIC_EMOTIONS, parse_emotion
+from moee.models.emotion_latents import MODALITIES, EmotionInputs
 from moee.models.emotion_moe import EmotionMoE
-from moee.stages.base import DiffusionStage
+from moee.stages.base import DiffusionStage, emotion_inputs
 
 
 class GatingModule(DiffusionStage):
@@ -17,13 +19,29 @@ class GatingModule(DiffusionStage):
     ``init_weights`` lists the backbone export and the six expert exports. The mean global
     gate weight per expert and the mean local gate activation are logged every step
     (``gates/global_<emotion>``, ``gates/local_<emotion>``).
+
+    Two optional terms, MoEE's additions to the paper's diffusion loss, speed up what it
+    learns only indirectly (every term is logged under ``train/``):
+
+    Args:
+        routing_weight: weight of the cross-entropy between every MoE layer's global gate and
+            the clip's basic-emotion shares (``happily surprised``: surprised 0.6, happy 0.4),
+            so that each condition is routed to the experts of its emotions.
+        alignment_weight: weight of the squared distance between the emotion latents of each
+            modality alone (AUs, text, speech) and those of the clip's label alone (held fixed
+            as the target), so that every way of naming an emotion lands where the experts
+            learnt the label.
     """
 
     trainable_groups = ("gates", "emotion_latents")
 
-    def __init__(self, *args, **kwargs) -> None:
+    def __init__(self, *args, routing_weight: float = 0.0, alignment_weight: float = 0.0,
+                 **kwargs) -> None:
         super().__init__(*args, **kwargs)
+        self.routing_weight = routing_weight
+        self.alignment_weight = alignment_weight
         self._gate_sums: dict[str, torch.Tensor] = {}
+        self._global_gates: list[torch.Tensor] = []
         for module in self.net.modules():
             if isinstance(module, EmotionMoE):
                 module.register_forward_hook(self._record_gates)
@@ -32,14 +50,61 @@ class GatingModule(DiffusionStage):
         return (": train the backbone and the six experts first (configs/expert_<emotion>.yaml)"
                 " or fix model.init_args.init_weights")
 
-    @torch.no_grad()
-    def _record_gates(self, module: EmotionMoE, args: tuple, kwargs_or_output) -> None:
-        x = args[0]
-        global_gate = module.global_gate(x.mean(1)).softmax(-1).mean(0)
-        local_gate = module.local_gate(x).sigmoid().mean((0, 1))
-        for name, value in (("global", global_gate), ("local", local_gate)):
+    def _record_gates(self, module: EmotionMoE, args: tuple, output: torch.Tensor) -> None:
+        x, context = args[:2]
+        local, global_ = module.gates(x, context.repeat_interleave(x.shape[0] // len(context), 0))
+        if self.routing_weight and torch.is_grad_enabled():
+            self._global_gates.append(global_)  # ((b f) e), with its graph
+        for name, value in (("global", global_.detach().mean(0)),
+                            ("local", local.detach().mean((0, 1)))):
             self._gate_sums[name] = self._gate_sums.get(name, 0) + value
         self._gate_sums["count"] = self._gate_sums.get("count", 0) + 1
+
+    def diffusion_step(self, batch: dict[str, Any], generator: torch.Generator | None = None,
+                       cfg_dropout: bool = True) -> dict[str, torch.Tensor]:
+        """The diffusion loss terms, plus the routing and alignment terms when weighted."""
+        self._global_gates = []
+        terms = super().diffusion_step(batch, generator, cfg_dropout)
+        extra = {}
+        if self._global_gates:
+            extra["routing"] = self.routing_weight * self.routing_loss(batch)
+        if self.alignment_weight and torch.is_grad_enabled():
+            extra["alignment"] = self.alignment_weight * self.alignment_loss(batch)
+        for name, value in extra.items():
+            terms[name] = value
+            terms["total"] = terms["total"] + value
+        return terms
+
+    def _shares(self, batch: dict[str, Any]) -> torch.Tensor:
+        """(b 6) the basic-emotion weights of the clips' own emotions (whatever modality the
+        sample is conditioned by)."""
+        return torch.tensor([parse_emotion(name).weights for name in batch["emotion_name"]],
+                            device=self.device, dtype=torch.float32)
+
+    def routing_loss(self, batch: dict[str, Any]) -> torch.Tensor:
+        """Mean cross-entropy of the recorded global gates against the clips' emotion shares."""
+        shares = self._shares(batch)
+        shares = shares / shares.sum(1, keepdim=True).clamp_min(1e-6)
+        losses = [-(shares.repeat_interleave(len(g) // len(shares), 0)
+                    * g.clamp_min(1e-6).log()).sum(1).mean() for g in self._global_gates]
+        return torch.stack(losses).mean()
+
+    def alignment_loss(self, batch: dict[str, Any]) -> torch.Tensor:
+        """Squared distance of each other modality's latents, alone, to those of the clip's
+        own label (shares x intensity) alone."""
+        inputs = emotion_inputs(batch)
+        present = inputs.presence(self.device)
+        intensity = torch.as_tensor(batch["intensity"], device=self.device, dtype=torch.float32)
+        label = self._shares(batch) * intensity[:, None]
+        with torch.no_grad():
+            target = self.net.encode_emotion(EmotionInputs(label=label))
+        losses = []
+        for column, name in enumerate(MODALITIES[1:], start=1):
+            rows = present[:, column]
+            if rows.any():
+                latents = self.net.encode_emotion(_only(inputs, name, present))
+                losses.append(F.mse_loss(latents[rows], target[rows]))
+        return torch.stack(losses).mean() if losses else target.new_zeros(())
 
     def training_step(self, batch: dict[str, Any], batch_idx: int) -> torch.Tensor:
         self._gate_sums = {}
@@ -50,3 +115,12 @@ class GatingModule(DiffusionStage):
                            for i, emotion in enumerate(BASIC_EMOTIONS)},
                           batch_size=batch["frames"].shape[0])
         return loss
+
+
+def _only(inputs: EmotionInputs, modality: str, present: torch.Tensor) -> EmotionInputs:
+    """The same conditions with only ``modality`` marked present (where ``present`` has it)."""
+    keep = torch.zeros_like(present)
+    column = MODALITIES.index(modality)
+    keep[:, column] = present[:, column]
+    return EmotionInputs(label=inputs.label, au=inputs.au, text=inputs.text,
+                         speech=inputs.speech, present=keep)

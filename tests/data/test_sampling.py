@@ -140,6 +140,34 @@ def test_jitter_drops_modalities_and_perturbs_labels(clip):
     assert torch.equal(labels, torch.stack([s["emotion"]["label"] for s in again]))
 
 
+def test_apex_windows_skip_the_expression_ramp(clip):
+    ramped = make_test_clip(num_frames=30, size=32)
+    strength = np.linspace(0, 1, 30, dtype=np.float32).clip(0, 0.6) / 0.6  # apex from frame 18
+    ramped.aus = np.zeros((30, len(ACTION_UNITS)), np.float32)
+    ramped.aus[:, ACTION_UNITS.index("AU12")] = strength
+    ramped.aus[:, ACTION_UNITS.index("AU26")] = np.random.default_rng(0).uniform(size=30)  # speech
+    options = SamplingOptions(num_frames=4, apex_fraction=0.8, windows_per_clip=50)
+    starts = ClipSampler(options).window_starts(ramped)
+    assert starts.min() == int(np.argmax(strength >= 0.8)) and starts.max() == 26
+    assert {s["start_frame"] for s in ClipSampler(options)(ramped)} <= set(starts.tolist())
+    ramped.aus[:] = 0  # neutral: any window
+    assert len(ClipSampler(options).window_starts(ramped)) == 27
+    assert len(ClipSampler(SamplingOptions(num_frames=4)).window_starts(clip)) == 27
+
+
+def test_modalities_are_restricted_and_single(clip):
+    label_only = SamplingOptions(num_frames=2, modalities=["label"])
+    sample = ClipSampler(label_only)(clip)[0]["emotion"]
+    assert sample["present"].tolist() == [True, False, False, False]
+    assert sample["text"] == "" and not sample["au"].any() and sample["label"].any()
+    single = SamplingOptions(num_frames=2, single_modality_prob=1.0, windows_per_clip=100)
+    presents = torch.stack([s["emotion"]["present"] for s in ClipSampler(single)(clip)])
+    assert (presents.sum(1) == 1).all()
+    assert presents.any(0).all()  # every modality gets to stand alone
+    with pytest.raises(ValueError, match="unknown emotion modalities"):
+        SamplingOptions(modalities=["smell"])
+
+
 def test_batch_contract_and_audio_features():
     clips = [make_test_clip(emotion="happy", num_frames=12, size=32),
              make_test_clip(name="c1", emotion="happily surprised", num_frames=12, size=32,

@@ -57,14 +57,7 @@ def test_missing_stage_weights_are_one_clear_line(tmp_path):
     assert missing_backbone.returncode == 1
     assert missing_backbone.stderr.strip().splitlines()[-1].startswith(
         "error: checkpoint not found: 'runs/tiny/weights/backbone.safetensors'")
-    missing_vae = subprocess.run([*run, "--model.init_args.init_weights", "[]"], cwd=tmp_path,
-                                 capture_output=True, text=True, timeout=120)
-    assert missing_vae.returncode == 1
-    last = missing_vae.stderr.strip().splitlines()[-1]
-    assert last.startswith("error: no vae weights at 'runs/tiny/weights/vae'")
-    assert "configs/tiny/vae.yaml" in last
-    missing_shards = subprocess.run([*run, "--model.init_args.init_weights", "[]",
-                                     "--model.init_args.net.weights.vae", "null"],
+    missing_shards = subprocess.run([*run, "--model.init_args.init_weights", "[]"],
                                     cwd=tmp_path, capture_output=True, text=True, timeout=180)
     assert missing_shards.returncode == 1
     assert "error: " in missing_shards.stderr and "runs/synthemo" in missing_shards.stderr
@@ -75,8 +68,7 @@ def error_line(config: str, cwd: Path, command: str = "fit") -> str:
     """The last stderr line of ``command --config configs/tiny/<config>``, which must fail
     with one line and no traceback."""
     path = str(Path(__file__).resolve().parents[2] / "configs" / "tiny" / config)
-    result = subprocess.run([sys.executable, "-m", "moee", command, "--config", path,
-                             "--model.init_args.net.weights.vae", "null"],
+    result = subprocess.run([sys.executable, "-m", "moee", command, "--config", path],
                             cwd=cwd, capture_output=True, text=True, timeout=180)
     assert result.returncode == 1 and "Traceback" not in result.stderr
     return result.stderr.strip().splitlines()[-1]

@@ -49,8 +49,14 @@ def test_stage_config_parses(path):
                                       "moee.inference.lightning.AnimationJobs")
     if config.model.class_path.endswith("ExpertModule"):
         emotion = config.model.init_args.emotion
-        assert path.stem == f"expert_{emotion}"
-        assert config.data.init_args.emotions == [emotion]
+        if emotion == "all":  # the six side by side, one file each
+            from moee.emotions import BASIC_EMOTIONS
+
+            assert path.stem == "experts" and "{emotion}" in config.model.init_args.export_path
+            assert config.data.init_args.emotions == list(BASIC_EMOTIONS)
+        else:
+            assert path.stem == f"expert_{emotion}"
+            assert config.data.init_args.emotions == [emotion]
 
 
 def test_every_expert_has_a_config_at_both_scales():

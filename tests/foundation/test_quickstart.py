@@ -1,36 +1,87 @@
-"""The quickstart's bookkeeping: which emotion each of its videos asks for."""
+"""The quickstart's bookkeeping: its stages, the held-out videos it plans, how it scores them."""
 
 import json
-from pathlib import Path
 
+import numpy as np
 import pytest
 
-from moee.quickstart import EMOTIONS, STAGES, requested_emotion
+from moee.emotions import BASIC_EMOTIONS, COMPOUND_EMOTIONS, NEUTRAL, parse_emotion
+from moee.quickstart import STAGES
+from moee.showcase import KINDS, Person, plan_videos
 
 
-@pytest.mark.parametrize(("name", "expected"), [
-    ("synth00053_happy_spoken-sad", "happy"),
-    ("synth00053_happily_surprised_spoken-sad", "happily surprised"),
-    ("synth00053_text_spoken-sad", "surprised"),
-    ("synth00053_speech_spoken-sadly-fearful", "sadly fearful"),
-])
-def test_requested_emotion(name, expected):
-    assert requested_emotion(Path(f"{name}.mp4")) == expected
-
-
-def test_every_stage_config_exists_and_every_condition_parses():
-    from moee.emotions import parse_emotion
+def test_every_stage_config_exists_and_exports_every_expert():
     from moee.quickstart import CONFIGS
 
-    assert all((CONFIGS / config).is_file() for _, config in STAGES)
-    assert [parse_emotion(spec).kind for spec in EMOTIONS.values()] == [
-        "basic", "compound", "text", "speech"]
+    assert all((CONFIGS / config).is_file() for _, _, config in STAGES)
+    exports = [e for _, exports, _ in STAGES for e in exports]
+    assert exports == ["backbone.safetensors",
+                       *(f"expert_{e}.safetensors" for e in BASIC_EMOTIONS),
+                       "gating.safetensors"]
+
+
+def person(identity: str = "synth00053") -> Person:
+    from moee.data.synth.generator import ClipConfig, make_clip
+
+    config = ClipConfig(num_frames=8)
+    clips = {e: make_clip(config, 53, i, emotion=e) for i, e in
+             enumerate((NEUTRAL, *BASIC_EMOTIONS, *COMPOUND_EMOTIONS))}
+    return Person(identity, clips[NEUTRAL].frames[0], clips)
+
+
+def test_the_plan_asks_each_kind_of_condition_what_it_must_read_as():
+    plan = plan_videos([person()])
+    counts = {kind: sum(v.kind == kind for v in plan) for kind in KINDS}
+    assert counts == {"basic": 6, "compound": 4, "text": 6, "speech": 6}
+    for video in plan:
+        condition = parse_emotion(video.condition)
+        assert condition.kind == video.kind
+        assert video.speech_clip.meta.emotion == video.asked  # its speech speaks the emotion
+        if video.kind == "text":
+            assert video.condition == f"text:{video.speech_clip.meta.text}"
+        if video.kind in ("basic", "compound"):
+            assert video.condition == video.asked
+    assert len({v.name for v in plan}) == len(plan)
+    assert [v.kind for v in plan_videos([person()], kinds=("speech",))] == ["speech"] * 6
+
+
+def test_ground_truth_videos_score_and_still_portraits_do_not(monkeypatch):
+    """score_videos counts a video only when the judge reads the asked emotion on the right
+    person, and correlates mouths with the speech clip's ground truth."""
+    from moee.data.synth.face import mouth_opening_from_landmarks
+    from moee.metrics.probe_judge import VideoReading
+    from moee.showcase import score_videos
+
+    class TruthJudge:
+        """Reads the emotion of the clip a video's frames come from, and its true mouth."""
+
+        def read(self, frames, portrait):
+            for clip in people.clips.values():
+                if np.array_equal(frames, clip.frames):
+                    probabilities = np.eye(11)[
+                        ("neutral", *BASIC_EMOTIONS, *COMPOUND_EMOTIONS).index(clip.meta.emotion)]
+                    return VideoReading(1.0, probabilities, portrait, 1.0,
+                                        mouth_opening_from_landmarks(clip.landmarks))
+            return VideoReading(1.0, np.eye(11)[0], portrait, 1.0, np.zeros(len(frames)))
+
+        def reads_as(self, reading, emotion, portrait):
+            return reading.emotion == emotion
+
+    people = person()
+    plan = plan_videos([people], kinds=("basic", "compound"))
+    truth = score_videos(TruthJudge(), [(v, v.speech_clip.frames) for v in plan])
+    assert truth.emotion == {"basic": (6, 6), "compound": (4, 4)}
+    assert truth.identity == (10, 10) and truth.lip_sync == pytest.approx(1.0)
+    still = score_videos(TruthJudge(), [(v, np.repeat(people.portrait[None], 8, 0))
+                                        for v in plan])
+    assert still.emotion == {"basic": (0, 6), "compound": (0, 4)} and still.lip_sync == 0.0
+    assert "basic 6/6 (100%)" in truth.lines()[0]
 
 
 @pytest.fixture
 def trained_runs(tmp_path, monkeypatch):
-    """A runs/ folder whose SynthEmo and stage exports exist (empty files), wired into the
-    quickstart module; returns the weights folder."""
+    """A runs/ folder whose SynthEmo, probes and stage exports exist (empty files), wired into
+    the quickstart module; returns the weights folder."""
     from moee import quickstart
 
     runs = tmp_path / "runs"
@@ -38,8 +89,14 @@ def trained_runs(tmp_path, monkeypatch):
     (runs / "synthemo" / "test").mkdir(parents=True)
     (runs / "synthemo" / "test" / "manifest.json").write_text("{}")
     weights.mkdir(parents=True)
-    for export, _ in STAGES:
-        (weights / export).touch()
+    for _, exports, _ in STAGES:
+        for export in exports:
+            (weights / export).touch()
+    monkeypatch.setenv("MOEE_CACHE", str(tmp_path / "cache"))
+    from moee.data.synth.probes import cache_path
+
+    cache_path().parent.mkdir(parents=True)
+    cache_path().touch()
     for name, value in {"RUNS": runs, "SYNTHEMO": runs / "synthemo", "WEIGHTS": weights,
                         "VIDEOS": runs / "tiny" / "videos"}.items():
         monkeypatch.setattr(quickstart, name, value)
@@ -50,15 +107,18 @@ def test_a_rerun_skips_finished_steps_and_keeps_their_times(trained_runs, monkey
     from moee import quickstart
 
     record = trained_runs.parent / "quickstart.json"
-    record.write_text('{"seconds": {"vae": 105.0}}')
+    record.write_text('{"seconds": {"backbone": 280.0}}')
     asked = {}
-    monkeypatch.setattr(quickstart, "animate_test_portraits",
-                        lambda portraits, steps, strength: asked.update(strength=strength) or [])
-    monkeypatch.setattr(quickstart, "score_videos", lambda videos: None)
+    monkeypatch.setattr(quickstart, "animate_held_out",
+                        lambda people, seconds, steps, strength: asked.update(
+                            strength=strength) or [])
+    monkeypatch.setattr(quickstart, "read_held_out", lambda made, probes: {"lip_sync_r": 0.7})
+    monkeypatch.setattr("moee.data.synth.probes.load_probes", lambda: None)
     timings = quickstart.quickstart(strength=0.5)
-    assert set(timings) == {"vae", "animate"} and timings["vae"] == 105.0
+    assert set(timings) == {"backbone", "animate"} and timings["backbone"] == 280.0
     assert asked == {"strength": 0.5}
-    assert json.loads(record.read_text())["seconds"] == timings
+    written = json.loads(record.read_text())
+    assert written["seconds"] == timings and written["lip_sync_r"] == 0.7
     assert not list(record.parent.glob(".*partial"))
 
 
@@ -71,11 +131,11 @@ def test_weights_of_the_old_expert_recipe_are_one_line(trained_runs):
 
     from moee import quickstart
 
-    for index, (export, _) in enumerate(STAGES):
+    for index, export in enumerate(e for _, exports, _ in STAGES for e in exports):
         if export.startswith("expert_"):
             save_file({"emotion_to_latents.null_latent": torch.full((2,), float(index))},
                       trained_runs / export, metadata={"stage": "ExpertModule"})
-        elif export.endswith(".safetensors"):
+        else:
             save_file({"x": torch.zeros(1)}, trained_runs / export)
     with pytest.raises(SystemExit) as stop:
         quickstart.main([])

@@ -25,7 +25,9 @@ def reference_expert(expert, x, context):
 
 def reference_moe(moe, x, context, weights=None):
     s = torch.sigmoid(x @ moe.local_gate.weight.T + moe.local_gate.bias)  # b n e
-    g = torch.softmax(x.mean(1) @ moe.global_gate.weight.T + moe.global_gate.bias, -1)  # b e
+    logits = x.mean(1) @ moe.global_gate.weight.T + moe.global_gate.bias  # eq. 3
+    logits = logits + context.mean(1) @ moe.context_gate.weight.T + moe.context_gate.bias
+    g = torch.softmax(logits, -1)  # b e
     g = g if weights is None else weights
     out = x.clone()
     for i, expert in enumerate(moe.experts):
@@ -36,7 +38,22 @@ def reference_moe(moe, x, context, weights=None):
 @pytest.fixture
 def moe():
     torch.manual_seed(0)
-    return EmotionMoE(D, C, heads=HEADS, zero_init_output=False)
+    module = EmotionMoE(D, C, heads=HEADS, zero_init_output=False)
+    with torch.no_grad():  # the global gate's emotion term, zero at the start, in use
+        module.context_gate.weight.normal_(std=0.5)
+        module.context_gate.bias.normal_(std=0.5)
+    return module
+
+
+def test_global_gate_starts_as_eq_3_and_learns_to_read_the_emotion(inputs):
+    torch.manual_seed(0)
+    fresh = EmotionMoE(D, C, heads=HEADS, zero_init_output=False)
+    x, context = inputs
+    eq3 = torch.softmax(fresh.global_gate(x.mean(1)), -1)
+    torch.testing.assert_close(fresh.gates(x, context)[1], eq3)
+    with torch.no_grad():
+        fresh.context_gate.weight.normal_()
+    assert not torch.allclose(fresh.gates(x, context)[1], fresh.gates(x, -context)[1])
 
 
 @pytest.fixture(params=["batched", "absorbed (m e h)", "absorbed (e h m)"])

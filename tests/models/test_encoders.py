@@ -1,10 +1,15 @@
-"""Audio windows, emotion latents with missing modalities, and the video VAE."""
+"""Audio windows, emotion latents with missing modalities, and the first stages."""
 
 from __future__ import annotations
 
+import pytest
 import torch
+from diffusers import AutoencoderKL
 
 from moee.models.emotion_latents import EmotionInputs
+from moee.models.pretrained import PRESETS, build_first_stage
+from moee.models.vae import PatchCodec, VideoVAE
+from tests.models.conftest import CHANNELS, DIM
 
 
 def test_audio_windows_follow_frames(tiny_net):
@@ -38,7 +43,7 @@ def test_emotion_latents_modalities(tiny_net):
         label=label, au=torch.rand(2, 17), text=["a happy smile", None], speech=torch.randn(2, 8000)
     )
     latents = to_latents(full)
-    assert latents.shape == (2, 8, 32)
+    assert latents.shape == (2, 8, DIM)
     assert not torch.allclose(to_latents(EmotionInputs(label=label)), latents)
     masked = EmotionInputs(label=label, au=full.au, present=torch.tensor([[1, 0, 0, 0]] * 2))
     torch.testing.assert_close(to_latents(masked), to_latents(EmotionInputs(label=label)))
@@ -50,10 +55,34 @@ def test_emotion_latents_modalities(tiny_net):
 
 
 @torch.no_grad()
-def test_video_vae_round_trip_shapes(tiny_net):
+def test_patch_codec_is_lossless_space_to_depth(tiny_net):
+    assert isinstance(tiny_net.vae, PatchCodec)
     frames = torch.rand(2, 3, 3, 64, 64) * 2 - 1
     latents = tiny_net.vae.encode(frames, sample=False)
-    assert latents.shape == (2, 3, 4, 16, 16)
-    assert tiny_net.vae.decode(latents).shape == frames.shape
-    single = tiny_net.vae.encode(frames[:, 1:2], sample=False)
+    p = tiny_net.vae.downsample
+    assert latents.shape == (2, 3, CHANNELS, 64 // p, 64 // p)
+    assert CHANNELS == tiny_net.vae.latent_channels == 3 * p * p
+    torch.testing.assert_close(tiny_net.vae.decode(latents), frames, rtol=0, atol=1e-6)
+    # latent (c, i, j) is pixel (c // p², p i + (c % p²) // p, p j + c % p) of the frame,
+    # scaled to unit variance
+    channel, row, col = p * p + p * 1 + (p - 1), 5, 7
+    torch.testing.assert_close(latents[0, 0, channel, row, col], tiny_net.vae.scaling_factor
+                               * frames[0, 0, 1, p * row + 1, p * col + p - 1])
+
+
+def test_patch_preset_refuses_vae_weights():
+    with pytest.raises(ValueError, match="weights.vae to null"):
+        build_first_stage(PRESETS["tiny"], "runs/tiny/weights/vae")
+
+
+@torch.no_grad()
+def test_autoencoder_first_stage_round_trip_shapes():
+    vae = VideoVAE(AutoencoderKL(block_out_channels=(16, 32), down_block_types=(
+        "DownEncoderBlock2D",) * 2, up_block_types=("UpDecoderBlock2D",) * 2,
+        layers_per_block=1, latent_channels=4, norm_num_groups=8, sample_size=64))
+    frames = torch.rand(2, 3, 3, 64, 64) * 2 - 1
+    latents = vae.encode(frames, sample=False)
+    assert latents.shape == (2, 3, 4, 32, 32) and vae.downsample == 2
+    assert vae.decode(latents).shape == frames.shape
+    single = vae.encode(frames[:, 1:2], sample=False)
     torch.testing.assert_close(single, latents[:, 1:2], atol=1e-5, rtol=1e-4)

@@ -39,12 +39,20 @@ def test_unet_weights_load_into_denoiser_and_reference_net(tmp_path):
     saved = UNet2DConditionModel(**pretrained.PRESETS["tiny"].unet)
     saved.save_pretrained(tmp_path / "unet")  # the SD-1.5 folder layout, safetensors
     net = MoEENet(MoEENetConfig(weights=pretrained.WeightSources(unet=str(tmp_path))))
+    channels = saved.config.in_channels
     for unet in (net.denoiser.unet, net.reference_net.unet):
         for key, value in saved.state_dict().items():
+            if unet is net.denoiser.unet and key == "conv_in.weight":
+                # concat_reference widens conv_in: the loaded weights see the noisy latent,
+                # the reference latent's new inputs start at zero
+                assert not unet.state_dict()[key][:, channels:].any()
+                value = torch.cat([value, torch.zeros_like(value)], 1)
             torch.testing.assert_close(unet.state_dict()[key], value, msg=key)
     unet_params = sum(p.numel() for p in saved.parameters())
-    assert net.load_report["loaded"] == 2 * unet_params
-    assert net.load_report["new"] == sum(p.numel() for p in net.parameters()) - 2 * unet_params
+    widened = saved.conv_in.weight.numel()
+    assert net.load_report["loaded"] == 2 * unet_params + widened
+    assert net.load_report["new"] == sum(p.numel() for p in net.parameters()) - \
+        net.load_report["loaded"]
 
 
 def test_animatediff_motion_modules_load():

@@ -28,7 +28,7 @@ def batch():
     return make_batch(clips, num_frames=4)
 
 
-@pytest.mark.parametrize("prediction_type", ["epsilon", "v_prediction"])
+@pytest.mark.parametrize("prediction_type", ["epsilon", "v_prediction", "sample"])
 def test_objective_round_trip(prediction_type):
     objective = DiffusionObjective(prediction_type=prediction_type)
     latents, noise = torch.randn(3, 2, 4, 8, 8), torch.randn(3, 2, 4, 8, 8)

@@ -12,6 +12,7 @@ and reports held-out accuracy on unseen identities; :func:`load_probes` reads th
 
 from __future__ import annotations
 
+import functools
 import json
 import os
 import time
@@ -22,6 +23,7 @@ from pathlib import Path
 import numpy as np
 import torch
 import torch.nn.functional as F
+from einops import rearrange
 from safetensors.torch import load_file, save_file
 from torch import nn
 
@@ -35,10 +37,14 @@ EMBEDDING_DIM = 64
 _NO_LABEL = -100
 
 
+PROBE_VERSION = 2
+"""Changes whenever the probes' outputs change (2: the face output)."""
+
+
 def cache_path(size: int = 64, cache_dir: str | os.PathLike | None = None) -> Path:
     """Where the probes of ``size`` px live: ``$MOEE_CACHE`` or ``~/.cache/moee``."""
     root = Path(cache_dir or os.environ.get("MOEE_CACHE") or Path.home() / ".cache" / "moee")
-    return root / f"synthemo_probes_{GENERATOR_VERSION}_{size}px.safetensors"
+    return root / f"synthemo_probes_{GENERATOR_VERSION}_v{PROBE_VERSION}_{size}px.safetensors"
 
 
 def _trunk(widths: tuple[int, ...]) -> nn.Sequential:
@@ -57,16 +63,17 @@ _WIDTHS = (16, 24, 32, 48, 64, 96, 128)
 
 
 class ExpressionProbe(nn.Module):
-    """Emotion logits (11), AU intensities (17), landmarks (68x2) and mouth opening from pixels."""
+    """Emotion logits (11), AU intensities (17), landmarks (68x2), mouth opening and a face
+    logit (is this a whole, sharp enough SynthEmo face at all) from pixels."""
 
     def __init__(self) -> None:
         super().__init__()
         self.trunk = _trunk(_WIDTHS)
-        self.head = nn.Linear(256, len(EMOTION_CLASSES) + NUM_ACTION_UNITS + 136 + 1)
+        self.head = nn.Linear(256, len(EMOTION_CLASSES) + NUM_ACTION_UNITS + 136 + 2)
 
     def forward(self, x: torch.Tensor) -> dict[str, torch.Tensor]:
         """x (b 3 h w) in [-1, 1] -> dict of emotion (b 11), aus (b 17) and their logits,
-        landmarks (b 68 2), mouth (b)."""
+        landmarks (b 68 2), mouth (b), face logit (b)."""
         out = self.head(self.trunk(x))
         e, a = len(EMOTION_CLASSES), NUM_ACTION_UNITS
         return {
@@ -74,7 +81,8 @@ class ExpressionProbe(nn.Module):
             "au_logits": out[:, e:e + a],
             "aus": torch.sigmoid(out[:, e:e + a]),
             "landmarks": (out[:, e + a:e + a + 136] + 0.5).view(-1, 68, 2),
-            "mouth": out[:, -1],
+            "mouth": out[:, -2],
+            "face": out[:, -1],
         }
 
 
@@ -125,6 +133,11 @@ class SynthEmoProbes(nn.Module):
     def mouth_opening(self, frames: torch.Tensor) -> torch.Tensor:
         """(N,) inner-lip gap over mouth width (see ``mouth_opening_from_landmarks``)."""
         return self._expr(frames)["mouth"]
+
+    def face_probability(self, frames: torch.Tensor) -> torch.Tensor:
+        """(N,) probability that a frame is a face at all: noise, heavy blur, scrambled or
+        off-centre crops score near 0 (trained on such negatives of ground-truth renders)."""
+        return self._expr(frames)["face"].sigmoid()
 
     @torch.no_grad()
     def identity_embedding(self, frames: torch.Tensor) -> torch.Tensor:
@@ -192,9 +205,48 @@ def _batches(n: int, batch: int, rng: np.random.Generator):
 
 
 def _augment(x: torch.Tensor) -> torch.Tensor:
-    """Light pixel noise and brightness jitter, so probes tolerate generated frames."""
+    """Light pixel noise, brightness jitter and mild blur, so probes tolerate generated frames."""
     gain = 1 + 0.1 * (torch.rand(x.shape[0], 1, 1, 1) - 0.5)
-    return (x * gain + 0.04 * torch.rand(x.shape[0], 1, 1, 1) * torch.randn_like(x)).clamp(-1, 1)
+    x = (x * gain + 0.04 * torch.rand(x.shape[0], 1, 1, 1) * torch.randn_like(x)).clamp(-1, 1)
+    blurred = torch.rand(x.shape[0]) < 0.3
+    if blurred.any():
+        x = x.clone()
+        x[blurred] = F.avg_pool2d(x[blurred], 3, 1, 1, count_include_pad=False)
+    return x
+
+
+NEGATIVE_KINDS = ("noise", "smooth noise", "blur", "scramble", "crop", "flat")
+"""How :func:`non_faces` turns face renders into frames that are not a face."""
+
+
+def non_faces(x: torch.Tensor, generator: torch.Generator | None = None) -> torch.Tensor:
+    """Negatives for the probe's face output, made from renders x (b 3 h w) in [-1, 1]:
+    pixel noise, low-frequency colour noise, heavy blur, 4x4 patch scrambles, off-centre 2x
+    crops and flat colour fields, one kind per frame in turn."""
+    b, _, h, w = x.shape
+    out = torch.empty_like(x)
+    rand = functools.partial(torch.rand, generator=generator)
+    for i in range(b):
+        kind = NEGATIVE_KINDS[i % len(NEGATIVE_KINDS)]
+        image = x[i:i + 1]
+        if kind == "noise":
+            image = (rand(image.shape) * 2 - 1) * rand(1) + (rand(1, 3, 1, 1) - 0.5)
+        elif kind == "smooth noise":
+            image = F.interpolate(rand(1, 3, 4, 4) * 2 - 1, size=(h, w), mode="bilinear")
+        elif kind == "blur":
+            image = F.interpolate(F.avg_pool2d(image, 8), size=(h, w), mode="bilinear")
+        elif kind == "scramble":
+            tiles = rearrange(image, "1 c (i p) (j q) -> (i j) c p q", i=4, j=4)
+            tiles = tiles[torch.randperm(16, generator=generator)]
+            image = rearrange(tiles, "(i j) c p q -> 1 c (i p) (j q)", i=4)
+        elif kind == "crop":
+            top, left = (int(v) for v in (rand(2) * torch.tensor([h / 2, w / 2])))
+            image = F.interpolate(image[..., top:top + h // 2, left:left + w // 2],
+                                  size=(h, w), mode="bilinear")
+        else:
+            image = (rand(1, 3, 1, 1) * 2 - 1).expand_as(image)
+        out[i] = image[0].clamp(-1, 1)
+    return out
 
 
 def _train_loop(model: nn.Module, loss_fn: Callable, n: int, steps: int, batch: int,
@@ -219,15 +271,18 @@ def _train_loop(model: nn.Module, loss_fn: Callable, n: int, steps: int, batch: 
 @torch.no_grad()
 def evaluate_probes(probes: SynthEmoProbes, data: ProbeData) -> dict[str, float]:
     """Held-out scores: emotion accuracy (apex frames), AU MAE, landmark error (fraction of
-    image size), mouth-opening MAE, identity nearest-neighbour accuracy."""
+    image size), mouth-opening MAE, identity nearest-neighbour accuracy, and the face output's
+    accuracy on the renders and on :func:`non_faces` made from them."""
     x = to_tensor(data.frames)
-    out = {k: [] for k in ("emotion", "aus", "landmarks", "mouth")}
-    embeds = []
+    out = {k: [] for k in ("emotion", "aus", "landmarks", "mouth", "face")}
+    embeds, negatives = [], []
+    generator = torch.Generator().manual_seed(0)
     for i in range(0, len(x), 256):
         pred = probes.expression(x[i:i + 256])
         for k in out:
             out[k].append(pred[k])
         embeds.append(probes.identity(x[i:i + 256]))
+        negatives.append(probes.expression(non_faces(x[i:i + 256], generator))["face"])
     pred = {k: torch.cat(v).numpy() for k, v in out.items()}
     labelled = data.emotion != _NO_LABEL
     emb = torch.cat(embeds)
@@ -240,6 +295,8 @@ def evaluate_probes(probes: SynthEmoProbes, data: ProbeData) -> dict[str, float]
         "landmark_error": float(np.linalg.norm(pred["landmarks"] - data.landmarks, axis=-1).mean()),
         "mouth_mae": float(np.abs(pred["mouth"] - data.mouth).mean()),
         "identity_nn_accuracy": float((data.identity[nearest] == data.identity).mean()),
+        "face_accuracy": float((pred["face"] > 0).mean()),
+        "non_face_accuracy": float((torch.cat(negatives) < 0).float().mean()),
     }
 
 
@@ -266,11 +323,15 @@ def train_probes(size: int = 64, seed: int = 0, train_identities: int = 300,
     probes = SynthEmoProbes(size)
 
     def expression_loss(idx) -> torch.Tensor:
-        pred = probes.expression(_augment(x[idx]))
-        return (F.cross_entropy(pred["emotion"], labels["emotion"][idx], ignore_index=_NO_LABEL)
-                + 5 * F.binary_cross_entropy_with_logits(pred["au_logits"], labels["aus"][idx])
-                + 30 * F.smooth_l1_loss(pred["landmarks"], labels["landmarks"][idx], beta=0.01)
-                + F.l1_loss(pred["mouth"], labels["mouth"][idx]))
+        faces = _augment(x[idx])
+        pred = probes.expression(torch.cat([faces, non_faces(faces[: len(idx) // 4])]))
+        is_face = torch.arange(len(pred["face"])) < len(idx)
+        face = {k: v[is_face] for k, v in pred.items()}
+        return (F.cross_entropy(face["emotion"], labels["emotion"][idx], ignore_index=_NO_LABEL)
+                + 5 * F.binary_cross_entropy_with_logits(face["au_logits"], labels["aus"][idx])
+                + 30 * F.smooth_l1_loss(face["landmarks"], labels["landmarks"][idx], beta=0.01)
+                + F.l1_loss(face["mouth"], labels["mouth"][idx])
+                + F.binary_cross_entropy_with_logits(pred["face"], is_face.float()))
 
     classifier = nn.Linear(EMBEDDING_DIM, train_identities, bias=False)
     probes.identity.add_module("_train_head", classifier)

@@ -1,0 +1,190 @@
+"""The quickstart's held-out videos: which to make, and what the SynthEmo probes read in them.
+
+Every test identity is animated from a **neutral** portrait (its neutral clip's frame with the
+mouth most closed), sampled from pure noise, under each kind of condition:
+
+=========  ===============================================  ==================================
+kind       condition                                        speech, and what it must read as
+=========  ===============================================  ==================================
+basic      each basic label                                 that emotion's clip: the label
+compound   each compound name                               that compound's clip: the compound
+text       ``text:`` + each emotion clip's own description  that clip: its emotion
+speech     ``speech``                                       each basic emotion's clip: its emotion
+=========  ===============================================  ==================================
+
+A video counts as right only if the probes see a face in it, its nearest portrait by identity
+is its own, and the frame-averaged emotion is the one asked (:class:`ProbeJudge`); lip sync is
+the correlation of the probes' mouth opening with the speech clip's ground-truth mouth track.
+"""
+
+from __future__ import annotations
+
+from collections import defaultdict
+from collections.abc import Iterable
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from moee.data.media import SAMPLES_PER_FRAME
+from moee.data.shards import Clip, decode_clip, iter_raw_samples, shard_urls
+from moee.data.synth.face import mouth_opening_from_landmarks
+from moee.data.synth.sheet import with_header
+from moee.emotions import BASIC_EMOTIONS, COMPOUND_EMOTIONS, NEUTRAL
+from moee.metrics.probe_judge import ProbeJudge, lip_sync_correlation
+
+KINDS = ("basic", "compound", "text", "speech")
+"""The condition kinds, in report order."""
+
+
+@dataclass
+class Person:
+    """A held-out identity: its neutral portrait and its clips by emotion."""
+
+    identity: str
+    portrait: np.ndarray  # (H, W, 3) uint8
+    clips: dict[str, Clip]
+
+
+@dataclass
+class PlannedVideo:
+    """One video to make: whose, which condition, which clip's speech, what it must read as."""
+
+    person: Person
+    kind: str
+    condition: str
+    speech_clip: Clip
+    asked: str
+
+    @property
+    def name(self) -> str:
+        """File stem: ``<identity>_<kind>_<asked emotion>``."""
+        return f"{self.person.identity}_{self.kind}_{self.asked.replace(' ', '-')}"
+
+
+def held_out_people(folder: str | Path, limit: int | None = None) -> list[Person]:
+    """The identities of a SynthEmo split that have a clip of every emotion class."""
+    clips: dict[str, dict[str, Clip]] = defaultdict(dict)
+    for url in shard_urls(folder):
+        for raw in iter_raw_samples(url):
+            clip = decode_clip(raw)
+            clips[clip.meta.identity].setdefault(clip.meta.emotion, clip)
+    people = []
+    for identity in sorted(clips):
+        own = clips[identity]
+        if NEUTRAL not in own or not all(e in own for e in (*BASIC_EMOTIONS, *COMPOUND_EMOTIONS)):
+            continue
+        neutral = own[NEUTRAL]
+        still = int(mouth_opening_from_landmarks(neutral.landmarks).argmin())
+        people.append(Person(identity, neutral.frames[still], own))
+    return people[:limit]
+
+
+def plan_videos(people: Iterable[Person], kinds: Iterable[str] = KINDS) -> list[PlannedVideo]:
+    """Every (person, condition) video of the module table, for the given kinds."""
+    plan = []
+    for person in people:
+        for kind in kinds:
+            if kind == "compound":
+                plan += [PlannedVideo(person, kind, c, person.clips[c], c)
+                         for c in COMPOUND_EMOTIONS]
+                continue
+            for emotion in BASIC_EMOTIONS:
+                clip = person.clips[emotion]
+                condition = {"basic": emotion, "text": f"text:{clip.meta.text}",
+                             "speech": "speech"}[kind]
+                plan.append(PlannedVideo(person, kind, condition, clip, emotion))
+    return plan
+
+
+def speech_of(video: PlannedVideo, frames: int) -> tuple[np.ndarray, np.ndarray]:
+    """The first ``frames`` frames' audio of the video's speech clip and their ground-truth
+    mouth opening."""
+    clip = video.speech_clip
+    return (clip.audio[: frames * SAMPLES_PER_FRAME],
+            mouth_opening_from_landmarks(clip.landmarks[:frames]))
+
+
+@dataclass
+class ShowcaseScores:
+    """What the probes read in a set of made videos (see the module docstring)."""
+
+    emotion: dict[str, tuple[int, int]]  # kind -> (right, videos)
+    identity: tuple[int, int]
+    lip_sync: float
+
+    def lines(self) -> list[str]:
+        """The report, one figure per line."""
+        def share(hits: tuple[int, int]) -> str:
+            return f"{hits[0]}/{hits[1]} ({hits[0] / max(hits[1], 1):.0%})"
+
+        emotion = ", ".join(f"{kind} {share(h)}" for kind, h in self.emotion.items())
+        return [f"emotion read as asked (on a face of the right person): {emotion}",
+                f"identity: own portrait nearest in {share(self.identity)} videos",
+                f"lip sync: mouth opening vs ground truth r = {self.lip_sync:.2f}"]
+
+    def as_dict(self) -> dict:
+        """JSON-ready figures."""
+        return {"emotion_accuracy": {k: h[0] / max(h[1], 1) for k, h in self.emotion.items()},
+                "identity_accuracy": self.identity[0] / max(self.identity[1], 1),
+                "lip_sync_r": self.lip_sync}
+
+
+def score_videos(judge: ProbeJudge, made: list[tuple[PlannedVideo, np.ndarray]]) -> ShowcaseScores:
+    """Read every made video ``(plan, frames (T, H, W, 3) uint8)`` with the probes."""
+    emotion: dict[str, list[int]] = {}
+    identity = [0, 0]
+    mouths, targets = [], []
+    for video, frames in made:
+        reading = judge.read(frames, video.person.identity)
+        hits = emotion.setdefault(video.kind, [0, 0])
+        hits[0] += judge.reads_as(reading, video.asked, video.person.identity)
+        hits[1] += 1
+        identity[0] += reading.is_face and reading.identity == video.person.identity
+        identity[1] += 1
+        mouths.append(reading.mouth)
+        targets.append(speech_of(video, len(frames))[1])
+    return ShowcaseScores({k: tuple(v) for k, v in emotion.items()}, tuple(identity),
+                          lip_sync_correlation(mouths, targets))
+
+
+def showcase_sheet(made: list[tuple[PlannedVideo, np.ndarray]], identities: int = 2,
+                   frames: int = 4) -> np.ndarray:
+    """Contact sheet of the basic and compound videos: one row per emotion (the neutral
+    portrait first), ``frames`` evenly spaced frames for each of the first ``identities``."""
+    by_person: dict[str, dict[str, np.ndarray]] = defaultdict(dict)
+    portraits = {}
+    for video, video_frames in made:
+        if video.kind in ("basic", "compound"):
+            by_person[video.person.identity][video.asked] = video_frames
+            portraits[video.person.identity] = video.person.portrait
+    people = list(by_person)[:identities]
+    emotions = [NEUTRAL, *BASIC_EMOTIONS, *COMPOUND_EMOTIONS]
+    rows = []
+    for emotion in emotions:
+        cells = []
+        for person in people:
+            if emotion == NEUTRAL:
+                cells += [portraits[person]] * frames
+                continue
+            video = by_person[person].get(emotion)
+            if video is None:
+                cells += [np.zeros_like(portraits[person])] * frames
+                continue
+            picks = np.linspace(0, len(video) - 1, frames).round().astype(int)
+            cells += list(video[picks])
+        rows.append(np.concatenate(cells, 1))
+    grid = np.concatenate(rows, 0)
+    size = grid.shape[0] // len(emotions)
+    labels = np.full((grid.shape[0], 84, 3), 255, np.uint8)
+    for row, emotion in enumerate(emotions):
+        label = with_header(np.zeros((0, 84, 3), np.uint8), ["portrait" if emotion == NEUTRAL
+                                                              else emotion], 84)
+        labels[row * size: row * size + label.shape[0]] = label
+    return np.concatenate([labels, grid], 1)
+
+
+def to_image_tensor(frame: np.ndarray) -> torch.Tensor:
+    """``(H, W, 3) uint8`` → ``(3, H, W)`` float in [-1, 1]."""
+    return torch.from_numpy(frame).permute(2, 0, 1).float() / 127.5 - 1

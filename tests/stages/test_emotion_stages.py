@@ -1,0 +1,86 @@
+"""The emotion stages: six experts side by side in one run, and the gating stage's routing and
+alignment terms."""
+
+import pytest
+import torch
+from safetensors import safe_open
+from safetensors.torch import load_file
+
+from moee.data.batch import make_batch
+from moee.data.testclips import make_test_clip
+from moee.emotions import BASIC_EMOTIONS
+from moee.stages import ExpertModule, GatingModule
+from moee.stages.losses import MoEELoss
+
+
+def loss():
+    return MoEELoss(pixel_weight=0.5, perceptual_weights=None)
+
+
+@pytest.fixture(scope="module")
+def mixed_batch():
+    """One sad and one happy clip."""
+    clips = [make_test_clip(identity=f"id{i}", emotion=e, num_frames=12, size=64, seed=i,
+                            text=f"a {e} face") for i, e in enumerate(("sad", "happy"))]
+    return make_batch(clips, num_frames=4)
+
+
+def expert_grads(module: ExpertModule, batch) -> dict[int, float]:
+    module.net.zero_grad(set_to_none=True)
+    module.diffusion_step(batch, cfg_dropout=False)["total"].backward()
+    norms: dict[int, float] = {}
+    for name, p in module.net.named_parameters():
+        if ".emotion.experts." in name and p.grad is not None:
+            index = int(name.split(".emotion.experts.")[1].split(".")[0])
+            norms[index] = norms.get(index, 0.0) + float(p.grad.square().sum())
+    return norms
+
+
+def test_experts_side_by_side_each_learn_from_their_own_clips_only(tmp_path, mixed_batch):
+    sad, happy = BASIC_EMOTIONS.index("sad"), BASIC_EMOTIONS.index("happy")
+    module = ExpertModule(emotion=["sad", "happy"], loss=loss(),
+                          export_path=str(tmp_path / "expert_{emotion}.safetensors"))
+    assert set(module.trainable_groups) == {f"expert_{sad}", f"expert_{happy}"}
+    with torch.no_grad():  # zero-initialised outputs pass no gradient to the rest of an expert
+        for p in module.net.parameters():
+            if p.requires_grad:
+                p.normal_(std=0.02)
+    assert set(expert_grads(module, mixed_batch)) == {sad, happy}
+    only_sad = {k: (v[:1] if torch.is_tensor(v) else v[:1] if isinstance(v, list) else v)
+                for k, v in mixed_batch.items() if k != "emotion"}
+    only_sad["emotion"] = {k: v[:1] for k, v in mixed_batch["emotion"].items()}
+    assert set(expert_grads(module, only_sad)) == {sad}
+
+    module.on_train_end()
+    for emotion, index in (("sad", sad), ("happy", happy)):
+        path = tmp_path / f"expert_{emotion}.safetensors"
+        experts = {k.split(".emotion.experts.")[1].split(".")[0] for k in load_file(path)
+                   if ".emotion.experts." in k}
+        assert experts == {str(index)}
+        with safe_open(str(path), "pt") as file:
+            assert file.metadata()["groups"] == f"expert_{index}"
+    with pytest.raises(ValueError, match="{emotion}"):
+        ExpertModule(emotion="all", export_path=str(tmp_path / "experts.safetensors"))
+    with pytest.raises(ValueError, match="per basic emotion"):
+        ExpertModule(emotion=["sad", "sadly fearful"])
+
+
+def test_gating_routing_and_alignment_terms_train_gates_and_latents(mixed_batch):
+    module = GatingModule(loss=loss(), routing_weight=0.5, alignment_weight=1.0)
+    batch = {**mixed_batch, "emotion": {**mixed_batch["emotion"],
+                                        "present": torch.ones(2, 4, dtype=torch.bool)}}
+    plain = GatingModule(loss=loss()).diffusion_step(batch, cfg_dropout=False)
+    assert "routing" not in plain and "alignment" not in plain
+    terms = module.diffusion_step(batch, cfg_dropout=False)
+    assert terms["routing"] > 0 and terms["alignment"] > 0
+    module.net.zero_grad(set_to_none=True)
+    (terms["routing"] + terms["alignment"]).backward()
+    grads = {n for n, p in module.net.named_parameters() if p.grad is not None
+             and p.grad.abs().sum() > 0}
+    assert any(".context_gate." in n for n in grads)  # routing reaches the emotion term
+    assert any(".global_gate." in n for n in grads)
+    for modality in ("au", "text", "speech"):  # each modality is pulled towards the label
+        assert any(n.startswith(f"emotion_to_latents.to_queries.{modality}.") for n in grads), \
+            modality
+    assert not any(n.startswith("emotion_to_latents.to_queries.label.") for n in grads)
+
