@@ -30,6 +30,7 @@ import torch
 from moee.data.media import SAMPLES_PER_FRAME
 from moee.data.shards import Clip, decode_clip, iter_raw_samples, shard_urls
 from moee.data.synth.face import mouth_opening_from_landmarks
+from moee.data.synth.probes import to_tensor
 from moee.data.synth.sheet import with_header
 from moee.emotions import BASIC_EMOTIONS, COMPOUND_EMOTIONS, NEUTRAL
 from moee.metrics.probe_judge import ProbeJudge, lip_sync_correlation
@@ -187,4 +188,4 @@ def showcase_sheet(made: list[tuple[PlannedVideo, np.ndarray]], identities: int 
 
 def to_image_tensor(frame: np.ndarray) -> torch.Tensor:
     """``(H, W, 3) uint8`` → ``(3, H, W)`` float in [-1, 1]."""
-    return torch.from_numpy(frame).permute(2, 0, 1).float() / 127.5 - 1
+    return to_tensor(frame[None])[0]
