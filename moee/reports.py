@@ -1,4 +1,5 @@
-"""What a batch run did, in one line and one CSV: ``moee predict``, ``moee test``, ``sweep collect``.
+"""What a batch run did, in one line and one CSV: ``moee predict``, ``moee test`` and
+``sweep collect``.
 
 Every batch ends with ``N of M <items> <done>, K skipped`` and, when K > 0, a CSV of the
 skipped items with their reasons next to the outputs (a stale one from an earlier run is
