@@ -28,7 +28,7 @@ import numpy as np
 import torch
 
 from moee.data.media import SAMPLES_PER_FRAME
-from moee.data.shards import Clip, decode_clip, iter_raw_samples, shard_urls
+from moee.data.shards import Clip, ShardError, decode_clip, iter_raw_samples, shard_urls
 from moee.data.synth.face import mouth_opening_from_landmarks
 from moee.data.synth.probes import to_tensor
 from moee.data.synth.sheet import with_header
@@ -79,6 +79,9 @@ def held_out_people(folder: str | Path, limit: int | None = None) -> list[Person
         neutral = own[NEUTRAL]
         still = int(mouth_opening_from_landmarks(neutral.landmarks).argmin())
         people.append(Person(identity, neutral.frames[still], own))
+    if not people:
+        raise ShardError(f"no identity in {str(folder)!r} has a clip of every emotion class: "
+                         "write the split with `python -m moee synth` (11 clips per identity)")
     return people[:limit]
 
 

@@ -78,6 +78,17 @@ def test_ground_truth_videos_score_and_still_portraits_do_not(monkeypatch):
     assert "basic 6/6 (100%)" in truth.lines()[0]
 
 
+def test_a_split_without_complete_identities_is_one_clear_line(tmp_path):
+    from moee.data.shards import ShardError
+    from moee.data.testclips import write_test_shards
+    from moee.showcase import held_out_people
+
+    folder = write_test_shards(tmp_path / "test", num_frames=8, size=32)
+    with pytest.raises(ShardError, match="every emotion class") as error:
+        held_out_people(folder)
+    assert "\n" not in str(error.value)
+
+
 @pytest.fixture
 def trained_runs(tmp_path, monkeypatch):
     """A runs/ folder whose SynthEmo, probes and stage exports exist (empty files), wired into
