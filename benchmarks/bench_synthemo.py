@@ -39,7 +39,7 @@ from moee.emotions import BASIC_EMOTIONS, COMPOUND_EMOTIONS
 from moee.metrics.tables import COLUMNS, markdown_table, wins_of
 
 CONFIGS = Path(__file__).resolve().parents[1] / "configs" / "tiny"
-STEPS = {"backbone": 240, "expert": 16, "gating": 40}
+STEPS = {"image": 120, "backbone": 240, "expert": 16, "gating": 40}
 """Optimiser steps per stage at ``--scale 1``."""
 EMOTIONAL = [*BASIC_EMOTIONS, *COMPOUND_EMOTIONS]
 FULL, NO_MOE, NO_GLOBAL, NO_MNS = "MoEE (full)", "w/o MoE", "w/o global gate", "w/o MNS"
@@ -85,7 +85,9 @@ class Bench:
         self.timed("synthemo", ["synth", "--out", str(self.data), "--train", str(identities),
                                 "--val", "2", "--test", "6", "--frames", str(frames),
                                 "--progress", "false"], self.data / "test" / "manifest.json")
-        backbone = self.fit("backbone", "backbone.yaml", self.steps["backbone"])
+        image = self.fit("backbone_image", "backbone_image.yaml", self.steps["image"])
+        backbone = self.fit("backbone", "backbone.yaml", self.steps["backbone"],
+                            f"--model.init_args.init_weights=[{image}]")
         experts = {}
         for variant, mns in ((FULL, "0.8"), (NO_MNS, "0.0")):
             tag = "mns" if mns != "0.0" else "nomns"
@@ -157,7 +159,8 @@ def main() -> None:
     s = bench.steps
     emotion_steps = 6 * s["expert"] + s["gating"]
     print(f"[bench] budget: {torch.get_num_threads()} CPU threads; shared "
-          f"backbone {s['backbone']} steps; per variant {emotion_steps} emotion-stage steps "
+          f"backbone {s['image']} image + {s['backbone']} video steps; per variant "
+          f"{emotion_steps} emotion-stage steps "
           f"(6 experts x {s['expert']} + gating {s['gating']}, or one attention x "
           f"{emotion_steps}); test: {args.test_batches} x 4 held-out clips of 16 frames, "
           f"{args.sample_steps} sampler steps", flush=True)

@@ -31,12 +31,14 @@ VIDEOS = RUNS / "tiny" / "videos"
 SHEET = RUNS / "tiny" / "quickstart_sheet.png"
 
 STAGES: tuple[tuple[str, tuple[str, ...], str], ...] = (
+    ("backbone_image", ("backbone_image.safetensors",), "tiny/backbone_image.yaml"),
     ("backbone", ("backbone.safetensors",), "tiny/backbone.yaml"),
     ("experts", tuple(f"expert_{e}.safetensors" for e in BASIC_EMOTIONS), "tiny/experts.yaml"),
     ("gating", ("gating.safetensors",), "tiny/gating.yaml"),
 )
 """(name, what the stage exports under WEIGHTS, its config) for every training stage, in
-order; the six experts train side by side in one run."""
+order; the backbone first on stills of many clips (image mode), then on videos; the six
+experts train side by side in one run."""
 
 
 def _timed(timings: dict[str, float], name: str, step: Callable[[], object]) -> None:
@@ -47,10 +49,13 @@ def _timed(timings: dict[str, float], name: str, step: Callable[[], object]) -> 
 
 
 def animate_held_out(people: int | None = None, seconds: float = 0.64, steps: int = 8,
-                     strength: float = 1.0, guidance: float = 2.0) -> list:
+                     strength: float = 1.0, guidance: float = 2.0, batch: int = 8) -> list:
     """Animate the held-out identities' neutral portraits (see :mod:`moee.showcase`): every
-    basic label on every identity, the other kinds on the first ``people``. Write each video to
-    VIDEOS and return ``[(PlannedVideo, frames)]``."""
+    basic label on every identity, the other kinds on the first ``people``. Up to ``batch``
+    videos of one portrait that route the Emotion MoE alike sample together
+    (:meth:`~moee.inference.pipeline.MoEEPipeline.generate_many`), each from its own seed-0
+    noise, as it would alone. Write each video to VIDEOS and return ``[(PlannedVideo,
+    frames)]``."""
     from tqdm import tqdm
 
     from moee.data.media import VIDEO_FPS
@@ -67,14 +72,22 @@ def animate_held_out(people: int | None = None, seconds: float = 0.64, steps: in
     frames = round(seconds * VIDEO_FPS)
     everyone = held_out_people(SYNTHEMO / "test")
     plan = plan_videos(everyone, KINDS[:1]) + plan_videos(everyone[:people], KINDS[1:])
+    groups: dict[tuple[str, bool], list] = {}  # basic labels take one expert, the rest gates
+    for video in plan:
+        groups.setdefault((video.person.identity, video.kind == "basic"), []).append(video)
     made = []
-    for video in tqdm(plan, desc="animate", unit="video"):
-        audio, _ = speech_of(video, frames)
-        generated = pipeline.generate(to_image_tensor(video.person.portrait), audio,
-                                      EmotionTrack.parse(video.condition),
-                                      torch.Generator().manual_seed(0))
-        Animation(generated, audio).save(VIDEOS / f"{video.name}.mp4")
-        made.append((video, generated))
+    with tqdm(total=len(plan), desc="animate", unit="video") as bar:
+        for videos in (group[i : i + batch] for group in groups.values()
+                       for i in range(0, len(group), batch)):
+            audios = [speech_of(video, frames)[0] for video in videos]
+            generated = pipeline.generate_many(
+                to_image_tensor(videos[0].person.portrait), audios,
+                [EmotionTrack.parse(video.condition) for video in videos],
+                [torch.Generator().manual_seed(0) for _ in videos])
+            for video, audio, video_frames in zip(videos, audios, generated):
+                Animation(video_frames, audio).save(VIDEOS / f"{video.name}.mp4")
+                made.append((video, video_frames))
+            bar.update(len(videos))
     return made
 
 
@@ -92,7 +105,8 @@ def read_held_out(made: list, probes) -> dict:
     return scores.as_dict()
 
 
-def quickstart(identities: int = 40, frames: int = 50, backbone_steps: int | None = None,
+def quickstart(identities: int = 40, frames: int = 50, image_steps: int | None = None,
+               backbone_steps: int | None = None,
                expert_steps: int | None = None, gating_steps: int | None = None,
                people: int | None = 4, seconds: float = 0.64, sampling_steps: int = 8,
                strength: float = 1.0, workers: int = 2, force: bool = False) -> dict[str, float]:
@@ -102,7 +116,8 @@ def quickstart(identities: int = 40, frames: int = 50, backbone_steps: int | Non
     Args:
         identities: SynthEmo training identities (validation and test get a fifth each).
         frames: frames per SynthEmo clip.
-        backbone_steps, expert_steps, gating_steps: override the configs' ``max_steps``.
+        image_steps, backbone_steps, expert_steps, gating_steps: override the configs'
+            ``max_steps`` (image-mode backbone, video backbone, experts, gates).
         people: held-out identities animated under the compound, text and speech conditions
             (``None``: all); the basic labels animate every test identity.
         seconds: length of each video.
@@ -129,7 +144,8 @@ def quickstart(identities: int = 40, frames: int = 50, backbone_steps: int | Non
     if not cache_path().is_file():
         _timed(timings, "probes", lambda: train_probes(threads=torch.get_num_threads(),
                                                        **QUICK_PROBES))
-    overrides = {"backbone": backbone_steps, "experts": expert_steps, "gating": gating_steps}
+    overrides = {"backbone_image": image_steps, "backbone": backbone_steps,
+                 "experts": expert_steps, "gating": gating_steps}
     for name, exports, config in STAGES:
         if not force and all((WEIGHTS / export).exists() for export in exports):
             print(f"[quickstart] {name}: already trained ({WEIGHTS}/{exports[0]}...)")

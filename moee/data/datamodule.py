@@ -222,6 +222,7 @@ class MoEEDataModule(L.LightningDataModule):
         identities: keep only these identities.
         min_intensity: keep only clips at least this intense.
         mns_prob: probability of a masked noisy emotion reference (training only).
+        mns_mask_prob: probability that it has its mouth masked (see :class:`SamplingOptions`).
         mask_dilation: mouth-mask growth, as a fraction of the image side.
         jitter_prob: probability of jittering a sample's emotion condition (training only).
         intensity_noise: standard deviation of the intensity jitter.
@@ -256,6 +257,7 @@ class MoEEDataModule(L.LightningDataModule):
         identities: list[str] | None = None,
         min_intensity: float = 0.0,
         mns_prob: float = 0.0,
+        mns_mask_prob: float = 1.0,
         mask_dilation: float = 0.05,
         jitter_prob: float = 0.0,
         intensity_noise: float = 0.1,
@@ -280,7 +282,8 @@ class MoEEDataModule(L.LightningDataModule):
         self.clip_filter = ClipFilter(emotions, compound_only, identities, min_intensity)
         self.train_options = SamplingOptions(
             num_frames=num_frames, image_size=image_size, windows_per_clip=windows_per_clip,
-            mns_prob=mns_prob, mask_dilation=mask_dilation, jitter_prob=jitter_prob,
+            mns_prob=mns_prob, mns_mask_prob=mns_mask_prob, mask_dilation=mask_dilation,
+            jitter_prob=jitter_prob,
             intensity_noise=intensity_noise, weight_noise=weight_noise,
             modality_dropout=modality_dropout, apex_fraction=apex_fraction,
             modalities=modalities, single_modality_prob=single_modality_prob,

@@ -65,6 +65,10 @@ class SamplingOptions:
         random_window: draw window starts and reference frames at random (training); otherwise
             the centred window and its middle frame as reference (evaluation, reproducible).
         mns_prob: probability of a masked noisy emotion reference, for clips that have one.
+        mns_mask_prob: probability that such a reference has its mouth masked (the paper: 1).
+            An inference portrait is not masked; a recipe that also trains unmasked
+            other-emotion references sees that case (the portrait shows another expression
+            than the one asked for) in training too.
         mask_dilation: growth of the mouth polygon, as a fraction of the image side.
         jitter_prob: probability that the emotion condition of a sample is jittered.
         intensity_noise: standard deviation of the intensity noise of a jitter.
@@ -85,6 +89,7 @@ class SamplingOptions:
     windows_per_clip: int = 1
     random_window: bool = True
     mns_prob: float = 0.0
+    mns_mask_prob: float = 1.0
     mask_dilation: float = 0.05
     jitter_prob: float = 0.0
     intensity_noise: float = 0.1
@@ -101,7 +106,8 @@ class SamplingOptions:
         if unknown:
             raise ValueError(f"unknown emotion modalities {sorted(unknown)}; valid: "
                              f"{', '.join(MODALITIES)}")
-        for name in ("mns_prob", "jitter_prob", "modality_dropout", "apex_fraction",
+        for name in ("mns_prob", "mns_mask_prob", "jitter_prob", "modality_dropout",
+                     "apex_fraction",
                      "single_modality_prob"):
             if not 0.0 <= getattr(self, name) <= 1.0:
                 raise ValueError(f"{name} must be in [0, 1], got {getattr(self, name)}")
@@ -278,13 +284,15 @@ class ClipSampler:
         size = opts.image_size or clip.meta.size
         window = slice(start, start + f)
         motion = [max(start - k, 0) for k in range(MOTION_FRAMES, 0, -1)]
-        reference, ref_landmarks, masked = self._reference(clip, start, rng)
+        reference, ref_landmarks, other = self._reference(clip, start, rng)
+        masked = other and (opts.mns_mask_prob >= 1 or rng.random() < opts.mns_mask_prob)
         mask = torch.from_numpy(mouth_mask(ref_landmarks, size, opts.mask_dilation))
         reference = to_tensor_images(reference, size)
         motion_frames = to_tensor_images(clip.frames[motion], size)
         if masked:
             reference = reference.clone()  # never write into the clip's own arrays
             reference[:, mask] = MASK_FILL
+        if other:
             # The clip's own previous frames would show the target expression that MNS hides:
             # start from the reference instead, as the first clip of an animation does.
             motion_frames = reference[None].expand(MOTION_FRAMES, -1, -1, -1).clone()
@@ -324,7 +332,7 @@ class ClipSampler:
 
     def _reference(self, clip: Clip, start: int,
                    rng: np.random.Generator) -> tuple[np.ndarray, np.ndarray, bool]:
-        """(frame, its landmarks, whether it is an MNS reference to be masked)."""
+        """(frame, its landmarks, whether it is an MNS reference of another clip)."""
         opts = self.options
         refs = clip.extras.get(MNS_REFERENCE)
         if (opts.mns_prob and refs is not None and len(refs)

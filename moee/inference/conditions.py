@@ -61,6 +61,29 @@ class Routing:
         return {"expert": self.expert, "weights": weights}
 
 
+def batch_routing(routings: tuple[Routing, ...] | list[Routing], device: torch.device) -> dict:
+    """``expert`` and ``weights`` arguments of ``MoEENet.forward`` for a batch of videos, one
+    routing each: one expert (an int when all agree, else (b,)), explicit mixtures (b e), or
+    the learned gates. Raises ``ValueError`` when the videos are routed in different ways."""
+    kinds = {("expert" if r.expert is not None else "weights" if r.weights is not None
+              else "gates") for r in routings}
+    if len(kinds) > 1:
+        raise ValueError(f"videos sampled together must be routed alike, got {sorted(kinds)}: "
+                         "sample single-expert, mixture and gated conditions in separate batches")
+    if len(routings) == 1:
+        return routings[0].network_kwargs(device)
+    kind = kinds.pop()
+    if kind == "expert":
+        experts = [r.expert for r in routings]
+        same = len(set(experts)) == 1
+        return {"expert": experts[0] if same else torch.tensor(experts, device=device),
+                "weights": None}
+    if kind == "weights":
+        return {"expert": None, "weights": torch.tensor([r.weights for r in routings],
+                                                        device=device)}
+    return {"expert": None, "weights": None}
+
+
 def expert_shares(condition: EmotionCondition) -> tuple[float, ...]:
     """Basic-emotion weights of a condition for an explicit mixture (uniform when it has none)."""
     if sum(condition.weights) > 0:

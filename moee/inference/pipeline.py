@@ -48,7 +48,7 @@ from moee.data.media import (
 )
 from moee.data.sampling import MOTION_FRAMES, window_audio
 from moee.emotions import EmotionCondition
-from moee.inference.conditions import EmotionTrack, Routing, emotion_inputs
+from moee.inference.conditions import EmotionTrack, Routing, batch_routing, emotion_inputs
 from moee.inference.portrait import (
     ImageSource,
     InputError,
@@ -381,34 +381,60 @@ class MoEEPipeline:
 
         Returns ``(T, S, S, 3) uint8`` with ``T = ceil(len(audio) / 640)``.
         """
+        return self.generate_many(reference, [audio], [track], [generator])[0]
+
+    @torch.no_grad()
+    def generate_many(
+        self,
+        reference: torch.Tensor,
+        audios: list[np.ndarray],
+        tracks: list[EmotionTrack],
+        generators: list[torch.Generator | None] | None = None,
+    ) -> list[np.ndarray]:
+        """Several videos of one reference in one batch: video ``i`` speaks ``audios[i]`` with
+        emotion ``tracks[i]``, its noise drawn from ``generators[i]``, exactly as
+        :meth:`generate` would sample it alone (one network call per step for all of them).
+
+        The audios have one length, and the tracks route the Emotion MoE alike clip by clip
+        (all single experts, all explicit mixtures, or all the learned gates).
+        """
         net, f, steps = self.net, self.settings.clip_frames, self.steps_per_clip
-        total = self.num_frames(len(audio))
+        if len({len(a) for a in audios}) != 1:
+            raise ValueError("videos sampled together need audio tracks of one length")
+        count = len(audios)
+        generators = generators or [None] * count
+        if len(tracks) != count or len(generators) != count:
+            raise ValueError(f"{count} audio tracks need as many emotion tracks and generators, "
+                             f"got {len(tracks)} and {len(generators)}")
+        total = self.num_frames(len(audios[0]))
         clips = -(-total // f)
-        audio = np.pad(audio, (0, clips * f * SAMPLES_PER_FRAME - len(audio)))
-        image = reference[None].to(self.device, self.dtype)  # 1 3 S S
-        latent = net.vae.encode(image[:, None], sample=False)[:, 0]  # 1 c h w
-        motion = latent[:, None].repeat(1, MOTION_FRAMES, 1, 1, 1)  # 1 r c h w
-        cache: dict[int, torch.Tensor] = {}
+        audio = np.stack([np.pad(a, (0, clips * f * SAMPLES_PER_FRAME - len(a))) for a in audios])
+        image = reference[None].to(self.device, self.dtype).expand(count, -1, -1, -1)  # n 3 S S
+        latent = net.vae.encode(image[:1, None], sample=False)[:, 0].expand(count, -1, -1, -1)
+        motion = latent[:, None].repeat(1, MOTION_FRAMES, 1, 1, 1)  # n r c h w
+        caches: list[dict[int, torch.Tensor]] = [{} for _ in range(count)]
         frames = []
         with tqdm(total=clips * steps, desc="animate", unit="step", disable=not self.progress,
                   dynamic_ncols=True) as bar:
             for k in range(clips):
                 bar.set_postfix_str(f"clip {k + 1}/{clips}")
                 start = k * f
-                window = torch.from_numpy(window_audio(audio, start, f))[None]  # 1 (f+4)*640
-                speech = torch.from_numpy(window_audio(audio, start, f, context=0))[None]
-                emotion, routing = self.clip_emotion(track, (start + f / 2) / VIDEO_FPS, speech,
-                                                     cache)
+                window = torch.from_numpy(np.stack([window_audio(a, start, f) for a in audio]))
+                speech = torch.from_numpy(np.stack([window_audio(a, start, f, context=0)
+                                                    for a in audio]))
+                emotions, routings = zip(*(
+                    self.clip_emotion(track, (start + f / 2) / VIDEO_FPS, speech[i : i + 1], cache)
+                    for i, (track, cache) in enumerate(zip(tracks, caches))))
                 conditions = {
                     "reference": net.encode_reference(image, motion, reference_latent=latent),
                     "audio_tokens": net.encode_audio(window.to(self.device, self.dtype)),
-                    "emotion_latents": emotion,
-                    **routing.network_kwargs(self.device),
+                    "emotion_latents": torch.cat(emotions),
+                    **batch_routing(routings, self.device),
                 }
-                latents = self.denoise(conditions, f, latent, generator, bar, (k + 1, clips))
+                latents = self.denoise(conditions, f, latent, generators, bar, (k + 1, clips))
                 motion = latents[:, -MOTION_FRAMES:]
-                frames.append(to_numpy_frames(net.vae.decode(latents.to(self.dtype))[0]))
-        return np.concatenate(frames)[:total]
+                frames.append(to_numpy_frames(net.vae.decode(latents.to(self.dtype))))
+        return [np.concatenate([clip[i] for clip in frames])[:total] for i in range(count)]
 
     def clip_emotion(
         self,
@@ -437,34 +463,37 @@ class MoEEPipeline:
         conditions: dict,
         num_frames: int,
         reference_latent: torch.Tensor,
-        generator: torch.Generator | None,
+        generators: list[torch.Generator | None],
         bar: tqdm,
         clip: tuple[int, int] = (1, 1),
     ) -> torch.Tensor:
-        """Run the sampler on fresh noise for one clip; returns clean latents (1 f c h w).
+        """Run the sampler on fresh noise for one clip of ``n`` videos; returns clean latents
+        (n f c h w).
 
-        ``conditions`` holds one sample's ``reference``, ``audio_tokens``, ``emotion_latents``,
-        ``expert`` and ``weights``; every guidance branch runs in one batched network call.
-        ``reference_latent`` (1 c h w) is where sampling starts when ``strength`` < 1.
-        ``clip`` is ``(number, count)`` of this clip (1-based), reported to ``on_step``.
+        ``conditions`` holds the videos' ``reference``, ``audio_tokens``, ``emotion_latents``,
+        ``expert`` and ``weights``; every guidance branch of every video runs in one batched
+        network call. ``reference_latent`` (n c h w) is where sampling starts when ``strength``
+        < 1; video ``i``'s noise comes from ``generators[i]``. ``clip`` is ``(number, count)``
+        of this clip (1-based), reported to ``on_step``.
         """
         guidance = self.settings.guidance
+        count = len(generators)
         branches = torch.tensor(guidance.branches, device=self.device)  # n 2
         n = len(branches)
-        weights = conditions["weights"]
+        weights, expert = conditions["weights"], conditions["expert"]
         batched = {
             "reference": conditions["reference"].repeat(n),
             "audio_tokens": conditions["audio_tokens"].repeat(n, 1, 1, 1),
             "emotion_latents": conditions["emotion_latents"].repeat(n, 1, 1),
-            "expert": conditions["expert"],
+            "expert": expert.repeat(n) if isinstance(expert, torch.Tensor) else expert,
             "weights": None if weights is None else weights.repeat(n, 1),
-            "drop_audio": branches[:, 0],
-            "drop_emotion": branches[:, 1],
+            "drop_audio": branches[:, 0].repeat_interleave(count),
+            "drop_emotion": branches[:, 1].repeat_interleave(count),
         }
         scheduler = self.scheduler
         scheduler.set_timesteps(self.settings.steps, device=self.device)
-        noise = torch.randn((1, num_frames, *reference_latent.shape[1:]), generator=generator)
-        noise = noise.to(self.device)
+        shape = (1, num_frames, *reference_latent.shape[1:])
+        noise = torch.cat([torch.randn(shape, generator=g) for g in generators]).to(self.device)
         timesteps = scheduler.timesteps
         if self.settings.strength < 1:
             skipped = self.settings.steps - self.steps_per_clip
@@ -472,14 +501,15 @@ class MoEEPipeline:
             if hasattr(scheduler, "set_begin_index"):
                 scheduler.set_begin_index(skipped * scheduler.order)
             start = reference_latent.float()[:, None].expand_as(noise)
-            latents = scheduler.add_noise(start, noise, timesteps[:1])  # 1 f c h w, float32
+            latents = scheduler.add_noise(start, noise, timesteps[:1])  # n f c h w, float32
         else:
             latents = noise * scheduler.init_noise_sigma
         for step, t in enumerate(timesteps, 1):
             model_input = scheduler.scale_model_input(latents, t).to(self.dtype)
-            prediction = self.net(model_input.repeat(n, 1, 1, 1, 1), t.repeat(n), **batched)
-            prediction = guidance.combine(prediction.float()[:, None])  # (n 1 f c h w) → 1 f c h w
-            latents = scheduler.step(prediction, t, latents, generator=generator).prev_sample
+            prediction = self.net(model_input.repeat(n, 1, 1, 1, 1), t.repeat(n * count),
+                                  **batched)
+            prediction = guidance.combine(prediction.float().unflatten(0, (n, count)))
+            latents = scheduler.step(prediction, t, latents, generator=generators[0]).prev_sample
             bar.update()
             if self.on_step is not None:
                 self.on_step(StepProgress(*clip, step, len(timesteps)))

@@ -158,7 +158,14 @@ class EmotionToLatents(nn.Module):
                 "speech": _mlp(speech_encoder.hidden_size, hidden_dim, queries),
             }
         )
-        self.embeddings = nn.Parameter(torch.randn(num_embeddings, dim) * dim**-0.5)
+        # Unit-scale token queries and embeddings: the attention below is peaked from the start,
+        # so the m latent tokens differ from each other (an expert's cross-attention over m
+        # identical tokens is one constant vector, the same at every position: colour, never
+        # geometry) and from label to label, before this module has trained at all.
+        for mlp in self.to_queries.values():  # condition queries on the tokens' unit scale
+            nn.init.normal_(mlp[-1].weight, std=4 * hidden_dim**-0.5)
+        self.query_tokens = nn.Parameter(torch.randn(num_tokens, dim))
+        self.embeddings = nn.Parameter(torch.randn(num_embeddings, dim))
         self.attention = nn.MultiheadAttention(dim, heads, batch_first=True)
         self.norm = nn.LayerNorm(dim)
         self.null_latent = nn.Parameter(torch.randn(num_tokens, dim) * dim**-0.5)
@@ -185,7 +192,7 @@ class EmotionToLatents(nn.Module):
                 q = self.to_queries[name](self._features(inputs, name))  # b (m d)
                 q = rearrange(q, "b (m d) -> b m d", m=self.num_tokens)
                 queries = queries + q * present[:, column, None, None]
-        queries = queries / present.sum(1).clamp(min=1)[:, None, None]
+        queries = self.query_tokens + queries / present.sum(1).clamp(min=1)[:, None, None]
         kv = self.embeddings.expand(b, -1, -1)
         latents = self.norm(self.attention(queries, kv, kv, need_weights=False)[0])
         use_null = ~present.bool().any(1)

@@ -1,4 +1,4 @@
-"""Stage 1: fine-tune the ReferenceNet and the denoising U-Net on all data (no emotion)."""
+"""Stage 1: fine-tune the ReferenceNet and the denoising U-Net on all data."""
 
 from __future__ import annotations
 
@@ -6,7 +6,8 @@ from typing import Any, Literal
 
 import torch
 
-from moee.stages.base import DiffusionStage
+from moee.emotions import NUM_EXPERTS
+from moee.stages.base import DiffusionStage, emotion_inputs
 
 
 class BackboneModule(DiffusionStage):
@@ -14,7 +15,16 @@ class BackboneModule(DiffusionStage):
 
     ``mode="image"`` trains the spatial layers and the ReferenceNet on single frames (temporal
     and audio layers skipped); ``mode="video"`` adds the audio and temporal layers and trains on
-    windows of frames with their audio. Emotion experts are not used in this stage.
+    windows of frames with their audio. By default emotion experts are not used in this stage
+    (the paper's stage 1).
+
+    ``warm_experts=True`` also trains the six experts here, each sample through the expert of
+    its clip's basic emotion (hard routing, as :class:`~moee.stages.expert.ExpertModule` with
+    several experts; neutral and compound clips skip the Emotion MoE). The U-Net then learns
+    features that an expert can steer, instead of a blur averaged over the expressions the
+    reference does not show; stage 2 still fine-tunes each expert with the U-Net frozen. This
+    is the CPU recipe's choice (``configs/tiny/backbone.yaml``): at a few hundred steps, experts
+    trained on a U-Net that never saw them only learnt colour.
 
     Its export also carries the (untrained) Emotion-to-Latents: the six experts, trained side by
     side from this export, then all condition on one and the same emotion latent space.
@@ -22,21 +32,31 @@ class BackboneModule(DiffusionStage):
 
     carried_groups = ("emotion_latents",)
 
-    def __init__(self, *args, mode: Literal["image", "video"] = "video", **kwargs) -> None:
+    def __init__(self, *args, mode: Literal["image", "video"] = "video",
+                 warm_experts: bool = False, **kwargs) -> None:
         self.mode = mode
+        self.warm_experts = warm_experts
         super().__init__(*args, **kwargs)
 
     @property
     def trainable_groups(self) -> tuple[str, ...]:
-        spatial = ("backbone", "reference")
-        return spatial if self.mode == "image" else (*spatial, "audio", "temporal")
-
-    def select_frames(self, batch: dict[str, Any]) -> torch.Tensor:
-        frames = batch["frames"]
+        groups = ("backbone", "reference")
         if self.mode == "video":
-            return frames
-        pick = torch.randint(frames.shape[1], (frames.shape[0],), device=frames.device)
-        return frames[torch.arange(frames.shape[0], device=frames.device), pick][:, None]
+            groups += ("audio", "temporal")
+        if self.warm_experts:
+            groups += tuple(f"expert_{i}" for i in range(NUM_EXPERTS))
+        return groups
+
+    def frame_pick(self, batch: dict[str, Any]) -> torch.Tensor | None:
+        if self.mode == "video":
+            return None
+        frames = batch["frames"]
+        return torch.randint(frames.shape[1], (frames.shape[0],), device=frames.device)
 
     def network_kwargs(self, batch: dict[str, Any]) -> dict[str, Any]:
-        return {"image_mode": self.mode == "image"}
+        kwargs: dict[str, Any] = {"image_mode": self.mode == "image"}
+        if self.warm_experts:
+            index = batch["emotion_index"]
+            kwargs.update(emotion=emotion_inputs(batch), expert=index.clamp(min=0),
+                          drop_emotion=index < 0)
+        return kwargs

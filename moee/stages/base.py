@@ -299,14 +299,16 @@ class DiffusionStage(L.LightningModule):
         """Stage-specific arguments of ``MoEENet.forward`` (expert index, image mode...)."""
         return {"emotion": emotion_inputs(batch)}
 
-    def select_frames(self, batch: dict[str, Any]) -> torch.Tensor:
-        """The frames this stage denoises (b f 3 H W); image-mode stages take one."""
-        return batch["frames"]
+    def frame_pick(self, batch: dict[str, Any]) -> torch.Tensor | None:
+        """The one frame (b,) each sample is denoised at (image-mode stages), or ``None``: all
+        of the window's frames."""
+        return None
 
     def diffusion_step(self, batch: dict[str, Any], generator: torch.Generator | None = None,
                        cfg_dropout: bool = True) -> dict[str, torch.Tensor]:
         """Noise the batch's latents, predict, and return the loss terms."""
-        frames = self.select_frames(batch)
+        pick = self.frame_pick(batch)
+        frames = _picked(batch["frames"], pick)
         kwargs = self.network_kwargs(batch)
         b = frames.shape[0]
         with torch.no_grad():
@@ -316,8 +318,9 @@ class DiffusionStage(L.LightningModule):
         noise = self.objective.sample_noise(latents, generator)
         timesteps = self.objective.sample_timesteps(b, latents.device, generator)
         noisy = self.objective.add_noise(latents, noise, timesteps)
-        if cfg_dropout:
-            kwargs.update(self.condition_dropout.masks(b, latents.device))
+        if cfg_dropout:  # a stage's own drops (e.g. clips without an expert) stay dropped
+            for name, drop in self.condition_dropout.masks(b, latents.device).items():
+                kwargs[name] = drop | kwargs[name] if name in kwargs else drop
         with torch.set_grad_enabled(torch.is_grad_enabled() and self._trains("reference")):
             reference = self.net.encode_reference(batch["reference"], motion)
         if not kwargs.get("image_mode"):
@@ -325,13 +328,16 @@ class DiffusionStage(L.LightningModule):
                 kwargs["audio_tokens"] = self.net.encode_audio(batch["audio"])
         prediction = self.net(noisy, timesteps, reference=reference, **kwargs)
         target = self.objective.target(latents, noise, timesteps)
-        decoded = picked = None
+        decoded = picked = landmarks = picked_landmarks = None
+        if self.loss.expression_weight and "landmarks" in batch:
+            landmarks = _picked(batch["landmarks"], pick)
         if self.loss.uses_pixels:
             index = torch.randperm(frames.shape[1], device=frames.device)[: self.pixel_loss_frames]
             x0 = self.objective.predict_x0(noisy[:, index], prediction[:, index], timesteps)
             decoded, picked = self.net.vae.decode(x0), frames[:, index]
+            picked_landmarks = None if landmarks is None else landmarks[:, index]
         return self.loss(prediction, target, decoded, picked,
-                         self.objective.pixel_weight(timesteps))
+                         self.objective.pixel_weight(timesteps), landmarks, picked_landmarks)
 
     def _trains(self, group: str) -> bool:
         return group in self.trainable_groups
@@ -414,6 +420,13 @@ class DiffusionStage(L.LightningModule):
     def on_train_end(self) -> None:
         if self.export_path:
             self.export(self.export_path)
+
+
+def _picked(per_frame: torch.Tensor, pick: torch.Tensor | None) -> torch.Tensor:
+    """(b f ...) -> the frames of ``pick`` (b,) as (b 1 ...); all of them when ``None``."""
+    if pick is None:
+        return per_frame
+    return per_frame[torch.arange(per_frame.shape[0], device=per_frame.device), pick][:, None]
 
 
 def emotion_inputs(batch: dict[str, Any]) -> EmotionInputs:

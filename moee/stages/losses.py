@@ -1,4 +1,11 @@
-"""The paper's loss: L = L_latent + λ·w(t)·(‖I_p − I_gt‖₁ + ‖VGG19(I_p) − VGG19(I_gt)‖²)."""
+"""The paper's loss: L = L_latent + λ·w(t)·(‖I_p − I_gt‖₁ + ‖VGG19(I_p) − VGG19(I_gt)‖²).
+
+Optionally every term is weighted per pixel by an *expression map*
+(:func:`expression_weight_map`): 1 everywhere plus a bump of height ``expression_weight`` on
+the brows, eyes, cheeks and mouth of each frame's face landmarks, so that the few pixels that
+carry an emotion (a brow lowered by two pixels, lifted mouth corners) weigh as much as the
+hair and background they are lost in (region-weighted losses as in Hallo, Xu et al. 2024).
+"""
 
 from __future__ import annotations
 
@@ -11,6 +18,11 @@ from torch import nn
 from torchvision.models import vgg19
 
 from moee.models.pretrained import MissingWeightsError
+
+EXPRESSION_LANDMARKS = (*range(17, 27), *range(36, 48), *range(48, 68))
+"""iBUG-68 points whose surroundings carry an expression: brows, eyes, mouth."""
+CHEEKS = ((36, 48), (45, 54))
+"""(outer eye corner, mouth corner) pairs: a cheek sits between the two of each pair."""
 
 VGG_LAYERS = (3, 8, 17, 26, 35)
 """Indices in torchvision's VGG19 ``features`` after relu1_2, 2_2, 3_4, 4_4 and 5_4."""
@@ -76,6 +88,41 @@ def _load_vgg_state(weights: str) -> dict[str, torch.Tensor]:
     return torch.load(path, map_location="cpu", weights_only=True)
 
 
+def expression_weight_map(landmarks: torch.Tensor, size: tuple[int, int], gain: float,
+                          sigma: float = 0.04) -> torch.Tensor:
+    """Per-pixel loss weights ``1 + gain · max_k exp(−‖p − l_k‖² / 2σ²)`` over the expressive
+    landmarks ``l_k`` (:data:`EXPRESSION_LANDMARKS` and the cheek centres of :data:`CHEEKS`).
+
+    Args:
+        landmarks: (b f 68 2) iBUG-68 points in [0, 1] (x, y); non-finite points are ignored.
+        size: (h, w) of the map (a latent's or an image's grid).
+        gain: height of the bumps (0: all ones).
+        sigma: bump radius as a fraction of the image side.
+
+    Returns:
+        (b f 1 h w)
+    """
+    h, w = size
+    cheeks = torch.stack([(landmarks[..., a, :] + landmarks[..., b, :]) / 2 for a, b in CHEEKS],
+                         -2)
+    points = torch.cat([landmarks[..., list(EXPRESSION_LANDMARKS), :], cheeks], -2).float()
+    ys = (torch.arange(h, device=points.device, dtype=torch.float32) + 0.5) / h
+    xs = (torch.arange(w, device=points.device, dtype=torch.float32) + 0.5) / w
+    dx = xs[None, None, None, :] - points[..., 0, None]  # b f k w
+    dy = ys[None, None, None, :] - points[..., 1, None]  # b f k h
+    d2 = dy[..., :, None] ** 2 + dx[..., None, :] ** 2  # b f k h w
+    bumps = torch.exp(-d2 / (2 * sigma**2)).nan_to_num(0.0).amax(2)  # b f h w
+    return (1 + gain * bumps)[:, :, None]
+
+
+def _weighted_mean(error: torch.Tensor, weight: torch.Tensor | None) -> torch.Tensor:
+    # the weights are normalised to mean 1, so the loss keeps its scale (and learning rates)
+    if weight is None:
+        return error.mean()
+    weight = weight.expand_as(error)
+    return (error * weight).sum() / weight.sum()
+
+
 class MoEELoss(nn.Module):
     """Latent regression plus the time-weighted pixel and perceptual terms of the paper.
 
@@ -84,11 +131,17 @@ class MoEELoss(nn.Module):
         perceptual_weights: VGG19 weights (see :class:`VGGPerceptual`), or ``None`` for L1 only.
         perceptual_depth: VGG19 stages used.
         latent_loss: ``"mse"`` (the paper) or ``"l1"``.
+        expression_weight: height of the expression map's bumps (0: the paper's unweighted
+            loss); the stages pass each frame's landmarks (see :func:`expression_weight_map`).
+        expression_sigma: their radius, as a fraction of the image side.
     """
 
     def __init__(self, pixel_weight: float = 0.1, perceptual_weights: str | None = "imagenet",
-                 perceptual_depth: int = 5, latent_loss: Literal["mse", "l1"] = "mse") -> None:
+                 perceptual_depth: int = 5, latent_loss: Literal["mse", "l1"] = "mse",
+                 expression_weight: float = 0.0, expression_sigma: float = 0.04) -> None:
         super().__init__()
+        self.expression_weight = expression_weight
+        self.expression_sigma = expression_sigma
         self.pixel_weight = pixel_weight
         self.latent_loss = latent_loss
         self.perceptual = (
@@ -101,6 +154,14 @@ class MoEELoss(nn.Module):
         """Whether the loss needs the decoded prediction (λ > 0)."""
         return self.pixel_weight > 0
 
+    def expression_maps(self, landmarks: torch.Tensor | None, size: tuple[int, int]
+                        ) -> torch.Tensor | None:
+        """The expression map (b f 1 h w) of ``landmarks`` (b f 68 2), or ``None`` when off."""
+        if not self.expression_weight or landmarks is None:
+            return None
+        return expression_weight_map(landmarks, size, self.expression_weight,
+                                     self.expression_sigma)
+
     def forward(
         self,
         prediction: torch.Tensor,
@@ -108,6 +169,8 @@ class MoEELoss(nn.Module):
         decoded: torch.Tensor | None = None,
         frames: torch.Tensor | None = None,
         time_weight: torch.Tensor | None = None,
+        landmarks: torch.Tensor | None = None,
+        pixel_landmarks: torch.Tensor | None = None,
     ) -> dict[str, torch.Tensor]:
         """Loss terms and their total.
 
@@ -116,16 +179,22 @@ class MoEELoss(nn.Module):
             decoded, frames: VAE decode of the predicted x0 and the ground truth, (b f 3 H W)
                 in [-1, 1] (only when :attr:`uses_pixels`).
             time_weight: w(t) per sample (b,).
+            landmarks: (b f 68 2) of the predicted frames, for the expression map (optional).
+            pixel_landmarks: (b f' 68 2) of the decoded frames (optional).
 
         Returns:
             ``{"latent", "l1", "perceptual", "total"}`` (pixel terms only when used).
         """
         regress = F.mse_loss if self.latent_loss == "mse" else F.l1_loss
-        terms = {"latent": regress(prediction.float(), target.float())}
+        error = regress(prediction.float(), target.float(), reduction="none")
+        terms = {"latent": _weighted_mean(error, self.expression_maps(landmarks,
+                                                                      prediction.shape[-2:]))}
         total = terms["latent"]
         if self.uses_pixels:
             w = time_weight.float().view(-1, 1, 1, 1, 1)
-            terms["l1"] = (w * (decoded.float() - frames.float()).abs()).mean()
+            terms["l1"] = _weighted_mean(w * (decoded.float() - frames.float()).abs(),
+                                         self.expression_maps(pixel_landmarks,
+                                                              frames.shape[-2:]))
             pixel = terms["l1"]
             if self.perceptual is not None:
                 b, f = frames.shape[:2]

@@ -112,6 +112,22 @@ def test_mns_reference_is_other_frame_with_masked_mouth(clip):
     assert not torch.equal(same_clip["motion_frames"][0, 0], same_clip["reference"][0])
 
 
+def test_unmasked_mns_references_keep_the_mouth_and_still_replace_the_motion_frames(clip):
+    options = SamplingOptions(num_frames=2, windows_per_clip=400, mns_prob=1.0, mns_mask_prob=0.5)
+    samples = ClipSampler(options, seed=0)(clip)
+    masked = np.array([s["reference_is_masked"] for s in samples])
+    assert abs(masked.mean() - 0.5) < 0.08
+    refs = {torch.from_numpy(r).permute(2, 0, 1).contiguous().numpy().tobytes()
+            for r in clip.extras["mnsref.npy"]}
+    unmasked = next(s for s in samples if not s["reference_is_masked"])
+    # an unmasked MNS reference is another clip's frame exactly, mouth and all
+    assert unmasked["reference"].numpy().tobytes() in refs
+    for frame in unmasked["motion_frames"]:
+        assert torch.equal(frame, unmasked["reference"])
+    with pytest.raises(ValueError, match="mns_mask_prob"):
+        SamplingOptions(mns_mask_prob=1.5)
+
+
 def test_mouth_mask_covers_every_mouth_landmark():
     landmarks = face_template()
     for size in (32, 64, 256):

@@ -15,7 +15,7 @@ def test_every_stage_config_exists_and_exports_every_expert():
 
     assert all((CONFIGS / config).is_file() for _, _, config in STAGES)
     exports = [e for _, exports, _ in STAGES for e in exports]
-    assert exports == ["backbone.safetensors",
+    assert exports == ["backbone_image.safetensors", "backbone.safetensors",
                        *(f"expert_{e}.safetensors" for e in BASIC_EMOTIONS),
                        "gating.safetensors"]
 

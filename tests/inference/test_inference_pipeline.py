@@ -224,3 +224,32 @@ def test_timeline_transition_mixes_expert_weights(net, spy):
     expected = torch.tensor([0, 0, 0, share, 1 - share, 0])
     torch.testing.assert_close(spy.moe[1][1][0], expected, atol=1e-6, rtol=0)
     torch.testing.assert_close(spy.moe[2][1][0], torch.tensor([0, 0, 0, 0.75, 0.25, 0]))
+
+
+@pytest.mark.parametrize("conditions", [("happy", "sad@0.5", "happy"),
+                                        ("happily surprised", "text:a broad smile")])
+def test_videos_sampled_together_equal_each_sampled_alone(net, conditions):
+    """generate_many: one batched network call per step, each video from its own noise, the
+    same frames (to float tolerance) as one generate call per video; guidance on, 2 clips."""
+    pipeline = make_pipeline(net, steps=2, audio_guidance=2.0, emotion_guidance=3.0)
+    reference = torch.rand(3, SIZE, SIZE, generator=torch.Generator().manual_seed(1)) * 2 - 1
+    audios = [speech(0.3) * (1 + i) for i in range(len(conditions))]
+    tracks = [EmotionTrack.parse(c) for c in conditions]
+    seeds = [torch.Generator().manual_seed(i) for i in range(len(tracks))]
+    together = pipeline.generate_many(reference, audios, tracks, seeds)
+    for i, (audio, track) in enumerate(zip(audios, tracks)):
+        alone = pipeline.generate(reference, audio, track, torch.Generator().manual_seed(i))
+        assert together[i].shape == alone.shape
+        assert np.abs(together[i].astype(int) - alone.astype(int)).max() <= 1
+    assert not np.array_equal(together[0], together[-1])
+
+
+def test_videos_sampled_together_must_be_routed_alike_and_of_one_length(net):
+    pipeline = make_pipeline(net)
+    reference = torch.zeros(3, SIZE, SIZE)
+    with pytest.raises(ValueError, match="routed alike"):
+        pipeline.generate_many(reference, [speech(0.2)] * 2,
+                               [EmotionTrack.parse("happy"), EmotionTrack.parse("text:a smile")])
+    with pytest.raises(ValueError, match="one length"):
+        pipeline.generate_many(reference, [speech(0.2), speech(0.3)],
+                               [EmotionTrack.parse("happy")] * 2)

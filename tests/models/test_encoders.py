@@ -55,6 +55,19 @@ def test_emotion_latents_modalities(tiny_net):
 
 
 @torch.no_grad()
+def test_untrained_emotion_latents_differ_by_token_and_by_label(tiny_net):
+    """Stages 1 and 2 keep Emotion-to-Latents at its initial weights. Its tokens must already
+    differ, or every expert's cross-attention returns one constant vector at every position
+    (measured: tokens and labels within 1 % of each other made the experts learn colour only)."""
+    latents = tiny_net.emotion_to_latents(EmotionInputs(label=torch.eye(6)))  # 6 m d
+    spread = latents.std()
+    assert latents.std(1).mean() > 0.3 * spread  # between the m tokens of one label
+    assert latents.std(0).mean() > 0.1 * spread  # between the six labels, token by token
+    weaker = tiny_net.emotion_to_latents(EmotionInputs(label=0.3 * torch.eye(6)))
+    assert (weaker - latents).abs().mean() > 0.05 * spread  # intensity reaches the latents
+
+
+@torch.no_grad()
 def test_patch_codec_is_lossless_space_to_depth(tiny_net):
     assert isinstance(tiny_net.vae, PatchCodec)
     frames = torch.rand(2, 3, 3, 64, 64) * 2 - 1

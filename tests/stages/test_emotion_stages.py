@@ -9,7 +9,7 @@ from safetensors.torch import load_file
 from moee.data.batch import make_batch
 from moee.data.testclips import make_test_clip
 from moee.emotions import BASIC_EMOTIONS
-from moee.stages import ExpertModule, GatingModule
+from moee.stages import BackboneModule, ExpertModule, GatingModule
 from moee.stages.losses import MoEELoss
 
 
@@ -33,7 +33,7 @@ def expert_grads(module: ExpertModule, batch) -> dict[int, float]:
         if ".emotion.experts." in name and p.grad is not None:
             index = int(name.split(".emotion.experts.")[1].split(".")[0])
             norms[index] = norms.get(index, 0.0) + float(p.grad.square().sum())
-    return norms
+    return {i: norm for i, norm in norms.items() if norm > 0}
 
 
 def test_experts_side_by_side_each_learn_from_their_own_clips_only(tmp_path, mixed_batch):
@@ -84,3 +84,27 @@ def test_gating_routing_and_alignment_terms_train_gates_and_latents(mixed_batch)
             modality
     assert not any(n.startswith("emotion_to_latents.to_queries.label.") for n in grads)
 
+
+
+def test_backbone_warms_each_clips_own_expert_and_neutral_clips_skip_the_moe(tmp_path):
+    sad = BASIC_EMOTIONS.index("sad")
+    clips = [make_test_clip(identity=f"id{i}", emotion=e, num_frames=12, size=64, seed=i)
+             for i, e in enumerate(("sad", "neutral"))]
+    batch = make_batch(clips, num_frames=4)
+    module = BackboneModule(loss=loss(), warm_experts=True,
+                            export_path=str(tmp_path / "backbone.safetensors"))
+    assert {f"expert_{i}" for i in range(len(BASIC_EMOTIONS))} <= set(module.trainable_groups)
+    assert "expert_0" not in BackboneModule(loss=loss()).trainable_groups  # the paper's stage 1
+    with torch.no_grad():
+        for name, p in module.net.named_parameters():
+            if ".emotion.experts." in name:
+                p.normal_(std=0.02)
+    assert set(expert_grads(module, batch)) == {sad}
+    neutral_only = {k: (v[1:] if torch.is_tensor(v) or isinstance(v, list) else v)
+                    for k, v in batch.items() if k != "emotion"}
+    neutral_only["emotion"] = {k: v[1:] for k, v in batch["emotion"].items()}
+    assert expert_grads(module, neutral_only) == {}  # the Emotion MoE is left out
+    module.on_train_end()
+    exported = load_file(tmp_path / "backbone.safetensors")
+    assert any(f".emotion.experts.{sad}." in k for k in exported)
+    assert any(k.startswith("emotion_to_latents.") for k in exported)  # still carried

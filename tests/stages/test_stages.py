@@ -14,7 +14,7 @@ from moee.inference.pipeline import MoEEPipeline, make_scheduler
 from moee.stages import BackboneModule, ExpertModule, GatingModule
 from moee.stages.base import ExportsDisagreeError, MissingCheckpointError, trained_objective
 from moee.stages.diffusion import DiffusionObjective
-from moee.stages.losses import MoEELoss
+from moee.stages.losses import MoEELoss, expression_weight_map
 
 
 def light_loss():
@@ -74,6 +74,24 @@ def test_loss_terms_against_reference():
     torch.testing.assert_close(terms["perceptual"], perceptual)
     torch.testing.assert_close(terms["total"], terms["latent"] + 0.5 * (l1 + perceptual))
     assert set(MoEELoss(pixel_weight=0)(prediction, target)) == {"latent", "total"}
+
+
+def test_expression_map_weights_the_expressive_landmarks_and_the_loss_against_reference():
+    landmarks = torch.full((1, 2, 68, 2), float("nan"))
+    landmarks[0, 0, 48] = torch.tensor([0.25, 0.75])  # one mouth point (x, y) in frame 0
+    weights = expression_weight_map(landmarks, (16, 16), gain=3.0, sigma=0.05)
+    assert weights.shape == (1, 2, 1, 16, 16)
+    row, col = divmod(int(weights[0, 0, 0].argmax()), 16)
+    assert (row, col) in {(11, 3), (11, 4), (12, 3), (12, 4)}  # y=0.75 -> row 12, x=0.25 -> col 4
+    assert 3.0 < float(weights.max()) <= 4.0 and float(weights[0, 0, 0, 0, 15]) == 1.0
+    torch.testing.assert_close(weights[0, 1], torch.ones(1, 16, 16))  # no finite landmark: 1
+    loss = MoEELoss(pixel_weight=0, expression_weight=3.0, expression_sigma=0.05)
+    prediction, target = torch.randn(1, 2, 4, 16, 16), torch.randn(1, 2, 4, 16, 16)
+    expected = ((prediction - target).square() * weights).sum() / weights.expand_as(
+        prediction).sum()
+    torch.testing.assert_close(loss(prediction, target, landmarks=landmarks)["latent"], expected)
+    # without landmarks (or with the weight off) it is the paper's plain mean
+    torch.testing.assert_close(loss(prediction, target)["latent"], F.mse_loss(prediction, target))
 
 
 STAGES = [
