@@ -21,7 +21,7 @@ from pathlib import Path
 import torch
 from jsonargparse import CLI
 
-from moee.emotions import BASIC_EMOTIONS
+from moee.emotions import BASIC_EMOTIONS, parse_emotion
 
 CONFIGS = Path(__file__).resolve().parents[1] / "configs"
 RUNS = Path("runs")
@@ -60,7 +60,7 @@ def animate_held_out(people: int | None = None, seconds: float = 0.64, steps: in
 
     from moee.data.media import VIDEO_FPS
     from moee.inference.animate import stage_weights
-    from moee.inference.conditions import EmotionTrack
+    from moee.inference.conditions import EmotionTrack, Routing
     from moee.inference.pipeline import Animation, MoEEPipeline, SamplerSettings
     from moee.models.moee_net import MoEENetConfig
     from moee.showcase import KINDS, held_out_people, plan_videos, speech_of, to_image_tensor
@@ -72,9 +72,10 @@ def animate_held_out(people: int | None = None, seconds: float = 0.64, steps: in
     frames = round(seconds * VIDEO_FPS)
     everyone = held_out_people(SYNTHEMO / "test")
     plan = plan_videos(everyone, KINDS[:1]) + plan_videos(everyone[:people], KINDS[1:])
-    groups: dict[tuple[str, bool], list] = {}  # basic labels take one expert, the rest gates
+    groups: dict[tuple[str, str], list] = {}  # one portrait, one kind of routing per batch
     for video in plan:
-        groups.setdefault((video.person.identity, video.kind == "basic"), []).append(video)
+        routing = Routing.of(parse_emotion(video.condition))
+        groups.setdefault((video.person.identity, routing.kind), []).append(video)
     made = []
     with tqdm(total=len(plan), desc="animate", unit="video") as bar:
         for videos in (group[i : i + batch] for group in groups.values()

@@ -55,6 +55,12 @@ class Routing:
             return cls(weights=tuple(condition.weights))
         return cls()
 
+    @property
+    def kind(self) -> str:
+        """``"expert"``, ``"weights"`` or ``"gates"``: which of the three routings this is."""
+        return "expert" if self.expert is not None else \
+            "weights" if self.weights is not None else "gates"
+
     def network_kwargs(self, device: torch.device) -> dict:
         """``expert`` and ``weights`` (1 e) arguments of ``MoEENet.forward``."""
         weights = None if self.weights is None else torch.tensor([self.weights], device=device)
@@ -65,8 +71,7 @@ def batch_routing(routings: tuple[Routing, ...] | list[Routing], device: torch.d
     """``expert`` and ``weights`` arguments of ``MoEENet.forward`` for a batch of videos, one
     routing each: one expert (an int when all agree, else (b,)), explicit mixtures (b e), or
     the learned gates. Raises ``ValueError`` when the videos are routed in different ways."""
-    kinds = {("expert" if r.expert is not None else "weights" if r.weights is not None
-              else "gates") for r in routings}
+    kinds = {r.kind for r in routings}
     if len(kinds) > 1:
         raise ValueError(f"videos sampled together must be routed alike, got {sorted(kinds)}: "
                          "sample single-expert, mixture and gated conditions in separate batches")

@@ -509,7 +509,8 @@ class MoEEPipeline:
             prediction = self.net(model_input.repeat(n, 1, 1, 1, 1), t.repeat(n * count),
                                   **batched)
             prediction = guidance.combine(prediction.float().unflatten(0, (n, count)))
-            latents = scheduler.step(prediction, t, latents, generator=generators[0]).prev_sample
+            # the offered samplers step deterministically: no per-video generator is needed here
+            latents = scheduler.step(prediction, t, latents).prev_sample
             bar.update()
             if self.on_step is not None:
                 self.on_step(StepProgress(*clip, step, len(timesteps)))

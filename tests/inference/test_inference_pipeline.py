@@ -227,6 +227,7 @@ def test_timeline_transition_mixes_expert_weights(net, spy):
 
 
 @pytest.mark.parametrize("conditions", [("happy", "sad@0.5", "happy"),
+                                        ("happy:0.5,sad:0.5", "angry:0.7,fear:0.3"),
                                         ("happily surprised", "text:a broad smile")])
 def test_videos_sampled_together_equal_each_sampled_alone(net, conditions):
     """generate_many: one batched network call per step, each video from its own noise, the
