@@ -56,6 +56,21 @@ def test_clip_labels_are_consistent():
     assert clip.meta.text and clip.meta.source == "synthemo"
 
 
+@pytest.mark.parametrize("head_motion", [0.0, 1.0])
+def test_mns_references_are_the_person_neutral_then_another_emotion_at_the_clip_pose(head_motion):
+    config = ClipConfig(seed=3, size=64, num_frames=12, head_motion=head_motion)
+    clip = make_clip(config, 1, 0, emotion="happy")
+    assert clip.meta.extra["mns_emotions"][0] == "neutral"
+    assert clip.meta.extra["mns_emotions"][1] not in ("neutral", "happy")
+    # the nose bridge moves with the head only: references sit where the clip's head is on average
+    bridge = clip.extras["mnslmk.npy"][:, 27:31].astype(np.float32)
+    mean_bridge = np.broadcast_to(clip.landmarks[:, 27:31].mean(0), bridge.shape)
+    np.testing.assert_allclose(bridge, mean_bridge, atol=0.004 if head_motion == 0 else 0.02)
+    sway = np.ptp(clip.landmarks[:, 27:31], axis=0).max()
+    assert (sway < 1e-3) if head_motion == 0 else (sway > 0.01)
+    assert make_clip(config, 1, 0, emotion="neutral").meta.extra["mns_emotions"][0] != "neutral"
+
+
 def test_landmarks_sit_on_drawn_features():
     face = FaceRenderer(sample_identity(0, 5), 128)
     frame, lmk = face.render(np.zeros(17))

@@ -14,7 +14,8 @@ from jsonargparse import CLI
 
 def generate(out: str = "synthemo", seed: int = 0, size: int = 64, frames: int = 50,
              train: int = 40, val: int = 8, test: int = 8, clips_per_identity: int = 11,
-             shard_size: int = 32, workers: int = 1, progress: bool = True) -> None:
+             head_motion: float = 1.0, shard_size: int = 32, workers: int = 1,
+             progress: bool = True) -> None:
     """Write SynthEmo shards to OUT/{train,val,test}; other commands: synth probes, synth sheet.
 
     Each split folder gets its shards and a manifest.json; splits have disjoint identities.
@@ -28,13 +29,15 @@ def generate(out: str = "synthemo", seed: int = 0, size: int = 64, frames: int =
         val: identities in the val split (disjoint from train).
         test: identities in the test split (disjoint from both).
         clips_per_identity: clips per identity; each run of 11 covers every emotion class.
+        head_motion: scale of the head's sway and nods (1: lively; 0: a still head).
         shard_size: clips per shard.
         workers: processes (keep to 2 or fewer on shared machines).
         progress: show a progress bar.
     """
     from moee.data.synth.generator import ClipConfig, generate_dataset
 
-    folder = generate_dataset(out, ClipConfig(seed=seed, size=size, num_frames=frames),
+    folder = generate_dataset(out, ClipConfig(seed=seed, size=size, num_frames=frames,
+                                                   head_motion=head_motion),
                               (train, val, test), clips_per_identity, shard_size, workers,
                               progress)
     print(f"SynthEmo shards written to {folder}")

@@ -24,8 +24,11 @@ from moee.data.synth.identity import Identity, sample_identity
 from moee.data.synth.text import describe_aus
 from moee.emotions import ACTION_UNITS, EMOTION_CLASSES, NEUTRAL, parse_emotion
 
-GENERATOR_VERSION = "synthemo-1"
-"""Changes whenever the same seed would give different pixels, audio or labels."""
+GENERATOR_VERSION = "synthemo-2"
+"""Changes whenever the same seed would give different clips: pixels, audio or labels."""
+RENDERER_VERSION = "synthemo-1"
+"""Changes whenever the face renderer, the apex AUs or the head motion model would draw other
+pixels (what the probes are trained on; clip assembly changes only :data:`GENERATOR_VERSION`)."""
 SPLITS = ("train", "val", "test")
 MNS_REFERENCES = 2
 _BLINK = np.array([0.35, 0.9, 1.0, 0.6, 0.2], np.float32)
@@ -86,11 +89,13 @@ def head_motion(num_frames: int, rng: np.random.Generator, energy: float = 1.0) 
 
 @dataclass(frozen=True)
 class ClipConfig:
-    """What a clip looks like: size in px, length in frames, and the population seed."""
+    """What a clip looks like: size in px, length in frames, the population seed, and how much
+    the head sways (1: talking-show motion; MEAD-like studio recordings hold the head stiller)."""
 
     seed: int = 0
     size: int = 64
     num_frames: int = 50
+    head_motion: float = 1.0
 
 
 def make_clip(config: ClipConfig, identity_index: int, clip_index: int,
@@ -107,10 +112,10 @@ def make_clip(config: ClipConfig, identity_index: int, clip_index: int,
     speech = synthesize_speech(config.num_frames, f"{emotion}@{max(intensity, 0):.6f}", rng,
                                pitch_hz=ident.pitch_hz,
                                formant_scale=1.15 if ident.pronoun == "she" else 1.0)
-    poses = head_motion(config.num_frames, rng)
+    poses = head_motion(config.num_frames, rng, config.head_motion)
     gaze = (float(rng.uniform(-0.4, 0.4)), float(rng.uniform(-0.3, 0.3)))
     frames, landmarks = face.render_sequence(aus, speech.visemes, poses, gaze)
-    refs, ref_emotions = mns_references(config, identity_index, emotion, rng)
+    refs, ref_emotions = mns_references(config, identity_index, emotion, rng, poses.mean(0))
     meta = ClipMeta(
         identity=ident.name, emotion=emotion, weights=list(cond.weights), intensity=intensity,
         num_frames=config.num_frames, size=config.size,
@@ -129,20 +134,25 @@ def make_clip(config: ClipConfig, identity_index: int, clip_index: int,
 
 
 def mns_references(config: ClipConfig, identity_index: int, emotion: str,
-                   rng: np.random.Generator) -> tuple[tuple[np.ndarray, np.ndarray], list[str]]:
-    """Frames of the same identity with other emotions (or neutral), for masked-noisy sampling.
+                   rng: np.random.Generator, pose: np.ndarray | None = None,
+                   ) -> tuple[tuple[np.ndarray, np.ndarray], list[str]]:
+    """Frames of the same identity for masked-noisy sampling: the first neutral (what an
+    animation's portrait shows), the others with other emotions. Each is drawn at ``pose``
+    (the clip's mean head pose: another recording of the person in the same seat), or at a
+    random one when it is ``None``.
 
     Returns ``((R, H, W, 3) uint8 frames, (R, 68, 2) landmarks)`` and the R emotion names.
     """
     face = renderer(config.seed, identity_index, config.size)
-    others = [e for e in EMOTION_CLASSES if e != emotion]
-    names = [str(n) for n in rng.choice(others, MNS_REFERENCES, replace=False)]
+    others = [e for e in EMOTION_CLASSES if e not in (emotion, NEUTRAL)]
+    names = [NEUTRAL] * (emotion != NEUTRAL)
+    names += [str(n) for n in rng.choice(others, MNS_REFERENCES - len(names), replace=False)]
     frames, marks = [], []
     for name in names:
         level = 0.0 if name == NEUTRAL else rng.uniform(0.6, 1.0)
         viseme = (rng.uniform(0, 0.5), rng.uniform(0, 0.5), rng.uniform(0, 0.5))
         frame, lmk = face.render(apex_aus(name, level, rng), viseme,
-                                 head_motion(1, rng)[0])
+                                 head_motion(1, rng)[0] if pose is None else pose)
         frames.append(frame)
         marks.append(lmk)
     return (np.stack(frames), np.stack(marks)), names

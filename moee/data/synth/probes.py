@@ -28,7 +28,7 @@ from safetensors.torch import load_file, save_file
 from torch import nn
 
 from moee.data.synth.face import combine_speech, mouth_opening_from_landmarks
-from moee.data.synth.generator import GENERATOR_VERSION, apex_aus, head_motion, renderer
+from moee.data.synth.generator import RENDERER_VERSION, apex_aus, head_motion, renderer
 from moee.emotions import EMOTION_CLASSES, NEUTRAL, NUM_ACTION_UNITS
 
 PROBE_IDENTITY_OFFSET = 1_000_000
@@ -44,7 +44,7 @@ PROBE_VERSION = 2
 def cache_path(size: int = 64, cache_dir: str | os.PathLike | None = None) -> Path:
     """Where the probes of ``size`` px live: ``$MOEE_CACHE`` or ``~/.cache/moee``."""
     root = Path(cache_dir or os.environ.get("MOEE_CACHE") or Path.home() / ".cache" / "moee")
-    return root / f"synthemo_probes_{GENERATOR_VERSION}_v{PROBE_VERSION}_{size}px.safetensors"
+    return root / f"synthemo_probes_{RENDERER_VERSION}_v{PROBE_VERSION}_{size}px.safetensors"
 
 
 def _trunk(widths: tuple[int, ...]) -> nn.Sequential:
@@ -360,7 +360,7 @@ def save_probes(probes: SynthEmoProbes, metrics: dict[str, float],
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_name(f".{path.name}.partial")
     save_file(probes.state_dict(), str(tmp), metadata={
-        "generator_version": GENERATOR_VERSION, "size": str(probes.size),
+        "generator_version": RENDERER_VERSION, "size": str(probes.size),
         "metrics": json.dumps(metrics)})
     os.replace(tmp, path)
     return path
