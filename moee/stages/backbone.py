@@ -26,26 +26,42 @@ class BackboneModule(DiffusionStage):
     is the CPU recipe's choice (``configs/tiny/backbone.yaml``): at a few hundred steps, experts
     trained on a U-Net that never saw them only learnt colour.
 
+    ``freeze_spatial=True`` (video mode) keeps the spatial layers and the ReferenceNet as the
+    image-mode stage left them and trains only the audio and temporal layers (and the warmed
+    experts), as AnimateDiff trains its motion modules on a frozen image model. The CPU recipe's
+    choice: its video stage at batch 4 and lr 1e-3 otherwise undid the faces the image stage
+    had learnt (``benchmarks/bench_stills.py``: sharp faces became streaked ones).
+
     Its export also carries the (untrained) Emotion-to-Latents: the six experts, trained side by
     side from this export, then all condition on one and the same emotion latent space.
     """
 
-    carried_groups = ("emotion_latents",)
 
     def __init__(self, *args, mode: Literal["image", "video"] = "video",
-                 warm_experts: bool = False, **kwargs) -> None:
+                 warm_experts: bool = False, freeze_spatial: bool = False, **kwargs) -> None:
+        if freeze_spatial and mode != "video":
+            raise ValueError("freeze_spatial needs mode='video': the image mode trains only "
+                             "spatial layers")
         self.mode = mode
         self.warm_experts = warm_experts
+        self.freeze_spatial = freeze_spatial
         super().__init__(*args, **kwargs)
 
     @property
     def trainable_groups(self) -> tuple[str, ...]:
-        groups = ("backbone", "reference")
+        groups = () if self.freeze_spatial else ("backbone", "reference")
         if self.mode == "video":
             groups += ("audio", "temporal")
         if self.warm_experts:
             groups += tuple(f"expert_{i}" for i in range(NUM_EXPERTS))
         return groups
+
+    @property
+    def carried_groups(self) -> tuple[str, ...]:
+        """The untrained Emotion-to-Latents, and the frozen spatial layers: the export holds
+        the whole backbone, whichever part of it this stage trained."""
+        frozen = ("backbone", "reference") if self.freeze_spatial else ()
+        return ("emotion_latents", *frozen)
 
     def frame_pick(self, batch: dict[str, Any]) -> torch.Tensor | None:
         if self.mode == "video":

@@ -108,3 +108,20 @@ def test_backbone_warms_each_clips_own_expert_and_neutral_clips_skip_the_moe(tmp
     exported = load_file(tmp_path / "backbone.safetensors")
     assert any(f".emotion.experts.{sad}." in k for k in exported)
     assert any(k.startswith("emotion_to_latents.") for k in exported)  # still carried
+
+
+def test_video_stage_with_frozen_spatial_layers_trains_motion_and_exports_the_whole_backbone(
+        tmp_path):
+    module = BackboneModule(loss=loss(), mode="video", warm_experts=True, freeze_spatial=True,
+                            export_path=str(tmp_path / "backbone.safetensors"))
+    assert {"audio", "temporal", "expert_0"} <= set(module.trainable_groups)
+    assert not {"backbone", "reference"} & set(module.trainable_groups)
+    trained = module.trained_parameters()
+    assert not any(n.startswith(("denoiser.unet.", "reference_net.")) for n in trained)
+    module.on_train_end()
+    exported = load_file(tmp_path / "backbone.safetensors")
+    spatial = {n for n, p in module.net.named_parameters()
+               if n.startswith("denoiser.unet.") and not p.requires_grad}
+    assert spatial and spatial <= set(exported)  # later stages load the backbone from it
+    with pytest.raises(ValueError, match="freeze_spatial needs mode='video'"):
+        BackboneModule(loss=loss(), mode="image", freeze_spatial=True)
