@@ -17,32 +17,35 @@ from __future__ import annotations
 
 import argparse
 import json
+import sys
 
 import numpy as np
 import torch
 
+from moee.data.shards import ShardError
 from moee.data.synth.probes import load_probes
 from moee.data.synth.sheet import write_png
 from moee.emotions import BASIC_EMOTIONS, EMOTION_CLASSES, parse_emotion
 from moee.inference.conditions import emotion_inputs
-from moee.inference.pipeline import make_scheduler
+from moee.inference.pipeline import Guidance, MoEEPipeline, SamplerSettings
 from moee.metrics.probe_judge import ProbeJudge
-from moee.models.moee_net import MoEENet, MoEENetConfig
+from moee.models.moee_net import MoEENetConfig
 from moee.showcase import held_out_people, to_image_tensor
-from moee.stages.base import load_net_weights, recorded_schedule
-from moee.stages.diffusion import DiffusionObjective
+from moee.stages.base import StageWeightsError
 
 
 @torch.no_grad()
-def draw_stills(net: MoEENet, portrait: torch.Tensor, latents: torch.Tensor, scheduler,
-                steps: int, guidance: float) -> np.ndarray:
+def draw_stills(pipeline: MoEEPipeline, portrait: torch.Tensor, latents: torch.Tensor,
+                guidance: float) -> np.ndarray:
     """One still per emotion latent (e m c) of ``portrait`` (3 H W), expert i for row i, from
-    seed-0 noise: ``(e, H, W, 3) uint8``."""
+    seed-0 noise, with the pipeline's sampler: ``(e, H, W, 3) uint8``."""
+    net, scheduler = pipeline.net, pipeline.scheduler
     count = latents.shape[0]
     reference = net.encode_reference(portrait[None].expand(count, -1, -1, -1))
     expert = torch.arange(count)
-    drop = torch.tensor([True] * count + [False] * count)  # guidance: backbone alone, then full
-    scheduler.set_timesteps(steps)
+    drop = torch.tensor([True] * count + [False] * count)  # backbone alone, then with experts
+    mix = Guidance(guidance, guidance)  # equal scales: one unconditional and one full branch
+    scheduler.set_timesteps(pipeline.settings.steps)
     shape = (1, 1, *reference.latent.shape[1:])
     noise = torch.randn(shape, generator=torch.Generator().manual_seed(0))
     x = noise.expand(count, -1, -1, -1, -1) * scheduler.init_noise_sigma
@@ -50,27 +53,17 @@ def draw_stills(net: MoEENet, portrait: torch.Tensor, latents: torch.Tensor, sch
         both = net(scheduler.scale_model_input(x, t).repeat(2, 1, 1, 1, 1), t.repeat(2 * count),
                    reference=reference.repeat(2), emotion_latents=latents.repeat(2, 1, 1),
                    expert=expert.repeat(2), drop_emotion=drop, image_mode=True)
-        alone, full = both.unflatten(0, (2, count))
-        x = scheduler.step(alone + guidance * (full - alone), t, x).prev_sample
+        x = scheduler.step(mix.combine(both.unflatten(0, (2, count))), t, x).prev_sample
     frames = net.vae.decode(x)[:, 0].clamp(-1, 1)
     return ((frames + 1) * 127.5).round().byte().permute(0, 2, 3, 1).numpy()
 
 
-def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    parser.add_argument("weights", nargs="+", help="stage exports, loaded in order")
-    parser.add_argument("--test", default="runs/synthemo/test", help="held-out SynthEmo split")
-    parser.add_argument("--guidance", type=float, nargs="+", default=[2.0, 5.0])
-    parser.add_argument("--steps", type=int, default=8)
-    parser.add_argument("--sampler", default="dpmpp")
-    parser.add_argument("--sheet", default=None, help="PNG of the last guidance's stills")
-    args = parser.parse_args()
-    torch.manual_seed(0)
-    net = MoEENet(MoEENetConfig(preset="tiny")).eval()
-    for path in args.weights:
-        load_net_weights(net, path)
-    scheduler = make_scheduler(args.sampler,
-                               DiffusionObjective(**recorded_schedule(args.weights[0])))
+def read_stills(args: argparse.Namespace) -> None:
+    """Draw and read the stills at each guidance scale; print the figures (and the sheet)."""
+    pipeline = MoEEPipeline.from_weights(
+        MoEENetConfig(preset="tiny"), args.weights, progress=False,
+        settings=SamplerSettings(sampler=args.sampler, steps=args.steps))
+    net = pipeline.net.eval()
     silence = torch.zeros(1, 640)
     latents = torch.cat([net.encode_emotion(emotion_inputs(parse_emotion(e), silence, "cpu"))
                          for e in BASIC_EMOTIONS])
@@ -82,8 +75,7 @@ def main() -> None:
         rows: list[list[np.ndarray]] = [[p.portrait for p in people]]
         rows += [[] for _ in BASIC_EMOTIONS]
         for person in people:
-            stills = draw_stills(net, to_image_tensor(person.portrait), latents, scheduler,
-                                 args.steps, guidance)
+            stills = draw_stills(pipeline, to_image_tensor(person.portrait), latents, guidance)
             for i, emotion in enumerate(BASIC_EMOTIONS):
                 reading = judge.read(stills[i:i + 1], person.identity)
                 confusion[i, int(reading.probabilities.argmax())] += 1
@@ -98,6 +90,22 @@ def main() -> None:
             print(f"{emotion:>12} " + " ".join(f"{c:5d}" for c in counts))
         if args.sheet:
             write_png(args.sheet, np.concatenate([np.concatenate(r, 1) for r in rows], 0))
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("weights", nargs="+", help="stage exports, loaded in order")
+    parser.add_argument("--test", default="runs/synthemo/test", help="held-out SynthEmo split")
+    parser.add_argument("--guidance", type=float, nargs="+", default=[2.0, 5.0])
+    parser.add_argument("--steps", type=int, default=8)
+    parser.add_argument("--sampler", default="dpmpp")
+    parser.add_argument("--sheet", default=None, help="PNG of the last guidance's stills")
+    args = parser.parse_args()
+    torch.manual_seed(0)
+    try:  # missing weights, probes or split; exports of other runs: one line, no traceback
+        read_stills(args)
+    except (FileNotFoundError, StageWeightsError, ShardError) as error:
+        sys.exit(f"error: {error}")
 
 
 if __name__ == "__main__":

@@ -36,7 +36,6 @@ class BackboneModule(DiffusionStage):
     side from this export, then all condition on one and the same emotion latent space.
     """
 
-
     def __init__(self, *args, mode: Literal["image", "video"] = "video",
                  warm_experts: bool = False, freeze_spatial: bool = False, **kwargs) -> None:
         if freeze_spatial and mode != "video":

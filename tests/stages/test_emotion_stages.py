@@ -118,6 +118,11 @@ def test_video_stage_with_frozen_spatial_layers_trains_motion_and_exports_the_wh
     assert not {"backbone", "reference"} & set(module.trainable_groups)
     trained = module.trained_parameters()
     assert not any(n.startswith(("denoiser.unet.", "reference_net.")) for n in trained)
+    clips = [make_test_clip(identity="id0", emotion="sad", num_frames=12, size=64, seed=0)]
+    module.diffusion_step(make_batch(clips, num_frames=4), cfg_dropout=False)["total"].backward()
+    grads = {n for n, p in module.net.named_parameters() if p.grad is not None}
+    assert any(".temporal." in n for n in grads) and any(".audio." in n for n in grads)
+    assert not any(n.startswith(("denoiser.unet.", "reference_net.")) for n in grads)
     module.on_train_end()
     exported = load_file(tmp_path / "backbone.safetensors")
     spatial = {n for n, p in module.net.named_parameters()

@@ -71,6 +71,20 @@ def test_mns_references_are_the_person_neutral_then_another_emotion_at_the_clip_
     assert make_clip(config, 1, 0, emotion="neutral").meta.extra["mns_emotions"][0] != "neutral"
 
 
+@pytest.mark.parametrize(("args", "message"), [
+    (["--size", "8"], "size must be in 32..512 px, got 8"),
+    (["--frames", "0"], "frames must be at least 1, got 0"),
+    (["--head_motion", "-0.5"], "head_motion must be 0 (a still head) or more, got -0.5"),
+])
+def test_bad_synth_settings_are_one_line_and_write_nothing(tmp_path, args, message):
+    from moee.data.synth.cli import main
+
+    with pytest.raises(SystemExit) as stop:
+        main(["--out", str(tmp_path / "synthemo"), *args])
+    assert stop.value.code == f"error: {message}"
+    assert not (tmp_path / "synthemo").exists()
+
+
 def test_landmarks_sit_on_drawn_features():
     face = FaceRenderer(sample_identity(0, 5), 128)
     frame, lmk = face.render(np.zeros(17))

@@ -36,10 +36,12 @@ def generate(out: str = "synthemo", seed: int = 0, size: int = 64, frames: int =
     """
     from moee.data.synth.generator import ClipConfig, generate_dataset
 
-    folder = generate_dataset(out, ClipConfig(seed=seed, size=size, num_frames=frames,
-                                                   head_motion=head_motion),
-                              (train, val, test), clips_per_identity, shard_size, workers,
-                              progress)
+    try:  # checked before anything is written
+        config = ClipConfig(seed=seed, size=size, num_frames=frames, head_motion=head_motion)
+    except ValueError as error:
+        sys.exit(f"error: {error}")
+    folder = generate_dataset(out, config, (train, val, test), clips_per_identity, shard_size,
+                              workers, progress)
     print(f"SynthEmo shards written to {folder}")
 
 

@@ -19,7 +19,7 @@ from tqdm import tqdm
 
 from moee.data.shards import Clip, ClipMeta, ShardWriter, sample_key, write_manifest
 from moee.data.synth.audio import synthesize_speech
-from moee.data.synth.face import FaceRenderer, combine_speech
+from moee.data.synth.face import MAX_SIZE, MIN_SIZE, FaceRenderer, combine_speech
 from moee.data.synth.identity import Identity, sample_identity
 from moee.data.synth.text import describe_aus
 from moee.emotions import ACTION_UNITS, EMOTION_CLASSES, NEUTRAL, parse_emotion
@@ -97,6 +97,15 @@ class ClipConfig:
     num_frames: int = 50
     head_motion: float = 1.0
 
+    def __post_init__(self) -> None:
+        if not MIN_SIZE <= self.size <= MAX_SIZE:
+            raise ValueError(f"size must be in {MIN_SIZE}..{MAX_SIZE} px, got {self.size}")
+        if self.num_frames < 1:
+            raise ValueError(f"frames must be at least 1, got {self.num_frames}")
+        if self.head_motion < 0:
+            raise ValueError(f"head_motion must be 0 (a still head) or more, got "
+                             f"{self.head_motion}")
+
 
 def make_clip(config: ClipConfig, identity_index: int, clip_index: int,
               split: str = "train", emotion: str | None = None) -> Clip:
@@ -134,12 +143,12 @@ def make_clip(config: ClipConfig, identity_index: int, clip_index: int,
 
 
 def mns_references(config: ClipConfig, identity_index: int, emotion: str,
-                   rng: np.random.Generator, pose: np.ndarray | None = None,
+                   rng: np.random.Generator, pose: np.ndarray,
                    ) -> tuple[tuple[np.ndarray, np.ndarray], list[str]]:
     """Frames of the same identity for masked-noisy sampling: the first neutral (what an
     animation's portrait shows), the others with other emotions. Each is drawn at ``pose``
-    (the clip's mean head pose: another recording of the person in the same seat), or at a
-    random one when it is ``None``.
+    (yaw, pitch, roll: the clip's mean head pose, as another recording of the person in the
+    same seat would be), so that the reference lines up with the clip's frames.
 
     Returns ``((R, H, W, 3) uint8 frames, (R, 68, 2) landmarks)`` and the R emotion names.
     """
@@ -151,8 +160,7 @@ def mns_references(config: ClipConfig, identity_index: int, emotion: str,
     for name in names:
         level = 0.0 if name == NEUTRAL else rng.uniform(0.6, 1.0)
         viseme = (rng.uniform(0, 0.5), rng.uniform(0, 0.5), rng.uniform(0, 0.5))
-        frame, lmk = face.render(apex_aus(name, level, rng), viseme,
-                                 head_motion(1, rng)[0] if pose is None else pose)
+        frame, lmk = face.render(apex_aus(name, level, rng), viseme, pose)
         frames.append(frame)
         marks.append(lmk)
     return (np.stack(frames), np.stack(marks)), names

@@ -360,7 +360,7 @@ def save_probes(probes: SynthEmoProbes, metrics: dict[str, float],
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_name(f".{path.name}.partial")
     save_file(probes.state_dict(), str(tmp), metadata={
-        "generator_version": RENDERER_VERSION, "size": str(probes.size),
+        "renderer_version": RENDERER_VERSION, "size": str(probes.size),
         "metrics": json.dumps(metrics)})
     os.replace(tmp, path)
     return path
