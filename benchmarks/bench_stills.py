@@ -1,8 +1,9 @@
 """Does a stage's export draw the asked emotion on a still? The fast check between recipe runs.
 
 For every held-out SynthEmo identity, its neutral portrait is animated as one still per basic
-label, from pure noise, in image mode (no audio, no temporal layers: what the image-mode
-backbone stage trains), with emotion guidance against the backbone alone. The probes then read
+label, from pure noise, in image mode (no temporal layers: what the image-mode backbone stage
+trains), hearing the audio of that emotion's clip at its apex frame, with emotion guidance
+against the backbone alone. The probes then read
 each still as the quickstart reads its videos (a face of the right person, the asked emotion),
 and the confusion of asked vs read emotions is printed. It takes ~20 s on 2 cores, against
 ~10 minutes for the quickstart's videos, so one image-stage run (or any export carrying
@@ -22,6 +23,7 @@ import sys
 import numpy as np
 import torch
 
+from moee.data.sampling import clip_audio, window_audio
 from moee.data.shards import ShardError
 from moee.data.synth.probes import load_probes
 from moee.data.synth.sheet import write_png
@@ -30,17 +32,19 @@ from moee.inference.conditions import emotion_inputs
 from moee.inference.pipeline import Guidance, MoEEPipeline, SamplerSettings
 from moee.metrics.probe_judge import ProbeJudge
 from moee.models.moee_net import MoEENetConfig
-from moee.showcase import held_out_people, to_image_tensor
+from moee.showcase import Person, held_out_people, to_image_tensor
 from moee.stages.base import StageWeightsError
 
 
 @torch.no_grad()
 def draw_stills(pipeline: MoEEPipeline, portrait: torch.Tensor, latents: torch.Tensor,
-                guidance: float) -> np.ndarray:
-    """One still per emotion latent (e m c) of ``portrait`` (3 H W), expert i for row i, from
-    seed-0 noise, with the pipeline's sampler: ``(e, H, W, 3) uint8``."""
+                audio: torch.Tensor, guidance: float) -> np.ndarray:
+    """One still per emotion latent (e m c) of ``portrait`` (3 H W), expert i for row i,
+    hearing row i of ``audio`` (e, 5 * 640), from seed-0 noise, with the pipeline's sampler:
+    ``(e, H, W, 3) uint8``."""
     net, scheduler = pipeline.net, pipeline.scheduler
     count = latents.shape[0]
+    tokens = net.encode_audio(audio).repeat(2, 1, 1, 1)
     reference = net.encode_reference(portrait[None].expand(count, -1, -1, -1))
     expert = torch.arange(count)
     drop = torch.tensor([True] * count + [False] * count)  # backbone alone, then with experts
@@ -51,11 +55,21 @@ def draw_stills(pipeline: MoEEPipeline, portrait: torch.Tensor, latents: torch.T
     x = noise.expand(count, -1, -1, -1, -1) * scheduler.init_noise_sigma
     for t in scheduler.timesteps:
         both = net(scheduler.scale_model_input(x, t).repeat(2, 1, 1, 1, 1), t.repeat(2 * count),
-                   reference=reference.repeat(2), emotion_latents=latents.repeat(2, 1, 1),
+                   reference=reference.repeat(2), audio_tokens=tokens,
+                   emotion_latents=latents.repeat(2, 1, 1),
                    expert=expert.repeat(2), drop_emotion=drop, image_mode=True)
         x = scheduler.step(mix.combine(both.unflatten(0, (2, count))), t, x).prev_sample
     frames = net.vae.decode(x)[:, 0].clamp(-1, 1)
     return ((frames + 1) * 127.5).round().byte().permute(0, 2, 3, 1).numpy()
+
+
+def apex_audio(person: Person) -> torch.Tensor:
+    """(e, 5 * 640): each basic emotion's clip's audio around its apex frame (80 % through)."""
+    windows = []
+    for emotion in BASIC_EMOTIONS:
+        clip = person.clips[emotion]
+        windows.append(window_audio(clip_audio(clip), int(0.8 * len(clip.frames)), 1))
+    return torch.from_numpy(np.stack(windows)).float()
 
 
 def read_stills(args: argparse.Namespace) -> None:
@@ -75,7 +89,8 @@ def read_stills(args: argparse.Namespace) -> None:
         rows: list[list[np.ndarray]] = [[p.portrait for p in people]]
         rows += [[] for _ in BASIC_EMOTIONS]
         for person in people:
-            stills = draw_stills(pipeline, to_image_tensor(person.portrait), latents, guidance)
+            stills = draw_stills(pipeline, to_image_tensor(person.portrait), latents,
+                                 apex_audio(person), guidance)
             for i, emotion in enumerate(BASIC_EMOTIONS):
                 reading = judge.read(stills[i:i + 1], person.identity)
                 confusion[i, int(reading.probabilities.argmax())] += 1

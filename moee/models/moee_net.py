@@ -117,6 +117,7 @@ class MoEENet(nn.Module):
             temporal_groups=arch.temporal_groups,
             max_frames=config.max_frames,
             concat_reference=arch.concat_reference,
+            reference_skip=arch.reference_skip,
         )
         self.audio_encoder = AudioEncoder(pretrained.build_audio_encoder(arch, src.audio_encoder))
         self.audio_projection = AudioProjection(
@@ -230,7 +231,7 @@ class MoEENet(nn.Module):
         drop_emotion: torch.Tensor | None = None,
         image_mode: bool = False,
     ) -> torch.Tensor:
-        """Predict the noise of ``noisy_latents``.
+        """The objective's prediction (noise, v or clean latent) for ``noisy_latents``.
 
         Args:
             noisy_latents: (b f c h w); ``f = 1`` with ``image_mode=True`` trains on stills.
@@ -245,7 +246,8 @@ class MoEENet(nn.Module):
                 classifier-free guidance (reference tokens masked and image embedding zeroed;
                 audio tokens zeroed; the Emotion MoE left out, so that emotion guidance
                 amplifies exactly what the experts add to the backbone).
-            image_mode: skip audio and temporal layers.
+            image_mode: stills: skip the temporal layers (audio attention runs when audio is
+                given: the frame's own tokens).
 
         Returns:
             (b f c h w)
@@ -255,7 +257,7 @@ class MoEENet(nn.Module):
         image_embeds = reference.image_embeds
         if drop_reference is not None:
             image_embeds = image_embeds * _keep_mask(drop_reference)[:, None, None]
-        if audio_tokens is None and audio is not None and not image_mode:
+        if audio_tokens is None and audio is not None:
             audio_tokens = self.encode_audio(audio)
         if audio_tokens is not None and drop_audio is not None:
             audio_tokens = audio_tokens * _keep_mask(drop_audio)[:, None, None, None]

@@ -112,6 +112,9 @@ class Architecture:
     concat_reference: bool = False
     """Also feed the denoiser the reference latent beside each noisy frame (see
     :class:`~moee.models.unet.Denoiser`)."""
+    reference_skip: bool = False
+    """Add the reference latent to the denoiser's output: with the x0 objective it predicts
+    the frame's change from the portrait (see :class:`~moee.models.unet.Denoiser`)."""
 
     @property
     def image_size(self) -> int:
@@ -155,6 +158,7 @@ PRESETS: dict[str, Architecture] = {
         vae=dict(sample_size=64),
         patch_size=_TINY_PATCH,
         concat_reference=True,
+        reference_skip=True,
         image_encoder=dict(
             hidden_size=32,
             intermediate_size=64,

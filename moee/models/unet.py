@@ -54,7 +54,8 @@ class DenoiserContext:
             emotion is dropped for classifier-free guidance, the experts' branch is left out).
         expert: single-expert path of the Emotion MoE (int or (b,) LongTensor).
         weights: (b e) explicit expert mixture replacing the global gate.
-        image_mode: still images: audio and temporal layers are skipped (stage-1 image training).
+        image_mode: still images: temporal layers are skipped (stage-1 image training); audio
+            attention still runs when ``audio`` is given (one frame's tokens per still).
     """
 
     num_frames: int
@@ -212,8 +213,7 @@ class BlockExtras(nn.Module):
 
     def forward(self, x: torch.Tensor, ctx: DenoiserContext) -> torch.Tensor:
         """x ((b f) n d) -> ((b f) n d)."""
-        video = not ctx.image_mode
-        if video and ctx.audio is not None:
+        if ctx.audio is not None:
             x = self.audio(x, rearrange(ctx.audio, "b f t c -> (b f) t c").to(x.dtype))
         if ctx.emotion is not None:
             weights = None if ctx.weights is None else ctx.per_frame(ctx.weights)
@@ -225,7 +225,7 @@ class BlockExtras(nn.Module):
                 x = mixed
             else:
                 x = torch.where(ctx.per_frame(ctx.emotion_keep.bool())[:, None, None], mixed, x)
-        if video and ctx.num_frames > 1:
+        if not ctx.image_mode and ctx.num_frames > 1:
             x = self.temporal(x, ctx.num_frames)
         return x
 
@@ -277,6 +277,11 @@ class Denoiser(nn.Module):
             frame (InstructPix2Pix-style): ``conv_in`` is widened, its new input channels
             zero-initialised, so pretrained weights start unchanged. A pixel-aligned identity
             path beside the ReferenceNet's attention, which small models learn much faster.
+        reference_skip: add the reference latent to the U-Net's output (which starts at zero:
+            ``conv_out`` is zero-initialised). Under the clean-latent (x0) objective the
+            network then predicts how the frame differs from the portrait (expression, mouth,
+            pose) instead of redrawing the whole face, and an untrained one already predicts
+            the portrait. Needs ``concat_reference``; dropping the reference drops it here too.
     """
 
     def __init__(
@@ -289,12 +294,20 @@ class Denoiser(nn.Module):
         temporal_groups: int = 32,
         max_frames: int = 32,
         concat_reference: bool = False,
+        reference_skip: bool = False,
     ) -> None:
         super().__init__()
+        if reference_skip and not concat_reference:
+            raise ValueError("reference_skip needs concat_reference (the pixel-aligned "
+                             "reference latent)")
         self.unet = unet
         self.concat_reference = concat_reference
+        self.reference_skip = reference_skip
         if concat_reference:
             _widen_conv_in(unet, 2 * unet.config.in_channels)
+        if reference_skip:
+            nn.init.zeros_(unet.conv_out.weight)
+            nn.init.zeros_(unet.conv_out.bias)
         self.block_names = transformer_block_names(unet)
         modules = dict(unet.named_modules())
         self.blocks = nn.ModuleDict()
@@ -372,19 +385,23 @@ class Denoiser(nn.Module):
         image_embeds: torch.Tensor,
         ctx: DenoiserContext,
     ) -> torch.Tensor:
-        """latents (b f c h w), timesteps (b,), image_embeds (b k D) -> noise (b f c h w)."""
+        """latents (b f c h w), timesteps (b,), image_embeds (b k D) -> the objective's
+        prediction (b f c h w)."""
         b, f = latents.shape[:2]
         if ctx.num_frames != f:
             raise ValueError(f"context is for {ctx.num_frames} frames, latents have {f}")
+        reference = None
         if self.concat_reference:
             reference = ctx.reference_latent.to(latents.dtype)
             if ctx.reference_keep is not None:
                 reference = reference * ctx.reference_keep.to(reference.dtype)[:, None, None, None]
-            latents = torch.cat([latents, repeat(reference, "b c h w -> b f c h w", f=f)], 2)
+            reference = repeat(reference, "b c h w -> b f c h w", f=f)
+            latents = torch.cat([latents, reference], 2)
         out = self.unet(
             rearrange(latents, "b f c h w -> (b f) c h w"),
             repeat(timesteps, "b -> (b f)", f=f),
             encoder_hidden_states=repeat(image_embeds, "b k d -> (b f) k d", f=f),
             cross_attention_kwargs={CONTEXT_KEY: ctx},
         ).sample
-        return rearrange(out, "(b f) c h w -> b f c h w", b=b)
+        out = rearrange(out, "(b f) c h w -> b f c h w", b=b)
+        return out + reference if self.reference_skip else out

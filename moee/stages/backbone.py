@@ -26,6 +26,12 @@ class BackboneModule(DiffusionStage):
     is the CPU recipe's choice (``configs/tiny/backbone.yaml``): at a few hundred steps, experts
     trained on a U-Net that never saw them only learnt colour.
 
+    ``image_audio=True`` (image mode) also trains the audio attention, each still hearing its
+    own frame's audio tokens. The mouth of a still is then predictable, where a stage that
+    cannot hear it learns the average of every mouth opening (a pale smear over the very
+    region where happy, sad and disgusted show), and lip motion is learnt at the image mode's
+    many clips per second. The CPU recipe's choice (``configs/tiny/backbone_image.yaml``).
+
     ``freeze_spatial=True`` (video mode) keeps the spatial layers and the ReferenceNet as the
     image-mode stage left them and trains only the audio and temporal layers (and the warmed
     experts), as AnimateDiff trains its motion modules on a frozen image model. The CPU recipe's
@@ -37,11 +43,15 @@ class BackboneModule(DiffusionStage):
     """
 
     def __init__(self, *args, mode: Literal["image", "video"] = "video",
-                 warm_experts: bool = False, freeze_spatial: bool = False, **kwargs) -> None:
+                 warm_experts: bool = False, freeze_spatial: bool = False,
+                 image_audio: bool = False, **kwargs) -> None:
         if freeze_spatial and mode != "video":
             raise ValueError("freeze_spatial needs mode='video': the image mode trains only "
                              "spatial layers")
+        if image_audio and mode != "image":
+            raise ValueError("image_audio needs mode='image': the video mode always hears audio")
         self.mode = mode
+        self.image_audio = image_audio
         self.warm_experts = warm_experts
         self.freeze_spatial = freeze_spatial
         super().__init__(*args, **kwargs)
@@ -49,8 +59,10 @@ class BackboneModule(DiffusionStage):
     @property
     def trainable_groups(self) -> tuple[str, ...]:
         groups = () if self.freeze_spatial else ("backbone", "reference")
+        if self.hears_audio:
+            groups += ("audio",)
         if self.mode == "video":
-            groups += ("audio", "temporal")
+            groups += ("temporal",)
         if self.warm_experts:
             groups += tuple(f"expert_{i}" for i in range(NUM_EXPERTS))
         return groups
@@ -61,6 +73,10 @@ class BackboneModule(DiffusionStage):
         the whole backbone, whichever part of it this stage trained."""
         frozen = ("backbone", "reference") if self.freeze_spatial else ()
         return ("emotion_latents", *frozen)
+
+    @property
+    def hears_audio(self) -> bool:
+        return self.mode == "video" or self.image_audio
 
     def frame_pick(self, batch: dict[str, Any]) -> torch.Tensor | None:
         if self.mode == "video":

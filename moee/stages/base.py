@@ -26,7 +26,7 @@ from torch.distributed.tensor import DTensor
 
 from moee.launch.fsdp import shard_stage
 from moee.models.emotion_latents import EmotionInputs
-from moee.models.moee_net import MoEENet, MoEENetConfig, parameter_groups
+from moee.models.moee_net import PARAMETER_GROUPS, MoEENet, MoEENetConfig, parameter_groups
 from moee.stages.diffusion import DiffusionObjective
 from moee.stages.guard import NonFiniteGuard, check_finite
 from moee.stages.losses import MoEELoss
@@ -204,6 +204,8 @@ class DiffusionStage(L.LightningModule):
         pixel_loss_frames: frames per sample decoded for the pixel-space loss terms.
         max_nonfinite_steps: steps with a NaN/Inf loss or gradient are skipped; this many in a
             row stop the run (:class:`~moee.stages.guard.NonFiniteGuard`; 0: never stop).
+        lr_scales: learning-rate multipliers per parameter group, e.g. ``{"expert": 3}`` (a
+            key names a group of ``PARAMETER_GROUPS`` or, like ``expert``, every ``expert_i``).
     """
 
     trainable_groups: tuple[str, ...] = ()
@@ -225,17 +227,28 @@ class DiffusionStage(L.LightningModule):
         ema_decay: float | None = None,
         pixel_loss_frames: int = 2,
         max_nonfinite_steps: int = 3,
+        lr_scales: dict[str, float] | None = None,
     ) -> None:
         super().__init__()
         self.save_hyperparameters(ignore=["objective", "loss", "optimizer", "lr_scheduler"])
         self.net = MoEENet(net or MoEENetConfig())
         self.objective = objective or DiffusionObjective()
+        if self.net.denoiser.reference_skip and self.objective.prediction_type != "sample":
+            log.warning("the %s preset adds the portrait to the denoiser's output, a prior "
+                        "for the clean-latent objective; %r prediction learns it away",
+                        self.net.config.preset, self.objective.prediction_type)
         self.loss = loss or MoEELoss()
         self.optimizer_factory = optimizer
         self.scheduler_factory = lr_scheduler
         self.condition_dropout = condition_dropout or ConditionDropout()
         self.export_path = export_path
         self.pixel_loss_frames = pixel_loss_frames
+        self.lr_scales = lr_scales or {}
+        unknown = [k for k in self.lr_scales
+                   if not any(g == k or g.startswith(f"{k}_") for g in PARAMETER_GROUPS)]
+        if unknown:
+            raise ValueError(f"lr_scales names no parameter group: {unknown}; the groups are "
+                             f"{', '.join(PARAMETER_GROUPS)}")
         self.nonfinite_guard = NonFiniteGuard(max_nonfinite_steps)
         self.strict_loading = False  # checkpoints hold only what the stage trains
         check_parallel_exports(init_weights or [])
@@ -269,6 +282,16 @@ class DiffusionStage(L.LightningModule):
         """{MoEENet name: parameter} of everything this stage trains."""
         return {n: p for n, p in self.net.named_parameters() if p.requires_grad}
 
+    def _optimizer_groups(self) -> list[dict[str, Any]]:
+        """The trained parameters as optimizer groups, one per learning-rate scale."""
+        by_scale: dict[float, list[torch.nn.Parameter]] = {}
+        for group, params in parameter_groups(self.net).items():
+            scale = next((v for k, v in self.lr_scales.items()
+                          if group == k or group.startswith(f"{k}_")), 1.0)
+            by_scale.setdefault(float(scale), []).extend(p for p in params if p.requires_grad)
+        return [{"params": params, "lr_scale": scale}
+                for scale, params in by_scale.items() if params]
+
     def carried_parameters(self) -> dict[str, torch.nn.Parameter]:
         """{MoEENet name: parameter} of the frozen ``carried_groups``."""
         carried = {id(p) for group, params in parameter_groups(self.net).items()
@@ -286,7 +309,9 @@ class DiffusionStage(L.LightningModule):
         return [self.nonfinite_guard]
 
     def configure_optimizers(self):
-        optimizer = self.optimizer_factory(list(self.trained_parameters().values()))
+        optimizer = self.optimizer_factory(self._optimizer_groups())
+        for group in optimizer.param_groups:
+            group["lr"] *= group.get("lr_scale", 1.0)
         if self.scheduler_factory is None:
             return optimizer
         scheduler = self.scheduler_factory(optimizer)
@@ -298,6 +323,12 @@ class DiffusionStage(L.LightningModule):
     def network_kwargs(self, batch: dict[str, Any]) -> dict[str, Any]:
         """Stage-specific arguments of ``MoEENet.forward`` (expert index, image mode...)."""
         return {"emotion": emotion_inputs(batch)}
+
+    @property
+    def hears_audio(self) -> bool:
+        """Whether the denoiser hears the window's audio (each picked frame's own tokens when
+        the stage denoises single frames)."""
+        return True
 
     def frame_pick(self, batch: dict[str, Any]) -> torch.Tensor | None:
         """The one frame (b,) each sample is denoised at (image-mode stages), or ``None``: all
@@ -323,9 +354,9 @@ class DiffusionStage(L.LightningModule):
                 kwargs[name] = drop | kwargs[name] if name in kwargs else drop
         with torch.set_grad_enabled(torch.is_grad_enabled() and self._trains("reference")):
             reference = self.net.encode_reference(batch["reference"], motion)
-        if not kwargs.get("image_mode"):
+        if self.hears_audio:
             with torch.set_grad_enabled(torch.is_grad_enabled() and self._trains("audio")):
-                kwargs["audio_tokens"] = self.net.encode_audio(batch["audio"])
+                kwargs["audio_tokens"] = _picked(self.net.encode_audio(batch["audio"]), pick)
         prediction = self.net(noisy, timesteps, reference=reference, **kwargs)
         target = self.objective.target(latents, noise, timesteps)
         decoded = picked = landmarks = picked_landmarks = None

@@ -3,6 +3,7 @@
 import torch
 
 from moee.models.moee_net import MoEENet
+from tests.models.conftest import wake_zero_inits
 
 
 def live_tiny_net() -> MoEENet:
@@ -10,8 +11,5 @@ def live_tiny_net() -> MoEENet:
     (reference, audio, experts, temporal) changes the output."""
     torch.manual_seed(0)
     net = MoEENet()
-    with torch.no_grad():
-        for p in net.denoiser.blocks.parameters():
-            if not p.any():
-                p.normal_(std=0.05)
+    wake_zero_inits(net)
     return net

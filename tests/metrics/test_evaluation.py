@@ -37,6 +37,7 @@ from moee.models.pretrained import WeightSources
 from moee.stages import BackboneModule
 from moee.stages.losses import MoEELoss
 from tests.data.damage import truncate_in_second_sample
+from tests.models.conftest import wake_zero_inits
 
 CONFIGS = Path(__file__).resolve().parents[2] / "configs"
 FAST_SAMPLER = {"sampler": "ddim", "steps": 1, "audio_guidance": 1.0, "emotion_guidance": 1.0,
@@ -53,10 +54,7 @@ def workspace(tmp_path_factory):
     probes = SynthEmoProbes(size=64).eval()
     save_probes(probes, {}, root / "cache")
     net = MoEENet()
-    with torch.no_grad():
-        for p in net.denoiser.blocks.parameters():
-            if not p.any():
-                p.normal_(std=0.05)
+    wake_zero_inits(net)
     save_file({k: v.clone() for k, v in net.state_dict().items()}, root / "net.safetensors")
     return root
 

@@ -30,6 +30,8 @@ def wake_zero_inits(net: MoEENet) -> None:
                 p.normal_(std=0.05)
     with torch.no_grad():  # the reference latent's inputs of the widened conv_in
         net.denoiser.unet.conv_in.weight[:, CHANNELS:].normal_(std=0.05)
+        if net.denoiser.reference_skip:  # the output layer, zero under the reference skip
+            net.denoiser.unet.conv_out.weight.normal_(std=0.05)
 
 
 @pytest.fixture(scope="session")

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import copy
 
+import pytest
 import torch
 
 from moee.models.emotion_latents import EmotionInputs
@@ -67,11 +68,19 @@ def test_guidance_drops(tiny_net, clip_inputs):
 
 
 @torch.no_grad()
-def test_image_mode_skips_audio_and_time(tiny_net, clip_inputs):
+def test_image_mode_skips_time_and_hears_its_frame(tiny_net, clip_inputs):
     c = dict(clip_inputs, latents=clip_inputs["latents"][:, :1])
-    out = run(tiny_net, c, image_mode=True, audio=None)
-    torch.testing.assert_close(out, run(tiny_net, c, image_mode=True))
-    assert out.shape == (B, 1, CHANNELS, LATENT, LATENT)
+    silent = run(tiny_net, c, image_mode=True, audio=None)
+    assert silent.shape == (B, 1, CHANNELS, LATENT, LATENT)
+    tokens = tiny_net.encode_audio(c["audio"])[:, :1]  # the still's own frame of audio
+    heard = run(tiny_net, c, image_mode=True, audio=None, audio_tokens=tokens)
+    assert not torch.allclose(heard, silent, atol=1e-4)
+    shaken = copy.deepcopy(tiny_net)
+    for name, p in shaken.named_parameters():
+        if ".temporal." in name:
+            p.add_(torch.randn_like(p))
+    torch.testing.assert_close(run(shaken, c, image_mode=True, audio=None, audio_tokens=tokens),
+                               heard)
 
 
 def test_gradient_checkpointing_and_deepcopy(clip_inputs):
@@ -169,3 +178,22 @@ def test_reference_latent_is_concatenated_to_every_frame(tiny_net, clip_inputs):
     zero.latent = ref.latent * torch.tensor([0.0, 1.0])[:, None, None, None]
     torch.testing.assert_close(run(tiny_net, clip_inputs, reference=ref, drop_reference=drop),
                                run(tiny_net, clip_inputs, reference=zero, drop_reference=drop))
+
+
+@torch.no_grad()
+def test_reference_skip_predicts_the_portrait_until_trained(clip_inputs):
+    from moee.models import pretrained
+    from moee.models.unet import Denoiser
+
+    torch.manual_seed(0)
+    net = MoEENet().eval()
+    assert net.denoiser.reference_skip  # the tiny preset's x0 prior
+    portrait = net.vae.encode(clip_inputs["image"][:, None], sample=False)
+    out = run(net, clip_inputs)
+    torch.testing.assert_close(out, portrait.expand_as(out))  # every frame, untrained
+    dropped = run(net, clip_inputs, drop_reference=torch.tensor([True, False]))
+    assert not dropped[0].any()
+    torch.testing.assert_close(dropped[1], out[1])
+    with pytest.raises(ValueError, match="reference_skip needs concat_reference"):
+        Denoiser(pretrained.build_unet(pretrained.PRESETS["tiny"], None), audio_dim=DIM,
+                 emotion_dim=DIM, reference_skip=True)

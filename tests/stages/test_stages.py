@@ -97,13 +97,15 @@ def test_expression_map_weights_the_expressive_landmarks_and_the_loss_against_re
 STAGES = [
     (BackboneModule, {"mode": "video"}, {"backbone", "reference", "audio", "temporal"}),
     (BackboneModule, {"mode": "image"}, {"backbone", "reference"}),
+    (BackboneModule, {"mode": "image", "image_audio": True}, {"backbone", "reference", "audio"}),
     (ExpertModule, {"emotion": "sad"}, {"expert_4"}),
     (GatingModule, {}, {"gates", "emotion_latents"}),
 ]
 
 
 @pytest.mark.parametrize(("stage", "kwargs", "groups"), STAGES,
-                         ids=["backbone-video", "backbone-image", "expert", "gating"])
+                         ids=["backbone-video", "backbone-image", "backbone-image-audio",
+                              "expert", "gating"])
 def test_only_the_stage_groups_train(stage, kwargs, groups, batch):
     from moee.models.moee_net import parameter_groups
 
@@ -128,6 +130,46 @@ def test_only_the_stage_groups_train(stage, kwargs, groups, batch):
         for name, p in module.net.named_parameters():
             if ".experts." in name and ".experts.4." not in name:
                 assert p.grad is None
+
+
+def test_lr_scales_set_each_groups_learning_rate():
+    from functools import partial
+
+    from moee.models.moee_net import parameter_groups
+
+    module = BackboneModule(loss=light_loss(), mode="image", warm_experts=True,
+                            optimizer=partial(torch.optim.AdamW, lr=1e-3),
+                            lr_scales={"expert": 3, "reference": 0.5})
+    by_group = parameter_groups(module.net)
+    expected = {id(p): 1e-3 * scale for group, scale in
+                [("backbone", 1), ("reference", 0.5)] + [(f"expert_{i}", 3) for i in range(6)]
+                for p in by_group[group]}
+    optimizer = module.configure_optimizers()
+    lrs = {id(p): group["lr"] for group in optimizer.param_groups for p in group["params"]}
+    assert lrs.keys() == expected.keys()
+    assert all(math.isclose(lrs[k], v) for k, v in expected.items())
+    with pytest.raises(ValueError, match="lr_scales names no parameter group: \\['experts'\\]"):
+        BackboneModule(loss=light_loss(), lr_scales={"experts": 3})
+
+
+def test_image_stage_with_audio_hears_each_stills_own_frame(batch):
+    module = BackboneModule(loss=light_loss(), mode="image", image_audio=True)
+    pick = torch.tensor([1, 3])
+    module.frame_pick = lambda _: pick
+    heard = {}
+    original = module.net.forward
+
+    def spy(*args, **kwargs):
+        heard["tokens"] = kwargs["audio_tokens"]
+        return original(*args, **kwargs)
+
+    module.net.forward = spy
+    module.diffusion_step(batch, cfg_dropout=False)["total"].backward()
+    tokens = module.net.encode_audio(batch["audio"]).detach()
+    torch.testing.assert_close(heard["tokens"].detach(), tokens[torch.arange(2), pick][:, None])
+    assert any(".audio." in n and p.grad is not None for n, p in module.net.named_parameters())
+    with pytest.raises(ValueError, match="image_audio needs mode='image'"):
+        BackboneModule(loss=light_loss(), mode="video", image_audio=True)
 
 
 def test_weights_hand_off_between_stages(tmp_path, batch):
