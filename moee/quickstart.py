@@ -49,7 +49,7 @@ def _timed(timings: dict[str, float], name: str, step: Callable[[], object]) -> 
 
 
 def animate_held_out(people: int | None = None, seconds: float = 0.64, steps: int = 8,
-                     strength: float = 1.0, guidance: float = 5.0, batch: int = 8) -> list:
+                     strength: float = 1.0, guidance: float = 3.5, batch: int = 8) -> list:
     """Animate the held-out identities' neutral portraits (see :mod:`moee.showcase`): every
     basic label on every identity, the other kinds on the first ``people``. Up to ``batch``
     videos of one portrait that route the Emotion MoE alike sample together
