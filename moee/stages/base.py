@@ -243,12 +243,7 @@ class DiffusionStage(L.LightningModule):
         self.condition_dropout = condition_dropout or ConditionDropout()
         self.export_path = export_path
         self.pixel_loss_frames = pixel_loss_frames
-        self.lr_scales = lr_scales or {}
-        unknown = [k for k in self.lr_scales
-                   if not any(g == k or g.startswith(f"{k}_") for g in PARAMETER_GROUPS)]
-        if unknown:
-            raise ValueError(f"lr_scales names no parameter group: {unknown}; the groups are "
-                             f"{', '.join(PARAMETER_GROUPS)}")
+        self.lr_scales = check_lr_scales(lr_scales or {})
         self.nonfinite_guard = NonFiniteGuard(max_nonfinite_steps)
         self.strict_loading = False  # checkpoints hold only what the stage trains
         check_parallel_exports(init_weights or [])
@@ -286,8 +281,7 @@ class DiffusionStage(L.LightningModule):
         """The trained parameters as optimizer groups, one per learning-rate scale."""
         by_scale: dict[float, list[torch.nn.Parameter]] = {}
         for group, params in parameter_groups(self.net).items():
-            scale = next((v for k, v in self.lr_scales.items()
-                          if group == k or group.startswith(f"{k}_")), 1.0)
+            scale = next((v for k, v in self.lr_scales.items() if _names(k, group)), 1.0)
             by_scale.setdefault(float(scale), []).extend(p for p in params if p.requires_grad)
         return [{"params": params, "lr_scale": scale}
                 for scale, params in by_scale.items() if params]
@@ -451,6 +445,23 @@ class DiffusionStage(L.LightningModule):
     def on_train_end(self) -> None:
         if self.export_path:
             self.export(self.export_path)
+
+
+def _names(key: str, group: str) -> bool:
+    """Whether an ``lr_scales`` key names ``group`` (``expert`` names every ``expert_i``)."""
+    return group == key or group.startswith(f"{key}_")
+
+
+def check_lr_scales(lr_scales: dict[str, float]) -> dict[str, float]:
+    """``lr_scales`` itself, or a one-line ValueError for a key that names no parameter group
+    or a scale that is not positive."""
+    unknown = [k for k in lr_scales if not any(_names(k, g) for g in PARAMETER_GROUPS)]
+    if unknown:
+        raise ValueError(f"lr_scales names no parameter group: {unknown}; the groups are "
+                         f"{', '.join(PARAMETER_GROUPS)}")
+    if bad := {k: v for k, v in lr_scales.items() if not v > 0}:
+        raise ValueError(f"lr_scales must be positive, got {bad}")
+    return lr_scales
 
 
 def _picked(per_frame: torch.Tensor, pick: torch.Tensor | None) -> torch.Tensor:

@@ -47,6 +47,11 @@ def test_stage_config_parses(path):
         ("moee.stages.", "moee.inference.", "moee.metrics."))
     assert config.data.class_path in ("moee.data.datamodule.MoEEDataModule",
                                       "moee.inference.lightning.AnimationJobs")
+    scales = config.model.init_args.get("lr_scales")
+    if scales:  # the stage checks its groups only when built: check them here
+        from moee.stages.base import check_lr_scales
+
+        check_lr_scales(dict(scales))
     if config.model.class_path.endswith("ExpertModule"):
         emotion = config.model.init_args.emotion
         if emotion == "all":  # the six side by side, one file each

@@ -150,6 +150,8 @@ def test_lr_scales_set_each_groups_learning_rate():
     assert all(math.isclose(lrs[k], v) for k, v in expected.items())
     with pytest.raises(ValueError, match="lr_scales names no parameter group: \\['experts'\\]"):
         BackboneModule(loss=light_loss(), lr_scales={"experts": 3})
+    with pytest.raises(ValueError, match="lr_scales must be positive"):
+        BackboneModule(loss=light_loss(), lr_scales={"expert": 0})
 
 
 def test_image_stage_with_audio_hears_each_stills_own_frame(batch):
