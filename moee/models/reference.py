@@ -17,7 +17,7 @@ from diffusers import UNet2DConditionModel
 from einops import rearrange, repeat
 from torch import nn
 
-from moee.models.unet import ReferenceRecorder, transformer_block_names
+from moee.models.unet import FeaturesComplete, ReferenceRecorder, transformer_block_names
 
 
 @dataclass
@@ -47,6 +47,10 @@ class ReferenceFeatures:
 class ReferenceNet(nn.Module):
     """Wraps a ``UNet2DConditionModel`` whose self-attention inputs become reference features.
 
+    Its forward stops once the last block's feature is stored (:class:`FeaturesComplete`): in
+    the tiny preset, whose attention is only at 8x8, that skips the 16x16 and 32x32 up blocks,
+    the costliest part of the U-Net.
+
     Parameters after the last recorded feature (``conv_norm_out``, ``conv_out``, the rest of the
     last transformer block, ...) never influence the output; :meth:`unused_parameter_names`
     lists them so that training can freeze them (they still load from SD-1.5 weights).
@@ -56,7 +60,10 @@ class ReferenceNet(nn.Module):
         super().__init__()
         self.unet = unet
         self.block_names = transformer_block_names(unet)
-        processors = {n: ReferenceRecorder(n.rsplit(".attn", 1)[0]) for n in unet.attn_processors}
+        processors = {}
+        for name in unet.attn_processors:
+            block = name.rsplit(".attn", 1)[0]
+            processors[name] = ReferenceRecorder(block, last=block == self.block_names[-1])
         unet.set_attn_processor(dict(processors))
 
     def unused_parameter_names(self) -> list[str]:
@@ -100,11 +107,14 @@ class ReferenceNet(nn.Module):
         )
         b, r = frames.shape[:2]
         store: dict[str, torch.Tensor] = {}
-        self.unet(
-            rearrange(frames, "b r c h w -> (b r) c h w"),
-            torch.zeros(b * r, dtype=torch.long, device=latent.device),
-            encoder_hidden_states=repeat(image_embeds, "b k d -> (b r) k d", r=r),
-            cross_attention_kwargs={"store": store},
-        )
+        try:  # stops at the last recorded block: nothing after it reaches the features
+            self.unet(
+                rearrange(frames, "b r c h w -> (b r) c h w"),
+                torch.zeros(b * r, dtype=torch.long, device=latent.device),
+                encoder_hidden_states=repeat(image_embeds, "b k d -> (b r) k d", r=r),
+                cross_attention_kwargs={"store": store},
+            )
+        except FeaturesComplete:
+            pass
         features = {k: rearrange(v, "(b r) n d -> b r n d", b=b) for k, v in store.items()}
         return ReferenceFeatures(features, image_embeds, latent)

@@ -121,12 +121,24 @@ class MoEEAttnProcessor:
         return attn.to_out[1](out)
 
 
+class FeaturesComplete(Exception):
+    """Raised by the last :class:`ReferenceRecorder` once every feature is stored: the rest of
+    the ReferenceNet's forward (its higher-resolution up blocks, the output convolution) cannot
+    change them, and is not computed."""
+
+
 class ReferenceRecorder:
     """ReferenceNet self-attention processor: stores its input (the normed hidden states entering
-    ``attn1``) under the block name in ``store``, then attends like ``AttnProcessor2_0``."""
+    ``attn1``) under the block name in ``store``, then attends like ``AttnProcessor2_0``.
 
-    def __init__(self, name: str) -> None:
+    The recorder of the last block (``last=True``) raises :class:`FeaturesComplete` instead of
+    attending, the first time it stores (a gradient-checkpointing recomputation, which finds
+    its feature already stored, runs through).
+    """
+
+    def __init__(self, name: str, last: bool = False) -> None:
         self.name = name
+        self.last = last
         self.attend = MoEEAttnProcessor(name)
 
     def __call__(
@@ -139,7 +151,10 @@ class ReferenceRecorder:
     ) -> torch.Tensor:
         """hidden_states (b n d) -> (b n d); records ``hidden_states`` when it is self-attention."""
         if store is not None and encoder_hidden_states is None:
+            first = self.name not in store
             store[self.name] = hidden_states
+            if self.last and first:
+                raise FeaturesComplete
         return self.attend(attn, hidden_states, encoder_hidden_states, attention_mask)
 
 

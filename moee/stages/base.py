@@ -206,6 +206,9 @@ class DiffusionStage(L.LightningModule):
             row stop the run (:class:`~moee.stages.guard.NonFiniteGuard`; 0: never stop).
         lr_scales: learning-rate multipliers per parameter group, e.g. ``{"expert": 3}`` (a
             key names a group of ``PARAMETER_GROUPS`` or, like ``expert``, every ``expert_i``).
+        lr_decay: the last this fraction of ``trainer.max_steps`` decays every learning rate
+            linearly to zero (0: constant; instead of ``lr_scheduler``). A short run ends
+            with its weights settled rather than at the noise of a constant rate.
     """
 
     trainable_groups: tuple[str, ...] = ()
@@ -228,6 +231,7 @@ class DiffusionStage(L.LightningModule):
         pixel_loss_frames: int = 2,
         max_nonfinite_steps: int = 3,
         lr_scales: dict[str, float] | None = None,
+        lr_decay: float = 0.0,
     ) -> None:
         super().__init__()
         self.save_hyperparameters(ignore=["objective", "loss", "optimizer", "lr_scheduler"])
@@ -244,6 +248,10 @@ class DiffusionStage(L.LightningModule):
         self.export_path = export_path
         self.pixel_loss_frames = pixel_loss_frames
         self.lr_scales = check_lr_scales(lr_scales or {})
+        if not 0 <= lr_decay <= 1 or (lr_decay and lr_scheduler is not None):
+            raise ValueError(f"lr_decay must be in [0, 1] and without an lr_scheduler, got "
+                             f"{lr_decay} with {lr_scheduler}")
+        self.lr_decay = lr_decay
         self.nonfinite_guard = NonFiniteGuard(max_nonfinite_steps)
         self.strict_loading = False  # checkpoints hold only what the stage trains
         check_parallel_exports(init_weights or [])
@@ -306,9 +314,13 @@ class DiffusionStage(L.LightningModule):
         optimizer = self.optimizer_factory(self._optimizer_groups())
         for group in optimizer.param_groups:
             group["lr"] *= group.get("lr_scale", 1.0)
-        if self.scheduler_factory is None:
+        if self.lr_decay:
+            scheduler = torch.optim.lr_scheduler.LambdaLR(
+                optimizer, linear_decay(self.trainer.max_steps, self.lr_decay))
+        elif self.scheduler_factory is None:
             return optimizer
-        scheduler = self.scheduler_factory(optimizer)
+        else:
+            scheduler = self.scheduler_factory(optimizer)
         return {"optimizer": optimizer, "lr_scheduler": {"scheduler": scheduler,
                                                          "interval": "step"}}
 
@@ -445,6 +457,15 @@ class DiffusionStage(L.LightningModule):
     def on_train_end(self) -> None:
         if self.export_path:
             self.export(self.export_path)
+
+
+def linear_decay(total_steps: int, fraction: float) -> Callable[[int], float]:
+    """The learning-rate factor at each step: 1, then down to 0 over the last ``fraction`` of
+    ``total_steps``."""
+    if total_steps <= 0:
+        raise ValueError("lr_decay needs trainer.max_steps")
+    decay_steps = max(1.0, fraction * total_steps)
+    return lambda step: min(1.0, max(0.0, (total_steps - step) / decay_steps))
 
 
 def _names(key: str, group: str) -> bool:

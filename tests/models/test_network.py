@@ -197,3 +197,37 @@ def test_reference_skip_predicts_the_portrait_until_trained(clip_inputs):
     with pytest.raises(ValueError, match="reference_skip needs concat_reference"):
         Denoiser(pretrained.build_unet(pretrained.PRESETS["tiny"], None), audio_dim=DIM,
                  emotion_dim=DIM, reference_skip=True)
+
+
+@pytest.mark.parametrize("checkpointing", [False, True], ids=["plain", "checkpointed"])
+def test_reference_net_stops_after_its_last_feature(clip_inputs, checkpointing):
+    """The ReferenceNet's forward ends at its last recorded block (the 16 and 32 px up blocks
+    and conv_out never run) with exactly the features and gradients of a full forward."""
+    torch.manual_seed(0)
+    net = MoEENet()
+    net.set_gradient_checkpointing(checkpointing)
+    ref_net = net.reference_net
+    ran = []
+    ref_net.unet.conv_out.register_forward_hook(lambda *_: ran.append("conv_out"))
+    latent = net.vae.encode(clip_inputs["image"][:, None])[:, 0]
+    embeds = net.image_encoder(clip_inputs["image"])
+
+    def features_and_grads():
+        ref_net.zero_grad()
+        features = ref_net(latent, embeds, clip_inputs["motion"]).features
+        sum(f.square().mean() for f in features.values()).backward()
+        return ({k: v.detach() for k, v in features.items()},
+                {n: p.grad.clone() for n, p in ref_net.named_parameters() if p.grad is not None})
+
+    early = features_and_grads()
+    assert ran == []
+    for processor in ref_net.unet.attn_processors.values():
+        processor.last = False  # the full forward, to the output convolution
+    full = features_and_grads()
+    assert ran == ["conv_out"]
+    assert early[0].keys() == full[0].keys() == set(net.denoiser.block_names)
+    for name in full[0]:
+        torch.testing.assert_close(early[0][name], full[0][name], msg=name)
+    assert early[1].keys() == full[1].keys() and early[1]
+    for name in full[1]:
+        torch.testing.assert_close(early[1][name], full[1][name], msg=name)

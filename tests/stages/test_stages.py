@@ -154,6 +154,27 @@ def test_lr_scales_set_each_groups_learning_rate():
         BackboneModule(loss=light_loss(), lr_scales={"expert": 0})
 
 
+def test_lr_decay_ends_the_run_at_zero():
+    from functools import partial
+
+    module = BackboneModule(loss=light_loss(), mode="image", warm_experts=True, lr_decay=0.5,
+                            optimizer=partial(torch.optim.SGD, lr=1.0), lr_scales={"expert": 3})
+    module.trainer = L.Trainer(max_steps=10, logger=False, enable_checkpointing=False)
+    configured = module.configure_optimizers()
+    optimizer, scheduler = configured["optimizer"], configured["lr_scheduler"]["scheduler"]
+    factors = []
+    for _ in range(11):
+        factors.append([group["lr"] / group["lr_scale"] for group in optimizer.param_groups])
+        optimizer.step()
+        scheduler.step()
+    expected = [1.0] * 6 + [0.8, 0.6, 0.4, 0.2, 0.0]  # flat for half the run, then to zero
+    for step, lrs in enumerate(factors):
+        assert all(math.isclose(lr, expected[step], abs_tol=1e-9) for lr in lrs), (step, lrs)
+    with pytest.raises(ValueError, match="lr_decay must be in \\[0, 1\\] and without"):
+        BackboneModule(loss=light_loss(), lr_decay=0.5,
+                       lr_scheduler=partial(torch.optim.lr_scheduler.StepLR, step_size=1))
+
+
 def test_image_stage_with_audio_hears_each_stills_own_frame(batch):
     module = BackboneModule(loss=light_loss(), mode="image", image_audio=True)
     pick = torch.tensor([1, 3])
