@@ -37,9 +37,13 @@ PARAMETER_GROUPS = (
     *(f"expert_{i}" for i in range(NUM_EXPERTS)),
     "gates",
     "emotion_latents",
+    "emotion_modalities",
     "frozen",
 )
-"""Training-stage parameter groups; ``frozen`` holds pretrained encoders and dead parameters."""
+"""Training-stage parameter groups; ``frozen`` holds pretrained encoders and dead parameters.
+``emotion_latents`` is Emotion-to-Latents' label path (its label MLP, token queries, embeddings
+and attention: what the experts learn on), ``emotion_modalities`` its AU, text and speech
+query MLPs."""
 
 _FROZEN_MODULES = (
     "vae",
@@ -287,7 +291,9 @@ def parameter_group(name: str, frozen: frozenset[str] = frozenset()) -> str:
     if name.startswith("denoiser.unet."):
         return "backbone"
     if name.startswith("emotion_to_latents."):
-        return "emotion_latents"
+        modality = name.removeprefix("emotion_to_latents.to_queries.").split(".")[0]
+        other = name.startswith("emotion_to_latents.to_queries.") and modality != "label"
+        return "emotion_modalities" if other else "emotion_latents"
     if name.startswith("audio_projection.") or ".audio." in name:
         return "audio"
     if ".temporal." in name:

@@ -72,7 +72,7 @@ class BackboneModule(DiffusionStage):
         """The untrained Emotion-to-Latents, and the frozen spatial layers: the export holds
         the whole backbone, whichever part of it this stage trained."""
         frozen = ("backbone", "reference") if self.freeze_spatial else ()
-        return ("emotion_latents", *frozen)
+        return ("emotion_latents", "emotion_modalities", *frozen)
 
     @property
     def hears_audio(self) -> bool:

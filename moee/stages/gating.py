@@ -14,7 +14,14 @@ from moee.stages.base import DiffusionStage, emotion_inputs
 
 
 class GatingModule(DiffusionStage):
-    """Stage 3 of MoEE: gates φ, ω (and Emotion-to-Latents) learn on compound and basic data.
+    """Stage 3 of MoEE: gates φ, ω and the AU, text and speech paths of Emotion-to-Latents
+    learn on compound and basic data.
+
+    The label path of Emotion-to-Latents (its label MLP and the attention every modality goes
+    through) stays as the backbone export carried it: the experts learnt on exactly those
+    latents, and moving them undoes every basic label (measured on the tiny model: 23/48
+    basic stills read as asked before a gating stage that trained the whole module, 4/48
+    after it). The other modalities learn to land where the label's latents are.
 
     ``init_weights`` lists the backbone export and the six expert exports. The mean global
     gate weight per expert and the mean local gate activation are logged every step
@@ -31,12 +38,13 @@ class GatingModule(DiffusionStage):
             modality alone (AUs, text, speech) and those of the clip's label alone (held fixed
             as the target), so that every way of naming an emotion lands where the experts
             learnt the label.
+        train_label_path: also train the label path (an ablation: the experts then see
+            latents they were not trained on).
     """
 
-    trainable_groups = ("gates", "emotion_latents")
-
     def __init__(self, *args, routing_weight: float = 0.0, alignment_weight: float = 0.0,
-                 **kwargs) -> None:
+                 train_label_path: bool = False, **kwargs) -> None:
+        self.train_label_path = train_label_path
         super().__init__(*args, **kwargs)
         self.routing_weight = routing_weight
         self.alignment_weight = alignment_weight
@@ -45,6 +53,11 @@ class GatingModule(DiffusionStage):
         for module in self.net.modules():
             if isinstance(module, EmotionMoE):
                 module.register_forward_hook(self._record_gates)
+
+    @property
+    def trainable_groups(self) -> tuple[str, ...]:
+        label_path = ("emotion_latents",) if self.train_label_path else ()
+        return ("gates", "emotion_modalities", *label_path)
 
     def missing_checkpoint_hint(self) -> str:
         return (": train the backbone and the six experts first (configs/expert_<emotion>.yaml)"

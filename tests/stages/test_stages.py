@@ -99,13 +99,14 @@ STAGES = [
     (BackboneModule, {"mode": "image"}, {"backbone", "reference"}),
     (BackboneModule, {"mode": "image", "image_audio": True}, {"backbone", "reference", "audio"}),
     (ExpertModule, {"emotion": "sad"}, {"expert_4"}),
-    (GatingModule, {}, {"gates", "emotion_latents"}),
+    (GatingModule, {}, {"gates", "emotion_modalities"}),
+    (GatingModule, {"train_label_path": True}, {"gates", "emotion_modalities", "emotion_latents"}),
 ]
 
 
 @pytest.mark.parametrize(("stage", "kwargs", "groups"), STAGES,
                          ids=["backbone-video", "backbone-image", "backbone-image-audio",
-                              "expert", "gating"])
+                              "expert", "gating", "gating-label-path"])
 def test_only_the_stage_groups_train(stage, kwargs, groups, batch):
     from moee.models.moee_net import parameter_groups
 
@@ -216,6 +217,31 @@ def test_weights_hand_off_between_stages(tmp_path, batch):
     assert "\n" not in str(error.value)
     with pytest.raises(ValueError, match="per basic emotion"):
         ExpertModule(emotion="happily surprised")
+
+
+def test_gating_keeps_the_label_latents_the_experts_learnt_on(batch):
+    """The gating stage trains the AU, text and speech paths towards the label's latents,
+    and never moves the label's latents themselves (the experts' inputs)."""
+    from moee.models.emotion_latents import EmotionInputs
+
+    torch.manual_seed(0)
+    module = GatingModule(loss=light_loss(), alignment_weight=1.0)
+    labels = EmotionInputs(label=torch.eye(6) * 0.8)
+    encoder = module.net.emotion_to_latents
+    with torch.no_grad():
+        before = module.net.encode_emotion(labels)
+    au_before = [p.detach().clone() for p in encoder.to_queries["au"].parameters()]
+    optimizer = module.configure_optimizers()
+    for _ in range(2):
+        optimizer.zero_grad()
+        terms = module.diffusion_step(batch)
+        terms["total"].backward()
+        optimizer.step()
+    assert terms["alignment"] > 0
+    with torch.no_grad():
+        torch.testing.assert_close(module.net.encode_emotion(labels), before)
+    au_after = encoder.to_queries["au"].parameters()
+    assert not all(torch.equal(a, p) for a, p in zip(au_before, au_after))
 
 
 def test_experts_share_the_backbone_exports_emotion_latents(tmp_path, batch):
