@@ -43,7 +43,10 @@ def test_experts_carry_the_emotion_from_a_neutral_portrait():
                    reference=reference(portrait), emotion=EmotionInputs(label=label),
                    expert=BASIC_EMOTIONS.index(emotion))
 
-    optimizer = torch.optim.Adam([p for p in net.parameters() if p.requires_grad], lr=2e-3)
+    # 1e-3: at 2e-3 this U-Net (batch 1, no warm-up) diverges back to drawing the portrait
+    # for both labels after ~40 steps, whatever the seed; at 1e-3 each label's frames are
+    # drawn within a fifth of the other's distance (seeds 0-2).
+    optimizer = torch.optim.Adam([p for p in net.parameters() if p.requires_grad], lr=1e-3)
     for step in range(120):
         emotion = ("happy", "sad")[step % 2]
         loss = (predict(emotion, torch.randn_like(latents[emotion])) - latents[emotion]).square()
