@@ -8,11 +8,8 @@ For hidden states ``X`` (b n d) and emotion latents ``C`` (b m c), with ``e`` ex
 
 ``context_gate`` is MoEE's one addition to the paper's eq. 3: the hidden states entering the
 first MoE layer carry no emotion at all (the emotion enters the network only here), so a gate
-that reads X alone cannot tell "happily surprised" from "sadly fearful" there. Both terms of
-the global gate start at zero, so ``g = 1/e`` until the gating stage trains them: a randomly
-initialised ω reads the large common part of ``mean_n X`` and sent every condition of the tiny
-model, whatever its emotion, half to one expert (measured: 0.5 to "sad" for every label, AU,
-text and speech condition after the gating stage).
+that reads X alone cannot tell "happily surprised" from "sadly fearful" there. It starts at
+zero, where eq. 3 holds exactly, and learns in the gating stage with the other gates.
 
 Two implementations share the same parameters (the experts' own ``nn.Linear`` layers):
 
@@ -134,9 +131,8 @@ class EmotionMoE(nn.Module):
         if num_experts > 1 and global_gate:
             self.global_gate = nn.Linear(dim, num_experts)
             self.context_gate = nn.Linear(context_dim, num_experts)
-            for gate in (self.global_gate, self.context_gate):  # g starts uniform
-                nn.init.zeros_(gate.weight)
-                nn.init.zeros_(gate.bias)
+            nn.init.zeros_(self.context_gate.weight)
+            nn.init.zeros_(self.context_gate.bias)
         elif num_experts > 1:
             self.global_gate = UniformGate(num_experts)
         if zero_init_output:
