@@ -14,15 +14,17 @@ one that ignores the condition shows the same mean ``g`` in every row. ~1 min on
 from __future__ import annotations
 
 import argparse
+import sys
 
 import torch
 
 from moee.data.datamodule import MoEEDataModule
+from moee.data.shards import ShardError
 from moee.emotions import BASIC_EMOTIONS, COMPOUND_EMOTIONS, parse_emotion
 from moee.models.emotion_latents import MODALITIES
 from moee.models.emotion_moe import EmotionMoE
 from moee.stages import GatingModule
-from moee.stages.base import emotion_inputs
+from moee.stages.base import StageWeightsError, emotion_inputs
 from moee.stages.diffusion import DiffusionObjective
 from moee.stages.gating import _only
 from moee.stages.losses import MoEELoss
@@ -84,7 +86,11 @@ def main() -> None:
     parser.add_argument("--batches", type=int, default=3)
     args = parser.parse_args()
     torch.manual_seed(0)
-    table = routing_table(gated_module(args.weights), args.shards, args.batches)
+    try:
+        table = routing_table(gated_module(args.weights), args.shards, args.batches)
+    except (FileNotFoundError, StageWeightsError, ShardError) as error:
+        sys.exit(f"error: {error} (train the quickstart's stages first: python -m moee "
+                 "quickstart)")
     print("modality  kind      clips  top-1  CE (uniform 1.79)  mean g "
           f"({', '.join(e[:3] for e in BASIC_EMOTIONS)})")
     for (modality, kind), (clips, hits, entropy, g) in sorted(table.items()):
