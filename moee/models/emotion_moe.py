@@ -147,6 +147,32 @@ class EmotionMoE(nn.Module):
             zero_init_output=self.zero_init_output, global_gate=global_gate, **self.sizes,
         )
 
+    @torch.no_grad()
+    def route_by_prototypes(self, prototypes: torch.Tensor, margin: float) -> None:
+        """Start the global gate's emotion term as a nearest-prototype router.
+
+        ``prototypes`` (e c) are the token-mean emotion latents of each expert's own basic
+        label. ``context_gate`` is set so that its logits are ``-s |mean_m C - P_i|^2`` up to a
+        constant per sample (which the softmax ignores), with ``s`` chosen so that a condition
+        sitting on a prototype prefers its expert by at least ``margin`` logits over the
+        nearest other one. Any modality whose latents land near a label's is then routed to
+        that label's expert before the gate has trained at all; the learnt linear gate of a
+        short stage cannot find this itself, as the labels' mean latents share most of their
+        norm (6.6 on the tiny model) and differ by only ~1.
+        """
+        if self.context_gate is None:
+            raise ValueError("prototype routing needs the learned global gate (global_gate=True)")
+        if prototypes.shape != (self.num_experts, self.sizes["context_dim"]):
+            raise ValueError(f"expected ({self.num_experts}, {self.sizes['context_dim']}) "
+                             f"prototypes, got {tuple(prototypes.shape)}")
+        distances = torch.cdist(prototypes, prototypes).square()
+        nearest = distances.masked_fill(torch.eye(self.num_experts, dtype=torch.bool,
+                                                  device=distances.device), torch.inf).min()
+        scale = margin / nearest.clamp_min(1e-6)
+        squared = prototypes.square().sum(1)
+        self.context_gate.weight.copy_(2 * scale * (prototypes - prototypes.mean(0)))
+        self.context_gate.bias.copy_(-scale * (squared - squared.mean()))
+
     def gates(self, x: torch.Tensor, context: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """Local gate s (b n e) and global gate g (b e) of eq. 2-3, for x (b n d) and one
         context (b m c) per row."""

@@ -7,7 +7,7 @@ from typing import Any
 import torch
 import torch.nn.functional as F
 
-from moee.emotions import BASIC_EMOTIONS, parse_emotion
+from moee.emotions import BASIC_EMOTIONS, NUM_EXPERTS, parse_emotion
 from moee.models.emotion_latents import MODALITIES, EmotionInputs
 from moee.models.emotion_moe import EmotionMoE
 from moee.stages.base import DiffusionStage, emotion_inputs
@@ -40,14 +40,22 @@ class GatingModule(DiffusionStage):
             learnt the label.
         train_label_path: also train the label path (an ablation: the experts then see
             latents they were not trained on).
+        prototype_margin: start every MoE layer's global-gate emotion term as a router to the
+            nearest basic label's latents (:meth:`EmotionMoE.route_by_prototypes`), a label
+            on its prototype preferring its own expert by this many logits; ``None`` keeps the
+            loaded or random gate. Applied once, to the weights ``init_weights`` loaded (a
+            resumed run restores its own gates over it).
     """
 
     def __init__(self, *args, routing_weight: float = 0.0, alignment_weight: float = 0.0,
-                 train_label_path: bool = False, **kwargs) -> None:
+                 train_label_path: bool = False, prototype_margin: float | None = None,
+                 **kwargs) -> None:
         self.train_label_path = train_label_path
         super().__init__(*args, **kwargs)
         self.routing_weight = routing_weight
         self.alignment_weight = alignment_weight
+        if prototype_margin is not None:
+            self.route_by_prototypes(prototype_margin)
         self._gate_sums: dict[str, torch.Tensor] = {}
         self._global_gates: list[torch.Tensor] = []
         for module in self.net.modules():
@@ -58,6 +66,16 @@ class GatingModule(DiffusionStage):
     def trainable_groups(self) -> tuple[str, ...]:
         label_path = ("emotion_latents",) if self.train_label_path else ()
         return ("gates", "emotion_modalities", *label_path)
+
+    @torch.no_grad()
+    def route_by_prototypes(self, margin: float) -> None:
+        """Set every Emotion MoE layer's global gate to route by the nearest basic label: the
+        prototypes are the token-mean latents of each expert's label at full intensity."""
+        labels = torch.eye(NUM_EXPERTS, device=self.device)
+        prototypes = self.net.encode_emotion(EmotionInputs(label=labels)).mean(1)
+        for module in self.net.modules():
+            if isinstance(module, EmotionMoE):
+                module.route_by_prototypes(prototypes, margin)
 
     def missing_checkpoint_hint(self) -> str:
         return (": train the backbone and the six experts first (configs/expert_<emotion>.yaml)"

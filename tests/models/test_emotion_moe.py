@@ -56,6 +56,32 @@ def test_global_gate_starts_as_eq_3_and_learns_to_read_the_emotion(inputs):
     assert not torch.allclose(fresh.gates(x, context)[1], fresh.gates(x, -context)[1])
 
 
+def test_prototype_router_sends_each_prototype_to_its_expert_by_the_margin():
+    torch.manual_seed(0)
+    module = EmotionMoE(D, C, heads=HEADS)
+    torch.nn.init.zeros_(module.global_gate.weight)  # the emotion term alone
+    torch.nn.init.zeros_(module.global_gate.bias)
+    # prototypes with a large common part and small differences, as the tiny model's labels
+    prototypes = 6.0 + 0.3 * torch.randn(E, C)
+    module.route_by_prototypes(prototypes, margin=4.0)
+    x = torch.randn(E, 3, D)
+    context = prototypes[:, None].expand(-1, 5, -1)  # mean over tokens = each prototype
+    logits = module.gates(x, context)[1].log()
+    # reference: softmax(-s |c - P_i|^2), s set by the nearest pair of prototypes
+    distances = torch.cdist(prototypes, prototypes).square()
+    scale = 4.0 / distances[~torch.eye(E, dtype=torch.bool)].min()
+    expected = torch.softmax(-scale * distances, -1)
+    torch.testing.assert_close(logits.exp(), expected, rtol=1e-4, atol=1e-5)
+    own = logits.diagonal()
+    others = logits.masked_fill(torch.eye(E, dtype=torch.bool), -torch.inf).amax(1)
+    assert (own - others).min() >= 4.0 - 1e-3
+    assert abs((own - others).min() - 4.0) < 1e-3  # the nearest pair is exactly at the margin
+    with pytest.raises(ValueError, match="prototypes"):
+        module.route_by_prototypes(prototypes[:3], margin=4.0)
+    with pytest.raises(ValueError, match="global gate"):
+        EmotionMoE(D, C, heads=HEADS, global_gate=False).route_by_prototypes(prototypes, 4.0)
+
+
 @pytest.fixture(params=["batched", "absorbed (m e h)", "absorbed (e h m)"])
 def fused_form(request, monkeypatch):
     """Force the fused path's form (normally chosen by cost) and the absorbed column order

@@ -86,6 +86,22 @@ def test_gating_routing_and_alignment_terms_train_gates_and_latents(mixed_batch)
     assert not any(n.startswith("emotion_to_latents.to_queries.label.") for n in grads)
 
 
+def test_gating_stage_starts_routing_each_label_to_its_expert():
+    from moee.models.emotion_latents import EmotionInputs
+    from moee.models.emotion_moe import EmotionMoE
+
+    module = GatingModule(loss=loss(), prototype_margin=4.0)
+    latents = module.net.encode_emotion(EmotionInputs(label=torch.eye(6)))
+    layers = [m for m in module.net.modules() if isinstance(m, EmotionMoE)]
+    assert layers
+    for layer in layers:
+        emotion_term = layer.context_gate(latents.mean(1))  # (6 labels, 6 experts)
+        assert (emotion_term.argmax(1) == torch.arange(6)).all()
+    random_start = GatingModule(loss=loss())
+    assert not all((layer.context_gate(latents.mean(1)).argmax(1) == torch.arange(6)).all()
+                   for layer in random_start.net.modules() if isinstance(layer, EmotionMoE))
+
+
 
 def test_backbone_warms_each_clips_own_expert_and_neutral_clips_skip_the_moe(tmp_path):
     sad = BASIC_EMOTIONS.index("sad")
