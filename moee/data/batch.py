@@ -16,7 +16,8 @@ the device, so a LightningModule always sees the layout below. Outside Lightning
         label            (b, 6)  basic-emotion weights × intensity (BASIC_EMOTIONS order)
         au               (b, 17) mean AU intensities over the window (ACTION_UNITS order)
         text             list[str] descriptions ("" when absent)
-        speech           (b, f * 640) the window's audio, for the speech-emotion encoder
+        speech           (b, max(16, f) * 640) audio around the window (``speech_window``), for
+                         the speech-emotion encoder
         present          (b, 4) bool: which of (label, au, text, speech) the sample has
     emotion_index        (b,) long: basic-emotion index, -1 for neutral and compounds
     emotion_name         list[str]

@@ -40,6 +40,9 @@ MOTION_FRAMES = 2
 """Frames before the window that seed temporal continuity (the previous clip's last frames)."""
 AUDIO_CONTEXT = 2
 """Frames of audio context on each side of the window (wav2vec features are windowed ±2)."""
+SPEECH_FRAMES = 16
+"""Frames of audio (0.64 s) the speech-emotion encoder hears for a window (:func:`speech_window`):
+the tone of a phrase rather than of a syllable, the same in training and in animation."""
 MODALITIES = ("label", "au", "text", "speech")
 """The emotion modalities, in the order of ``emotion["present"]``."""
 MNS_REFERENCE = "mnsref.npy"
@@ -123,6 +126,16 @@ def window_audio(audio: np.ndarray, start: int, num_frames: int,
     """Audio of frames ``[start - context, start + num_frames + context)``, zeros outside."""
     chunks = audio.reshape(-1, SAMPLES_PER_FRAME)
     return window_frames(chunks, start, num_frames, context).reshape(-1)
+
+
+def speech_window(audio: np.ndarray, start: int, num_frames: int) -> np.ndarray:
+    """Audio of ``max(SPEECH_FRAMES, num_frames)`` frames around frames ``[start, start +
+    num_frames)``: centred on them, shifted to stay inside the audio where it is long enough,
+    zero-padded where it is not."""
+    chunks = audio.reshape(-1, SAMPLES_PER_FRAME)
+    span = max(SPEECH_FRAMES, num_frames)
+    first = min(start - (span - num_frames) // 2, len(chunks) - span)
+    return window_frames(chunks, max(first, 0), span, context=0).reshape(-1)
 
 
 def window_frames(per_frame: np.ndarray, start: int, num_frames: int, context: int) -> np.ndarray:
@@ -311,7 +324,7 @@ class ClipSampler:
                 "label": torch.from_numpy(emotion.label),
                 "au": torch.from_numpy(emotion.au),
                 "text": emotion.text,
-                "speech": torch.from_numpy(window_audio(audio, start, f, context=0)),
+                "speech": torch.from_numpy(speech_window(audio, start, f)),
                 "present": torch.from_numpy(emotion.present),
             },
             "emotion_index": BASIC_EMOTIONS.index(name) if name in BASIC_EMOTIONS else -1,

@@ -46,7 +46,7 @@ from moee.data.media import (
     read_audio,
     write_mp4,
 )
-from moee.data.sampling import MOTION_FRAMES, window_audio
+from moee.data.sampling import MOTION_FRAMES, speech_window, window_audio
 from moee.emotions import EmotionCondition
 from moee.inference.conditions import EmotionTrack, Routing, batch_routing, emotion_inputs
 from moee.inference.portrait import (
@@ -420,8 +420,7 @@ class MoEEPipeline:
                 bar.set_postfix_str(f"clip {k + 1}/{clips}")
                 start = k * f
                 window = torch.from_numpy(np.stack([window_audio(a, start, f) for a in audio]))
-                speech = torch.from_numpy(np.stack([window_audio(a, start, f, context=0)
-                                                    for a in audio]))
+                speech = torch.from_numpy(np.stack([speech_window(a, start, f) for a in audio]))
                 emotions, routings = zip(*(
                     self.clip_emotion(track, (start + f / 2) / VIDEO_FPS, speech[i : i + 1], cache)
                     for i, (track, cache) in enumerate(zip(tracks, caches))))

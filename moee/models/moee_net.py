@@ -43,7 +43,13 @@ PARAMETER_GROUPS = (
 """Training-stage parameter groups; ``frozen`` holds pretrained encoders and dead parameters.
 ``emotion_latents`` is Emotion-to-Latents' label path (its label MLP, token queries, embeddings
 and attention: what the experts learn on), ``emotion_modalities`` its AU, text and speech
-query MLPs."""
+query MLPs, and the text and speech encoders themselves where they are random stand-ins (the
+tiny preset): a frozen random encoder would hand the gating stage features that barely tell
+one emotion from another, whereas pretrained T5 and speech-emotion encoders stay frozen."""
+
+EMOTION_ENCODERS = {"emotion_to_latents.text_encoder": "text_encoder",
+                    "emotion_to_latents.speech_encoder": "speech_encoder"}
+"""Emotion-to-Latents' encoders and their ``WeightSources`` field."""
 
 _FROZEN_MODULES = (
     "vae",
@@ -133,7 +139,8 @@ class MoEENet(nn.Module):
             arch.audio_tokens,
         )
         self.emotion_to_latents = EmotionToLatents(
-            TextEmotionEncoder(*pretrained.build_text_encoder(arch, src.text_encoder)),
+            TextEmotionEncoder(*pretrained.build_text_encoder(arch, src.text_encoder),
+                               max_length=arch.text_max_length),
             SpeechEmotionEncoder(pretrained.build_speech_encoder(arch, src.speech_encoder)),
             dim=unet_dim,
             num_tokens=arch.emotion_tokens,
@@ -147,10 +154,8 @@ class MoEENet(nn.Module):
         if src.motion_adapter:
             adapter = pretrained.build_motion_adapter(arch, src.motion_adapter)
             log.info("motion adapter: %s", self.denoiser.load_motion_adapter(adapter.state_dict()))
-        for name in _FROZEN_MODULES:
-            self.get_submodule(name).requires_grad_(False)
-        for name in self.reference_net.unused_parameter_names():
-            self.reference_net.get_parameter(name).requires_grad_(False)
+        for p in parameter_groups(self)["frozen"]:
+            p.requires_grad_(False)
         self.set_gradient_checkpointing(config.gradient_checkpointing)
         self.train()  # puts the frozen encoders in eval mode
         self.load_report = self._load_report()
@@ -282,8 +287,12 @@ class MoEENet(nn.Module):
         return self.denoiser(noisy_latents, timesteps, image_embeds, ctx)
 
 
-def parameter_group(name: str, frozen: frozenset[str] = frozenset()) -> str:
-    """The training-stage group of the MoEENet parameter ``name`` (see ``PARAMETER_GROUPS``)."""
+def parameter_group(name: str, frozen: frozenset[str] = frozenset(),
+                    stand_ins: tuple[str, ...] = ()) -> str:
+    """The training-stage group of the MoEENet parameter ``name`` (see ``PARAMETER_GROUPS``);
+    ``stand_ins`` are the emotion encoders built with random weights (trainable)."""
+    if name.startswith(tuple(f"{m}." for m in stand_ins)):
+        return "emotion_modalities"
     if name in frozen or name.startswith(tuple(f"{m}." for m in _FROZEN_MODULES)):
         return "frozen"
     if name.startswith("reference_net."):
@@ -313,7 +322,9 @@ def parameter_groups(net: MoEENet) -> dict[str, list[nn.Parameter]]:
     is never trained.
     """
     dead = frozenset(f"reference_net.{n}" for n in net.reference_net.unused_parameter_names())
+    stand_ins = tuple(module for module, part in EMOTION_ENCODERS.items()
+                      if getattr(net.config.weights, part) is None)
     groups: dict[str, list[nn.Parameter]] = {g: [] for g in PARAMETER_GROUPS}
     for name, p in net.named_parameters():
-        groups[parameter_group(name, dead)].append(p)
+        groups[parameter_group(name, dead, stand_ins)].append(p)
     return groups

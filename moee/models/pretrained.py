@@ -103,6 +103,9 @@ class Architecture:
     moe_heads: int
     temporal_groups: int
     motion_adapter: dict[str, Any] = field(default_factory=dict)
+    text_max_length: int = 64
+    """Tokens of a description the text encoder reads: 64 T5 sub-words hold a SynthEmo
+    sentence; the tiny preset's byte-level tokenizer needs 256 bytes for the same."""
     patch_size: int | None = None
     """``None``: the first stage is the ``AutoencoderKL`` of :attr:`vae`; an int ``p``: the
     lossless :class:`~moee.models.vae.PatchCodec` (``vae`` then only gives ``sample_size``)."""
@@ -170,6 +173,7 @@ PRESETS: dict[str, Architecture] = {
         ),
         audio_encoder=_TINY_SPEECH,
         text_encoder=dict(vocab_size=384, d_model=32, d_kv=8, d_ff=64, num_layers=2, num_heads=4),
+        text_max_length=256,
         speech_encoder=_TINY_SPEECH,
         audio_tokens=4,
         audio_hidden=64,
@@ -238,9 +242,10 @@ def _load(part: str, source: str, loader, **kwargs):
 def _random(part: str, build: Callable[[], Any]) -> Any:
     """Build a part with random weights drawn from a seed fixed per part.
 
-    Frozen random parts (the tiny preset's encoders) are never saved with the trained weights,
-    so every stage and every inference run must draw exactly the same ones, whatever the global
-    RNG has done before.
+    Frozen random parts (the tiny preset's image and audio encoders) are never saved with the
+    trained weights, so every stage and every inference run must draw exactly the same ones,
+    whatever the global RNG has done before. (The random text and speech emotion encoders are
+    trained by the gating stage and saved with it: see ``moee_net.parameter_group``.)
     """
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(zlib.crc32(part.encode()))

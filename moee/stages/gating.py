@@ -40,6 +40,9 @@ class GatingModule(DiffusionStage):
             learnt the label.
         train_label_path: also train the label path (an ablation: the experts then see
             latents they were not trained on).
+        alignment_warmup: the first this many steps train the alignment term alone (weight 1),
+            without denoising: several times cheaper a step, they give the AU, text and speech
+            paths the examples that the stage's few denoising steps cannot.
         prototype_margin: start every MoE layer's global-gate emotion term as a router to the
             nearest basic label's latents (:meth:`EmotionMoE.route_by_prototypes`), a label
             on its prototype preferring its own expert by this many logits; ``None`` keeps the
@@ -48,12 +51,13 @@ class GatingModule(DiffusionStage):
     """
 
     def __init__(self, *args, routing_weight: float = 0.0, alignment_weight: float = 0.0,
-                 train_label_path: bool = False, prototype_margin: float | None = None,
-                 **kwargs) -> None:
+                 train_label_path: bool = False, alignment_warmup: int = 0,
+                 prototype_margin: float | None = None, **kwargs) -> None:
         self.train_label_path = train_label_path
         super().__init__(*args, **kwargs)
         self.routing_weight = routing_weight
         self.alignment_weight = alignment_weight
+        self.alignment_warmup = alignment_warmup
         if prototype_margin is not None:
             self.route_by_prototypes(prototype_margin)
         self._gate_sums: dict[str, torch.Tensor] = {}
@@ -138,6 +142,13 @@ class GatingModule(DiffusionStage):
         return torch.stack(losses).mean() if losses else target.new_zeros(())
 
     def training_step(self, batch: dict[str, Any], batch_idx: int) -> torch.Tensor:
+        if self.global_step < self.alignment_warmup:
+            loss = self.alignment_loss(batch)
+            if not loss.requires_grad:  # the batch is conditioned by labels alone
+                return None
+            self.log("train/alignment_warmup", loss, batch_size=batch["frames"].shape[0])
+            self.log("loss", loss, prog_bar=True, logger=False, batch_size=batch["frames"].shape[0])
+            return loss
         self._gate_sums = {}
         loss = super().training_step(batch, batch_idx)
         count = self._gate_sums.pop("count", 0)

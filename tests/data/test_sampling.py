@@ -11,8 +11,10 @@ from moee.data.sampling import (
     AUDIO_FEATURES,
     MOTION_FRAMES,
     ClipSampler,
+    SPEECH_FRAMES,
     SamplingOptions,
     clip_audio,
+    speech_window,
     window_audio,
 )
 from moee.data.testclips import (
@@ -47,10 +49,20 @@ def test_window_frames_audio_and_motion_align(clip, start):
     # frame k owns exactly samples [k * 640, (k + 1) * 640)
     k = start + 3
     np.testing.assert_array_equal(chunks[5], clip.audio[k * 640 : (k + 1) * 640])
+    # the speech-emotion encoder hears 16 frames centred on the window, inside the clip's 30
     speech = sample["emotion"]["speech"].numpy().reshape(-1, SAMPLES_PER_FRAME)
-    assert [decode_audio_index(c) for c in speech] == list(range(start, start + f))
+    first = {0: 0, 1: 0, 2: 0, 7: 3, 22: 14}[start]
+    assert [decode_audio_index(c) for c in speech] == list(range(first, first + SPEECH_FRAMES))
     assert sample["start_frame"] == start
     np.testing.assert_allclose(sample["landmarks"].numpy(), clip.landmarks[start : start + f])
+
+
+def test_speech_window_of_short_audio_is_zero_padded_after_it():
+    audio = np.ones(3 * SAMPLES_PER_FRAME, dtype=np.float32)
+    out = speech_window(audio, 1, 2)
+    assert out.shape == (SPEECH_FRAMES * SAMPLES_PER_FRAME,)
+    assert out[: 3 * SAMPLES_PER_FRAME].all() and not out[3 * SAMPLES_PER_FRAME :].any()
+    assert speech_window(np.ones(40 * SAMPLES_PER_FRAME), 0, 20).shape == (20 * 640,)
 
 
 def test_window_audio_pads_both_edges():
@@ -204,7 +216,7 @@ def test_batch_contract_and_audio_features():
         assert tuple(batch[key].shape) == shape, key
     emotion = batch["emotion"]
     assert emotion["label"].shape == (b, 6) and emotion["au"].shape == (b, 17)
-    assert emotion["speech"].shape == (b, f * 640) and emotion["present"].dtype == torch.bool
+    assert emotion["speech"].shape == (b, SPEECH_FRAMES * 640) and emotion["present"].dtype == torch.bool
     assert batch["emotion_index"].tolist() == [BASIC_EMOTIONS.index("happy"), -1]
     assert batch["emotion_name"] == ["happy", "happily surprised"]
     torch.testing.assert_close(emotion["label"].sum(1), torch.tensor([1.0, 0.5]))

@@ -9,6 +9,7 @@ import numpy as np
 import pytest
 import torch
 
+from moee.data.sampling import SPEECH_FRAMES
 from moee.emotions import parse_emotion
 from moee.inference.conditions import EmotionTrack
 from moee.inference.pipeline import MoEEPipeline, SamplerSettings
@@ -206,8 +207,11 @@ def test_speech_condition_encodes_the_clip_audio(net, spy):
     run(make_pipeline(net), "speech", 0.3)  # 8 frames: two clips of 4
     first, second = spy.modules_run["speech"]
     audio = torch.from_numpy(speech(0.3))
-    assert torch.equal(first[0], audio[: 4 * 640])
-    assert torch.equal(second[0, : len(audio) - 4 * 640], audio[4 * 640 :])
+    # each clip's tone is heard over SPEECH_FRAMES (16) frames around it: here all 0.3 s of it
+    for heard in (first, second):
+        assert heard.shape == (1, SPEECH_FRAMES * 640)
+        assert torch.equal(heard[0, : len(audio)], audio)
+        assert not heard[0, len(audio) :].any()
 
 
 def test_timeline_switches_at_the_right_clip(net, spy):

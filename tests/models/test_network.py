@@ -8,7 +8,7 @@ import pytest
 import torch
 
 from moee.models.emotion_latents import EmotionInputs
-from moee.models.moee_net import MoEENet, parameter_groups
+from moee.models.moee_net import MoEENet, parameter_group, parameter_groups
 from tests.models.conftest import CHANNELS, DIM, LATENT, B, F, wake_zero_inits
 
 
@@ -119,6 +119,20 @@ def test_parameter_groups_cover_every_parameter_once(tiny_net, clip_inputs):
     out.mean().backward()
     no_grad = {n for n, p in net.reference_net.named_parameters() if p.grad is None}
     assert no_grad == set(net.reference_net.unused_parameter_names())
+
+
+def test_only_random_emotion_encoders_are_trainable():
+    stand_in = "emotion_to_latents.text_encoder.model.shared.weight"
+    assert parameter_group(stand_in) == "frozen"  # a pretrained T5 stays frozen
+    assert parameter_group(stand_in, stand_ins=("emotion_to_latents.text_encoder",)) == \
+        "emotion_modalities"
+    assert parameter_group("audio_encoder.model.masked_spec_embed",
+                           stand_ins=("emotion_to_latents.text_encoder",)) == "frozen"
+    net = MoEENet()  # tiny: both emotion encoders are random stand-ins
+    trainable = {n for n, p in net.named_parameters() if p.requires_grad}
+    for encoder in ("text_encoder", "speech_encoder"):
+        assert any(n.startswith(f"emotion_to_latents.{encoder}.") for n in trainable), encoder
+    assert not any(n.startswith(("audio_encoder.", "image_encoder.")) for n in trainable)
 
 
 def test_tiny_network_overfits_one_clip(clip_inputs):

@@ -86,6 +86,26 @@ def test_gating_routing_and_alignment_terms_train_gates_and_latents(mixed_batch)
     assert not any(n.startswith("emotion_to_latents.to_queries.label.") for n in grads)
 
 
+def test_gating_warmup_trains_the_modality_paths_alone(mixed_batch):
+    module = GatingModule(loss=loss(), alignment_warmup=5)
+    batch = {**mixed_batch, "emotion": {**mixed_batch["emotion"],
+                                        "present": torch.ones(2, 4, dtype=torch.bool)}}
+    module.net.zero_grad(set_to_none=True)
+    warm = module.training_step(batch, 0)  # global step 0 < 5: alignment alone
+    torch.testing.assert_close(warm, module.alignment_loss(batch))
+    warm.backward()
+    grads = {n for n, p in module.net.named_parameters() if p.grad is not None
+             and p.grad.abs().sum() > 0}
+    # the tiny preset's random text and speech encoders learn with their query MLPs
+    for prefix in ("emotion_to_latents.text_encoder.", "emotion_to_latents.speech_encoder.",
+                   "emotion_to_latents.to_queries.au."):
+        assert any(n.startswith(prefix) for n in grads), prefix
+    assert not any("_gate." in n or ".experts." in n for n in grads)  # nothing was denoised
+    labels_only = {**batch, "emotion": {**batch["emotion"], "present": torch.tensor(
+        [[True, False, False, False]] * 2)}}
+    assert module.training_step(labels_only, 0) is None  # nothing to align: step skipped
+
+
 def test_gating_stage_starts_routing_each_label_to_its_expert():
     from moee.models.emotion_latents import EmotionInputs
     from moee.models.emotion_moe import EmotionMoE
