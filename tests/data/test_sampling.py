@@ -10,8 +10,8 @@ from moee.data.media import SAMPLES_PER_FRAME
 from moee.data.sampling import (
     AUDIO_FEATURES,
     MOTION_FRAMES,
-    ClipSampler,
     SPEECH_FRAMES,
+    ClipSampler,
     SamplingOptions,
     clip_audio,
     speech_window,
@@ -216,7 +216,8 @@ def test_batch_contract_and_audio_features():
         assert tuple(batch[key].shape) == shape, key
     emotion = batch["emotion"]
     assert emotion["label"].shape == (b, 6) and emotion["au"].shape == (b, 17)
-    assert emotion["speech"].shape == (b, SPEECH_FRAMES * 640) and emotion["present"].dtype == torch.bool
+    assert emotion["speech"].shape == (b, SPEECH_FRAMES * 640)
+    assert emotion["present"].dtype == torch.bool
     assert batch["emotion_index"].tolist() == [BASIC_EMOTIONS.index("happy"), -1]
     assert batch["emotion_name"] == ["happy", "happily surprised"]
     torch.testing.assert_close(emotion["label"].sum(1), torch.tensor([1.0, 0.5]))

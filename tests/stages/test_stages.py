@@ -23,7 +23,8 @@ def light_loss():
 
 @pytest.fixture(scope="module")
 def batch():
-    clips = [make_test_clip(identity=f"id{i}", emotion="sad", num_frames=12, size=64, seed=i)
+    clips = [make_test_clip(identity=f"id{i}", emotion="sad", num_frames=12, size=64, seed=i,
+                            text="her brows are lowered")  # every emotion modality present
              for i in range(2)]
     return make_batch(clips, num_frames=4)
 
