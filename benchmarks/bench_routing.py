@@ -26,7 +26,7 @@ from moee.models.emotion_moe import EmotionMoE
 from moee.stages import GatingModule
 from moee.stages.base import StageWeightsError, emotion_inputs
 from moee.stages.diffusion import DiffusionObjective
-from moee.stages.gating import _only
+from moee.stages.gating import only_modality
 from moee.stages.losses import MoEELoss
 
 
@@ -60,7 +60,7 @@ def routing_table(module: GatingModule, shards: str, batches: int) -> dict:
         shares = shares.float() / shares.sum(1, keepdim=True)
         compound = torch.tensor([n not in BASIC_EMOTIONS for n in batch["emotion_name"]])
         for column, modality in enumerate(MODALITIES):
-            alone = _only(conditions, modality, present)
+            alone = only_modality(conditions, modality, present)
             module.network_kwargs = lambda _, alone=alone: {"emotion": alone}
             gates.clear()
             module.diffusion_step(batch, generator=torch.Generator().manual_seed(0),

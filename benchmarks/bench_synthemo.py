@@ -103,7 +103,9 @@ class Bench:
             init = ",".join(str(p) for p in [backbone, *experts[variant]])
             gating = self.fit(f"gating_{variant}".replace(" ", "_").replace("/", ""),
                               "gating.yaml", self.steps["gating"],
-                              f"--model.init_args.init_weights=[{init}]", *net)
+                              f"--model.init_args.init_weights=[{init}]",
+                              # every step denoises: its budget is too short for a warm-up
+                              "--model.init_args.alignment_warmup", "0", *net)
             weights[variant] = [backbone, *experts[variant], gating]
         single = self.fit(
             "attention_no_moe", "expert_angry.yaml",

@@ -162,6 +162,9 @@ class EmotionMoE(nn.Module):
         """
         if self.context_gate is None:
             raise ValueError("prototype routing needs the learned global gate (global_gate=True)")
+        if margin <= 0:
+            raise ValueError(f"prototype_margin must be positive (logits by which a label "
+                             f"prefers its own expert), got {margin}")
         if prototypes.shape != (self.num_experts, self.sizes["context_dim"]):
             raise ValueError(f"expected ({self.num_experts}, {self.sizes['context_dim']}) "
                              f"prototypes, got {tuple(prototypes.shape)}")

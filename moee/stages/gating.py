@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 from typing import Any
 
 import torch
@@ -11,6 +12,8 @@ from moee.emotions import BASIC_EMOTIONS, NUM_EXPERTS, parse_emotion
 from moee.models.emotion_latents import MODALITIES, EmotionInputs
 from moee.models.emotion_moe import EmotionMoE
 from moee.stages.base import DiffusionStage, emotion_inputs
+
+log = logging.getLogger(__name__)
 
 
 class GatingModule(DiffusionStage):
@@ -75,11 +78,22 @@ class GatingModule(DiffusionStage):
     def route_by_prototypes(self, margin: float) -> None:
         """Set every Emotion MoE layer's global gate to route by the nearest basic label: the
         prototypes are the token-mean latents of each expert's label at full intensity."""
+        layers = [m for m in self.net.modules()
+                  if isinstance(m, EmotionMoE) and m.context_gate is not None]
+        if not layers:  # the "w/o global gate" and "w/o MoE" ablations have none to set
+            log.info("prototype_margin ignored: the network has no learned global gate")
+            return
         labels = torch.eye(NUM_EXPERTS, device=self.device)
         prototypes = self.net.encode_emotion(EmotionInputs(label=labels)).mean(1)
-        for module in self.net.modules():
-            if isinstance(module, EmotionMoE):
-                module.route_by_prototypes(prototypes, margin)
+        for module in layers:
+            module.route_by_prototypes(prototypes, margin)
+
+    def on_fit_start(self) -> None:
+        max_steps = self.trainer.max_steps
+        if 0 < max_steps <= self.alignment_warmup:
+            log.warning("alignment_warmup (%d) fills all of trainer.max_steps (%d): this run "
+                        "trains the AU, text and speech paths only, and never the gates",
+                        self.alignment_warmup, max_steps)
 
     def missing_checkpoint_hint(self) -> str:
         return (": train the backbone and the six experts first (configs/expert_<emotion>.yaml)"
@@ -137,7 +151,7 @@ class GatingModule(DiffusionStage):
         for column, name in enumerate(MODALITIES[1:], start=1):
             rows = present[:, column]
             if rows.any():
-                latents = self.net.encode_emotion(_only(inputs, name, present))
+                latents = self.net.encode_emotion(only_modality(inputs, name, present))
                 losses.append(F.mse_loss(latents[rows], target[rows]))
         return torch.stack(losses).mean() if losses else target.new_zeros(())
 
@@ -159,7 +173,8 @@ class GatingModule(DiffusionStage):
         return loss
 
 
-def _only(inputs: EmotionInputs, modality: str, present: torch.Tensor) -> EmotionInputs:
+def only_modality(inputs: EmotionInputs, modality: str,
+                  present: torch.Tensor) -> EmotionInputs:
     """The same conditions with only ``modality`` marked present (where ``present`` has it)."""
     keep = torch.zeros_like(present)
     column = MODALITIES.index(modality)

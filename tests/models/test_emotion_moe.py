@@ -78,6 +78,8 @@ def test_prototype_router_sends_each_prototype_to_its_expert_by_the_margin():
     assert abs((own - others).min() - 4.0) < 1e-3  # the nearest pair is exactly at the margin
     with pytest.raises(ValueError, match="prototypes"):
         module.route_by_prototypes(prototypes[:3], margin=4.0)
+    with pytest.raises(ValueError, match="positive"):
+        module.route_by_prototypes(prototypes, margin=0.0)
     with pytest.raises(ValueError, match="global gate"):
         EmotionMoE(D, C, heads=HEADS, global_gate=False).route_by_prototypes(prototypes, 4.0)
 

@@ -117,6 +117,10 @@ def test_gating_stage_starts_routing_each_label_to_its_expert():
     for layer in layers:
         emotion_term = layer.context_gate(latents.mean(1))  # (6 labels, 6 experts)
         assert (emotion_term.argmax(1) == torch.arange(6)).all()
+    # the Table 5 ablations run the same gating config: they have no global gate to set
+    from moee.models.moee_net import MoEENetConfig
+    for ablation in ({"global_gate": False}, {"num_experts": 1}):
+        GatingModule(loss=loss(), prototype_margin=4.0, net=MoEENetConfig(**ablation))
     random_start = GatingModule(loss=loss())
     assert not all((layer.context_gate(latents.mean(1)).argmax(1) == torch.arange(6)).all()
                    for layer in random_start.net.modules() if isinstance(layer, EmotionMoE))
