@@ -154,6 +154,10 @@ _TINY_CONV = dict(conv_dim=(16,) * 7, num_conv_pos_embeddings=16, num_conv_pos_e
 _TINY_SPEECH = dict(
     hidden_size=32, num_hidden_layers=2, num_attention_heads=2, intermediate_size=64, **_TINY_CONV
 )
+# The speech-emotion stand-in trains (gating stage) and must hear tone (pitch, its range, rate),
+# which 16 conv channels barely do: a 6-way head on it reached 32 % on held-out voices after 300
+# steps, 57 % with 64 channels at the same step time (128: 42 %, 1.7x slower).
+_TINY_SPEECH_EMOTION = {**_TINY_SPEECH, "conv_dim": (64,) * 7}
 
 PRESETS: dict[str, Architecture] = {
     "tiny": Architecture(
@@ -174,7 +178,7 @@ PRESETS: dict[str, Architecture] = {
         audio_encoder=_TINY_SPEECH,
         text_encoder=dict(vocab_size=384, d_model=32, d_kv=8, d_ff=64, num_layers=2, num_heads=4),
         text_max_length=256,
-        speech_encoder=_TINY_SPEECH,
+        speech_encoder=_TINY_SPEECH_EMOTION,
         audio_tokens=4,
         audio_hidden=64,
         emotion_tokens=8,

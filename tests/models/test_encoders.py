@@ -99,3 +99,38 @@ def test_autoencoder_first_stage_round_trip_shapes():
     assert vae.decode(latents).shape == frames.shape
     single = vae.encode(frames[:, 1:2], sample=False)
     torch.testing.assert_close(single, latents[:, 1:2], atol=1e-5, rtol=1e-4)
+
+
+def test_tiny_speech_emotion_stand_in_learns_tone_of_unseen_voices():
+    """The tiny preset's random speech-emotion encoder trains in the gating stage; it must be
+    able to hear tone (pitch, its range, rate), not only the speaker: a linear head on it tells
+    sad from happy speech of voices it never heard after 120 steps (95 %; with the 16 conv
+    channels it had before: 56 %)."""
+    import numpy as np
+
+    from moee.data.sampling import SPEECH_FRAMES
+    from moee.data.synth.audio import synthesize_speech
+    from moee.models.emotion_latents import SpeechEmotionEncoder
+    from moee.models.pretrained import build_speech_encoder
+
+    def voices(seed: int, n: int) -> tuple[torch.Tensor, torch.Tensor]:
+        rng = np.random.default_rng(seed)
+        labels = rng.integers(0, 2, n)
+        waves = [synthesize_speech(SPEECH_FRAMES, ("sad", "happy")[y], rng,
+                                   pitch_hz=rng.uniform(90, 220)).audio for y in labels]
+        return torch.from_numpy(np.stack(waves)).float(), torch.from_numpy(labels)
+
+    torch.manual_seed(0)
+    encoder = SpeechEmotionEncoder(build_speech_encoder(PRESETS["tiny"], None))
+    head = torch.nn.Linear(encoder.hidden_size, 2)
+    optimizer = torch.optim.AdamW([*encoder.parameters(), *head.parameters()], lr=1e-3)
+    for step in range(120):
+        waves, labels = voices(step, 8)
+        loss = torch.nn.functional.cross_entropy(head(encoder(waves)), labels)
+        optimizer.zero_grad()
+        loss.backward()
+        optimizer.step()
+    waves, labels = voices(1000, 64)  # other speakers, other sentences
+    with torch.no_grad():
+        accuracy = (head(encoder.eval()(waves)).argmax(1) == labels).float().mean()
+    assert accuracy >= 0.85, accuracy
