@@ -1,6 +1,8 @@
 """The emotion stages: six experts side by side in one run, and the gating stage's routing and
 alignment terms."""
 
+import logging
+
 import pytest
 import torch
 from safetensors import safe_open
@@ -106,7 +108,18 @@ def test_gating_warmup_trains_the_modality_paths_alone(mixed_batch):
     assert module.training_step(labels_only, 0) is None  # nothing to align: step skipped
 
 
-def test_gating_stage_starts_routing_each_label_to_its_expert():
+@pytest.mark.parametrize("max_steps, warns", [(5, True), (6, False)])
+def test_gating_warns_when_the_warmup_fills_the_run(caplog, max_steps, warns):
+    import lightning as L
+
+    module = GatingModule(loss=loss(), alignment_warmup=5)
+    module.trainer = L.Trainer(max_steps=max_steps, logger=False, enable_checkpointing=False)
+    with caplog.at_level(logging.WARNING, logger="moee.stages.gating"):
+        module.on_fit_start()
+    assert ("never the gates" in caplog.text) == warns
+
+
+def test_gating_stage_starts_routing_each_label_to_its_expert(caplog):
     from moee.models.emotion_latents import EmotionInputs
     from moee.models.emotion_moe import EmotionMoE
 
@@ -120,7 +133,10 @@ def test_gating_stage_starts_routing_each_label_to_its_expert():
     # the Table 5 ablations run the same gating config: they have no global gate to set
     from moee.models.moee_net import MoEENetConfig
     for ablation in ({"global_gate": False}, {"num_experts": 1}):
-        GatingModule(loss=loss(), prototype_margin=4.0, net=MoEENetConfig(**ablation))
+        with caplog.at_level(logging.INFO, logger="moee.stages.gating"):
+            caplog.clear()
+            GatingModule(loss=loss(), prototype_margin=4.0, net=MoEENetConfig(**ablation))
+        assert "prototype_margin ignored" in caplog.text, ablation
     random_start = GatingModule(loss=loss())
     assert not all((layer.context_gate(latents.mean(1)).argmax(1) == torch.arange(6)).all()
                    for layer in random_start.net.modules() if isinstance(layer, EmotionMoE))
