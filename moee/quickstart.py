@@ -124,7 +124,7 @@ def quickstart(identities: int = 120, held_out: int = 8, frames: int = 24,
             from a stiller head, as MEAD's studio recordings are).
         image_steps, backbone_steps, expert_steps, gating_steps: override the configs'
             ``max_steps`` (image-mode backbone, video backbone, experts, gates: the gating
-            stage's first 400 steps are its alignment warm-up).
+            stage's first 1,600 steps are its alignment warm-up).
         people: held-out identities animated under the compound, text and speech conditions
             (``None``: all); the basic labels animate every test identity.
         seconds: length of each video.

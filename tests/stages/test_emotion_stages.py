@@ -108,6 +108,55 @@ def test_gating_warmup_trains_the_modality_paths_alone(mixed_batch):
     assert module.training_step(labels_only, 0) is None  # nothing to align: step skipped
 
 
+def test_gating_speech_emotion_term_teaches_the_stand_in_encoder_to_hear_tone(mixed_batch):
+    import torch.nn.functional as F
+
+    module = GatingModule(loss=loss(), alignment_warmup=5, speech_emotion_weight=0.5,
+                          speech_emotion_lr_scale=0.25)
+    batch = {**mixed_batch, "emotion": {**mixed_batch["emotion"],
+                                        "present": torch.ones(2, 4, dtype=torch.bool)}}
+    module.zero_grad(set_to_none=True)
+    warm = module.training_step(batch, 0)  # warm-up: alignment + 0.5 x the head's CE
+    encoder = module.net.emotion_to_latents.speech_encoder
+    with torch.no_grad():  # a reference computation: sad clip, happy clip
+        logits = module.speech_emotion_head(encoder(batch["emotion"]["speech"]))
+        expected = module.alignment_loss(batch) + 0.5 * F.cross_entropy(
+            logits, torch.tensor([BASIC_EMOTIONS.index("sad"), BASIC_EMOTIONS.index("happy")]))
+    torch.testing.assert_close(warm, expected)
+    warm.backward()
+    assert module.speech_emotion_head.weight.grad.abs().sum() > 0
+    assert any(p.grad is not None and p.grad.abs().sum() > 0 for p in encoder.parameters())
+    assert "speech_emotion" in module.diffusion_step(batch, cfg_dropout=False)
+    module.zero_grad(set_to_none=True)  # the alignment term reaches the query MLP, not the encoder
+    module.alignment_loss(batch).backward()
+    assert all(p.grad is None for p in encoder.parameters())
+    assert module.net.emotion_to_latents.to_queries["speech"][0].weight.grad.abs().sum() > 0
+    # a training aid: in the optimizer and the checkpoints, never in the exported network
+    groups = module._optimizer_groups()
+    head_group = next(g for g in groups if any(p is module.speech_emotion_head.weight
+                                               for p in g["params"]))
+    assert head_group["lr_scale"] == 0.25
+    speech = {id(p) for p in encoder.parameters()}
+    assert speech <= {id(p) for p in head_group["params"]}
+    assert sum(id(p) in speech for g in groups for p in g["params"]) == len(speech)  # once
+    checkpoint = {"state_dict": module.state_dict()}
+    module.on_save_checkpoint(checkpoint)
+    assert "speech_emotion_head.weight" in checkpoint["state_dict"]
+    assert not any("speech_emotion_head" in name for name in module.exported_weights())
+
+
+def test_gating_speech_emotion_term_leaves_a_pretrained_encoder_alone(tmp_path, caplog):
+    from moee.models.moee_net import MoEENetConfig
+    from moee.models.pretrained import PRESETS, WeightSources, build_speech_encoder
+
+    build_speech_encoder(PRESETS["tiny"], None).save_pretrained(tmp_path)
+    with caplog.at_level(logging.INFO, logger="moee.stages.gating"):
+        module = GatingModule(loss=loss(), speech_emotion_weight=1.0, net=MoEENetConfig(
+            weights=WeightSources(speech_encoder=str(tmp_path))))
+    assert module.speech_emotion_head is None
+    assert "speech_emotion_weight ignored" in caplog.text
+
+
 @pytest.mark.parametrize("max_steps, warns", [(5, True), (6, False)])
 def test_gating_warns_when_the_warmup_fills_the_run(caplog, max_steps, warns):
     import lightning as L
