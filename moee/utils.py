@@ -127,21 +127,25 @@ def new_temp(final: str | os.PathLike, directory: bool = False, suffix: str = ".
     remove_stale_temps(final)
     prefix = f"{_temp_prefix(final)}{os.getpid()}-"
     if directory:
-        tmp, mode = tempfile.mkdtemp(prefix=prefix, suffix=suffix, dir=final.parent), 0o777
-    else:
-        fd, tmp = tempfile.mkstemp(prefix=prefix, suffix=suffix, dir=final.parent)
-        os.close(fd)
-        mode = 0o666
-    umask = os.umask(0)
-    os.umask(umask)
-    os.chmod(tmp, mode & ~umask)  # mkstemp's 0600 (mkdtemp's 0700) would survive the rename
+        return Path(tempfile.mkdtemp(prefix=prefix, suffix=suffix, dir=final.parent))
+    fd, tmp = tempfile.mkstemp(prefix=prefix, suffix=suffix, dir=final.parent)
+    os.close(fd)
     return Path(tmp)
 
 
+def umask_mode(directory: bool = False) -> int:
+    """The permissions a new file (or folder) gets under this process's umask."""
+    umask = os.umask(0)
+    os.umask(umask)
+    return (0o777 if directory else 0o666) & ~umask
+
+
 def replace(tmp: str | os.PathLike, final: str | os.PathLike) -> None:
-    """Move ``tmp`` onto ``final``; a folder replaces a folder (the old one is moved aside
-    first and removed after)."""
+    """Move ``tmp`` onto ``final`` with the permissions of a new file under the umask (a
+    temporary is 0600, or 0700, and so may be the file a library wrote over it); a folder
+    replaces a folder (the old one is moved aside first and removed after)."""
     tmp, final = Path(tmp), Path(final)
+    os.chmod(tmp, umask_mode(tmp.is_dir()))
     if not tmp.is_dir() or not final.exists():
         os.replace(tmp, final)
         return

@@ -22,8 +22,6 @@ from __future__ import annotations
 
 import logging
 import os
-import shutil
-import tempfile
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -60,6 +58,7 @@ from moee.inference.portrait import (
 from moee.models.moee_net import MoEENet, MoEENetConfig
 from moee.stages.base import check_parallel_exports, load_net_weights, trained_objective
 from moee.stages.diffusion import DiffusionObjective
+from moee.utils import atomic_path
 
 log = logging.getLogger(__name__)
 
@@ -197,16 +196,9 @@ class Animation:
         PNGs (``000000.png`` …) are written to a temporary folder renamed to ``frames_dir``.
         """
         if frames_dir is not None:
-            final = Path(frames_dir)
-            final.parent.mkdir(parents=True, exist_ok=True)
-            partial = Path(tempfile.mkdtemp(prefix=f".{final.name}.", dir=final.parent))
-            try:
+            with atomic_path(frames_dir, directory=True) as folder:
                 for index, frame in enumerate(self.frames):
-                    Image.fromarray(frame).save(partial / f"{index:06d}.png")
-                shutil.rmtree(final, ignore_errors=True)
-                partial.rename(final)
-            finally:
-                shutil.rmtree(partial, ignore_errors=True)
+                    Image.fromarray(frame).save(folder / f"{index:06d}.png")
         return write_mp4(path, self.frames, self.fps, audio=self.audio, sample_rate=AUDIO_RATE)
 
 

@@ -243,3 +243,34 @@ def test_a_full_disk_during_fit_is_one_error_line_and_keeps_the_last_checkpoint(
     assert message.startswith(f"error: cannot write {checkpoint.parent}/epoch=1-step=")
     assert "No space left on device" in message and "\n" not in message
     assert checkpoint.read_bytes() == before and leftovers(checkpoint.parent) == []
+
+
+@pytest.fixture
+def umask_022():
+    previous = os.umask(0o022)
+    try:
+        yield
+    finally:
+        os.umask(previous)
+
+
+def test_written_files_and_folders_honour_the_umask(tmp_path, umask_022):
+    """Teammates on a shared cluster folder can read what the project writes (mkstemp's 0600
+    would survive the rename): atomic files and folders, safetensors (the probe cache, as every
+    export: safetensors writes its own 0600 file over the temporary), an animation's frames."""
+    from moee.data.synth.probes import SynthEmoProbes, save_probes
+    from moee.inference.pipeline import Animation
+
+    written = [write_text(tmp_path / "notes.txt", "x"),
+               save_probes(SynthEmoProbes(size=32), {}, tmp_path / "cache")]
+    with atomic_path(tmp_path / "folder", directory=True) as folder:
+        (folder / "a.txt").write_text("a")
+    frames = np.zeros((2, 64, 64, 3), np.uint8)
+    Animation(frames, np.zeros(2 * 640, np.float32)).save(tmp_path / "a.mp4",
+                                                          frames_dir=tmp_path / "frames")
+    for path in written:
+        assert path.stat().st_mode & 0o777 == 0o644, path
+    for folder in (tmp_path / "folder", tmp_path / "frames"):
+        assert folder.stat().st_mode & 0o777 == 0o755, folder
+    assert len(list((tmp_path / "frames").glob("*.png"))) == 2
+    assert leftovers(tmp_path) == []

@@ -30,6 +30,7 @@ from torch import nn
 from moee.data.synth.face import combine_speech, mouth_opening_from_landmarks
 from moee.data.synth.generator import RENDERER_VERSION, apex_aus, head_motion, renderer
 from moee.emotions import EMOTION_CLASSES, NEUTRAL, NUM_ACTION_UNITS
+from moee.utils import atomic_path
 
 PROBE_IDENTITY_OFFSET = 1_000_000
 """Probe identities are drawn far from the data set's indices (train, then held-out)."""
@@ -357,12 +358,10 @@ def save_probes(probes: SynthEmoProbes, metrics: dict[str, float],
                 cache_dir: str | os.PathLike | None = None) -> Path:
     """Write probes and their held-out metrics to the cache file (atomically); return its path."""
     path = cache_path(probes.size, cache_dir)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.partial")
-    save_file(probes.state_dict(), str(tmp), metadata={
-        "renderer_version": RENDERER_VERSION, "size": str(probes.size),
-        "metrics": json.dumps(metrics)})
-    os.replace(tmp, path)
+    with atomic_path(path) as tmp:
+        save_file(probes.state_dict(), str(tmp), metadata={
+            "renderer_version": RENDERER_VERSION, "size": str(probes.size),
+            "metrics": json.dumps(metrics)})
     return path
 
 
