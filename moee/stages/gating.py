@@ -67,6 +67,9 @@ class GatingModule(DiffusionStage):
                  train_label_path: bool = False, alignment_warmup: int = 0,
                  prototype_margin: float | None = None, speech_emotion_weight: float = 0.0,
                  speech_emotion_lr_scale: float = 1.0, **kwargs) -> None:
+        if not speech_emotion_lr_scale > 0:
+            raise ValueError(f"speech_emotion_lr_scale must be positive, got "
+                             f"{speech_emotion_lr_scale}")
         self.train_label_path = train_label_path
         super().__init__(*args, **kwargs)
         self.routing_weight = routing_weight
@@ -185,10 +188,15 @@ class GatingModule(DiffusionStage):
         return torch.tensor([parse_emotion(name).weights for name in batch["emotion_name"]],
                             device=self.device, dtype=torch.float32)
 
+    def _share_targets(self, batch: dict[str, Any]) -> torch.Tensor:
+        """(b 6) the clips' emotion shares as distributions (summing to 1): cross-entropy
+        targets."""
+        shares = self._shares(batch)
+        return shares / shares.sum(1, keepdim=True).clamp_min(1e-6)
+
     def routing_loss(self, batch: dict[str, Any]) -> torch.Tensor:
         """Mean cross-entropy of the recorded global gates against the clips' emotion shares."""
-        shares = self._shares(batch)
-        shares = shares / shares.sum(1, keepdim=True).clamp_min(1e-6)
+        shares = self._share_targets(batch)
         losses = [-(shares.repeat_interleave(len(g) // len(shares), 0)
                     * g.clamp_min(1e-6).log()).sum(1).mean() for g in self._global_gates]
         return torch.stack(losses).mean()
@@ -200,10 +208,8 @@ class GatingModule(DiffusionStage):
         features, self._speech_features = self._speech_features, None
         if self.speech_emotion_head is None or features is None:
             return None
-        shares = self._shares(batch)
-        shares = shares / shares.sum(1, keepdim=True).clamp_min(1e-6)
         log_probs = self.speech_emotion_head(features).log_softmax(1)
-        return -(shares * log_probs).sum(1).mean()
+        return -(self._share_targets(batch) * log_probs).sum(1).mean()
 
     def alignment_loss(self, batch: dict[str, Any]) -> torch.Tensor:
         """Squared distance of each other modality's latents, alone, to those of the clip's

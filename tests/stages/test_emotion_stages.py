@@ -155,6 +155,8 @@ def test_gating_speech_emotion_term_leaves_a_pretrained_encoder_alone(tmp_path, 
             weights=WeightSources(speech_encoder=str(tmp_path))))
     assert module.speech_emotion_head is None
     assert "speech_emotion_weight ignored" in caplog.text
+    with pytest.raises(ValueError, match="speech_emotion_lr_scale must be positive"):
+        GatingModule(loss=loss(), speech_emotion_weight=1.0, speech_emotion_lr_scale=0.0)
 
 
 @pytest.mark.parametrize("max_steps, warns", [(5, True), (6, False)])
