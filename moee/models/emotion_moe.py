@@ -199,7 +199,10 @@ class EmotionMoE(nn.Module):
                 consecutive rows of ``x`` (the frames of one clip): the fused path then
                 prepares each context once instead of once per frame.
             expert: an int ``i`` or a per-sample LongTensor (b,): single-expert path
-                ``x + experts[i](x, context)``; only the chosen experts run (no gates).
+                ``x + experts[i](x, context)``; or per-sample expert shares, a float tensor
+                (b e): ``x + sum_i w_i experts[i](x, context)``. Only the chosen experts run
+                (no gates): how the experts train, one emotion each or a compound's
+                components together.
             weights: (b e) explicit mixture replacing the global gate ``g``.
 
         Returns:
@@ -225,12 +228,26 @@ class EmotionMoE(nn.Module):
     def _single(self, x: torch.Tensor, context: torch.Tensor, expert: int | torch.Tensor):
         if isinstance(expert, int):
             return self.experts[expert](x, context)
+        if expert.is_floating_point():
+            return self._shared(x, context, expert)
         if expert.numel() == 1 or bool((expert == expert[0]).all()):
             return self.experts[int(expert[0])](x, context)
         out = torch.empty_like(x)
         for i in expert.unique().tolist():
             rows = (expert == i).nonzero().squeeze(1)
             out = out.index_copy(0, rows, self.experts[i](x[rows], context[rows]))
+        return out
+
+    def _shared(self, x: torch.Tensor, context: torch.Tensor, shares: torch.Tensor):
+        # x (b n d), shares (b e) -> sum_i w_i E_i(x, C), each expert on its rows only: (b n d)
+        if shares.shape != (x.shape[0], self.num_experts):
+            raise ValueError(f"expected expert shares of shape ({x.shape[0]}, "
+                             f"{self.num_experts}), got {tuple(shares.shape)}")
+        out = torch.zeros_like(x)
+        for i in (shares != 0).any(0).nonzero().flatten().tolist():
+            rows = (shares[:, i] != 0).nonzero().squeeze(1)
+            branch = self.experts[i](x[rows], context[rows])
+            out = out.index_add(0, rows, shares[rows, i, None, None].to(x.dtype) * branch)
         return out
 
     def _mix_loop(self, x, context, local, global_):

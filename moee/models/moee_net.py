@@ -249,7 +249,8 @@ class MoEENet(nn.Module):
                 from ``reference_image`` (b 3 H W) and ``motion_latents`` (b r c h w).
             audio_tokens: (b f t c), or ``audio``: waveform (b, (f + 4) * 640); neither: no audio.
             emotion_latents: (b m c), or ``emotion``: :class:`EmotionInputs`; neither: no MoE.
-            expert: single-expert path (int or (b,) LongTensor).
+            expert: single-expert path (int or (b,) LongTensor), or per-sample expert
+                shares (b e) float, ungated (see :meth:`EmotionMoE.forward`).
             weights: (b e) explicit expert mixture replacing the global gate.
             drop_reference, drop_audio, drop_emotion: (b,) bool, conditions dropped for
                 classifier-free guidance (reference tokens masked and image embedding zeroed;

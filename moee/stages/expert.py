@@ -6,7 +6,7 @@ from typing import Any
 
 import torch
 
-from moee.emotions import BASIC_EMOTIONS, canonical_emotion_name
+from moee.emotions import BASIC_EMOTIONS, canonical_emotion_name, parse_emotion
 from moee.stages.base import DiffusionStage
 
 EMOTION_FIELD = "{emotion}"
@@ -25,6 +25,16 @@ class ExpertModule(DiffusionStage):
     expert sees exactly what its own run would, and the network is built and the data started
     once instead of six times. ``export_path`` then names each expert's file with
     ``{emotion}`` (``runs/weights/expert_{emotion}.safetensors``).
+
+    With several experts, a compound clip (``"sadly surprised"``) goes through its components'
+    experts together, weighted by the compound's shares (0.6 and 0.4) and ungated: the mixture
+    the gating stage's routing term then teaches the global gate to give it. A compound's face
+    is not a blend of its components' faces (sadly surprised raises the inner brows and drops
+    the jaw, without surprise's raised outer brows or sadness's lip corners), and frozen experts
+    that only ever saw basic clips cannot draw it however they are mixed; trained on compound
+    clips, the two experts learn their parts of it from the compound's emotion latents. List
+    the compounds in the data config's ``emotions`` to train them; neutral clips go through no
+    expert and are refused.
 
     Emotion-to-Latents stays frozen as the backbone export carries it: six experts that each
     trained their own copy could not share one at inference (loading the exports in order would
@@ -60,11 +70,26 @@ class ExpertModule(DiffusionStage):
     def network_kwargs(self, batch: dict[str, Any]) -> dict[str, Any]:
         expert: int | torch.Tensor = self.expert_indices[0]
         if len(self.expert_indices) > 1:
-            expert = batch["emotion_index"]
-            if bool((expert < 0).any()):
-                raise ValueError("a batch of several experts' training holds a clip that is "
-                                 "not of a basic emotion: set data.init_args.emotions")
+            expert = self.expert_shares(batch)
+            if bool(((expert == 0) | (expert == 1)).all()):  # basic clips only: one expert each
+                expert = expert.argmax(1)
         return {**super().network_kwargs(batch), "expert": expert}
+
+    def expert_shares(self, batch: dict[str, Any]) -> torch.Tensor:
+        """(b 6) the share of each expert in each sample: one-hot for a basic clip, the
+        compound's shares (summing to 1) for a compound clip."""
+        shares = torch.tensor([parse_emotion(name).weights for name in batch["emotion_name"]],
+                              device=self.device, dtype=torch.float32)
+        totals = shares.sum(1, keepdim=True)
+        if bool((totals == 0).any()):
+            raise ValueError("a batch of several experts' training holds a neutral clip, "
+                             "which goes through no expert: set data.init_args.emotions")
+        untrained = [BASIC_EMOTIONS[i] for i in range(len(BASIC_EMOTIONS))
+                     if i not in self.expert_indices and bool(shares[:, i].any())]
+        if untrained:
+            raise ValueError(f"a clip needs the {', '.join(untrained)} expert, which this run "
+                             f"does not train: set data.init_args.emotions")
+        return shares / totals
 
     def on_train_end(self) -> None:
         if not self.export_path:

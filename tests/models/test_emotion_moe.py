@@ -135,6 +135,24 @@ def test_single_expert_per_sample(moe, inputs):
     assert moe.experts[0].to_q.weight.grad is None and moe.experts[5].to_q.weight.grad is not None
 
 
+def test_expert_shares_mix_the_chosen_experts_ungated(moe, inputs):
+    x, context = inputs
+    shares = torch.tensor([[0, 0, 0, 0.4, 0, 0.6], [0, 1.0, 0, 0, 0, 0], [0, 0, 0, 0, 0, 1.0]])
+    out = moe(x, context, expert=shares)
+    expected = x + torch.stack([sum(w * reference_expert(moe.experts[i], x[r : r + 1],
+                                                         context[r : r + 1])[0]
+                                    for i, w in enumerate(row.tolist()) if w)
+                                for r, row in enumerate(shares)])
+    torch.testing.assert_close(out, expected)
+    torch.testing.assert_close(out[1:], moe(x[1:], context[1:], expert=torch.tensor([1, 5])))
+    out.square().sum().backward()
+    learnt = [i for i, e in enumerate(moe.experts) if e.to_q.weight.grad is not None]
+    assert learnt == [1, 3, 5]
+    assert moe.local_gate.weight.grad is None and moe.global_gate.weight.grad is None
+    with pytest.raises(ValueError, match="expert shares of shape"):
+        moe(x, context, expert=shares[:, :4])
+
+
 def test_fused_equals_loop_values_and_gradients(moe, inputs, fused_form):
     results = []
     for fused in (False, True):

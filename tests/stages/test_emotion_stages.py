@@ -68,6 +68,37 @@ def test_experts_side_by_side_each_learn_from_their_own_clips_only(tmp_path, mix
         ExpertModule(emotion=["sad", "sadly fearful"])
 
 
+def test_experts_side_by_side_learn_a_compound_through_its_two_components_experts():
+    surprised, sad = BASIC_EMOTIONS.index("surprised"), BASIC_EMOTIONS.index("sad")
+    clips = [make_test_clip(identity=f"id{i}", emotion=e, num_frames=12, size=64, seed=i)
+             for i, e in enumerate(("sadly surprised", "happy"))]
+    batch = make_batch(clips, num_frames=4)
+    module = ExpertModule(emotion="all", loss=loss())
+    expected = torch.zeros(2, len(BASIC_EMOTIONS))
+    expected[0, surprised], expected[0, sad], expected[1, BASIC_EMOTIONS.index("happy")] = \
+        0.6, 0.4, 1.0
+    torch.testing.assert_close(module.network_kwargs(batch)["expert"], expected)
+    with torch.no_grad():
+        for p in module.net.parameters():
+            if p.requires_grad:
+                p.normal_(std=0.02)
+        module.net.denoiser.unet.conv_out.weight.normal_(std=0.02)
+    only_compound = {k: (v[:1] if torch.is_tensor(v) or isinstance(v, list) else v)
+                     for k, v in batch.items() if k != "emotion"}
+    only_compound["emotion"] = {k: v[:1] for k, v in batch["emotion"].items()}
+    assert set(expert_grads(module, only_compound)) == {surprised, sad}
+
+    basic_only = make_batch([clips[1], make_test_clip(emotion="sad", num_frames=12)],
+                            num_frames=4)
+    assert module.network_kwargs(basic_only)["expert"].tolist() == \
+        [BASIC_EMOTIONS.index("happy"), sad]  # basic clips keep the one-expert path
+    with pytest.raises(ValueError, match="neutral clip"):
+        module.network_kwargs(make_batch([make_test_clip(emotion="neutral", num_frames=12)],
+                                         num_frames=4))
+    with pytest.raises(ValueError, match="the sad expert, which this run does not train"):
+        ExpertModule(emotion=["surprised", "happy"], loss=loss()).network_kwargs(batch)
+
+
 def test_gating_routing_and_alignment_terms_train_gates_and_latents(mixed_batch):
     module = GatingModule(loss=loss(), routing_weight=0.5, alignment_weight=1.0)
     batch = {**mixed_batch, "emotion": {**mixed_batch["emotion"],
