@@ -48,8 +48,8 @@ def routing_table(module: GatingModule, shards: str, batches: int) -> dict:
     gates: list[torch.Tensor] = []
     for layer in module.net.modules():
         if isinstance(layer, EmotionMoE):
-            layer.register_forward_hook(lambda layer, args, _: gates.append(layer.gates(
-                args[0], args[1].repeat_interleave(len(args[0]) // len(args[1]), 0))[1]))
+            layer.register_forward_hook(
+                lambda layer, args, _: gates.append(layer.gates(*args[:2])[1]))
     table: dict = {}
     loader = iter(data.train_dataloader())
     for _ in range(batches):

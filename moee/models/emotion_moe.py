@@ -178,10 +178,12 @@ class EmotionMoE(nn.Module):
 
     def gates(self, x: torch.Tensor, context: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """Local gate s (b n e) and global gate g (b e) of eq. 2-3, for x (b n d) and one
-        context (b m c) per row."""
+        context (b m c) per row, or (b/r m c) shared by each run of ``r`` rows (as in
+        :meth:`forward`)."""
         logits = self.global_gate(x.mean(1))
         if self.context_gate is not None:
-            logits = logits + self.context_gate(context.mean(1))
+            rows = x.shape[0] // context.shape[0]
+            logits = logits + self.context_gate(context.mean(1)).repeat_interleave(rows, 0)
         return torch.sigmoid(self.local_gate(x)), torch.softmax(logits, -1)
 
     def forward(

@@ -145,8 +145,7 @@ class GatingModule(DiffusionStage):
                 " or fix model.init_args.init_weights")
 
     def _record_gates(self, module: EmotionMoE, args: tuple, output: torch.Tensor) -> None:
-        x, context = args[:2]
-        local, global_ = module.gates(x, context.repeat_interleave(x.shape[0] // len(context), 0))
+        local, global_ = module.gates(*args[:2])
         if self.routing_weight and torch.is_grad_enabled():
             self._global_gates.append(global_)  # ((b f) e), with its graph
         for name, value in (("global", global_.detach().mean(0)),

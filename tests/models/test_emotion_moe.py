@@ -178,6 +178,8 @@ def test_context_shared_by_consecutive_rows(moe, fused, fused_form):
     per_row = context.repeat_interleave(3, 0)
     torch.testing.assert_close(moe(x, context), moe(x, per_row))
     torch.testing.assert_close(moe(x, context, expert=1), moe(x, per_row, expert=1))
+    for shared, repeated in zip(moe.gates(x, context), moe.gates(x, per_row)):
+        torch.testing.assert_close(shared, repeated)
     with pytest.raises(ValueError, match="cannot be shared"):
         moe(x, torch.randn(4, 5, C))
 

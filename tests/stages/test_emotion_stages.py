@@ -176,6 +176,36 @@ def test_gating_speech_emotion_term_teaches_the_stand_in_encoder_to_hear_tone(mi
     assert not any("speech_emotion_head" in name for name in module.exported_weights())
 
 
+def test_gating_run_with_the_speech_head_resumes_where_it_stopped(tmp_path, mixed_batch):
+    import lightning as L
+
+    batch = {**mixed_batch, "emotion": {**mixed_batch["emotion"],
+                                        "present": torch.ones(2, 4, dtype=torch.bool)}}
+    data = torch.utils.data.DataLoader([batch] * 4, batch_size=None)
+
+    def run(max_steps):
+        return L.Trainer(max_steps=max_steps, accelerator="cpu", logger=False,
+                         enable_progress_bar=False, enable_model_summary=False,
+                         default_root_dir=tmp_path, enable_checkpointing=False)
+
+    def gating():
+        return GatingModule(loss=loss(), alignment_warmup=2, speech_emotion_weight=1.0)
+
+    first, trainer = gating(), run(2)
+    trainer.fit(first, train_dataloaders=data)
+    trainer.save_checkpoint(tmp_path / "step2.ckpt")
+    saved = first.speech_emotion_head.weight.detach().clone()
+    resumed, again = gating(), run(3)
+    loaded = []
+    resumed.on_train_start = lambda: loaded.append(resumed.speech_emotion_head.weight.clone())
+    again.fit(resumed, train_dataloaders=data, ckpt_path=tmp_path / "step2.ckpt")
+    torch.testing.assert_close(loaded[0], saved)  # the head came back, not a fresh one
+    assert again.global_step == 3
+    optimizer = again.optimizers[0]
+    head = resumed.speech_emotion_head.weight
+    assert int(optimizer.state[head]["step"]) == 3  # its Adam moments continued from step 2
+
+
 def test_gating_speech_emotion_term_leaves_a_pretrained_encoder_alone(tmp_path, caplog):
     from moee.models.moee_net import MoEENetConfig
     from moee.models.pretrained import PRESETS, WeightSources, build_speech_encoder
