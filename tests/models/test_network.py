@@ -8,7 +8,9 @@ import pytest
 import torch
 
 from moee.models.emotion_latents import EmotionInputs
-from moee.models.moee_net import MoEENet, parameter_group, parameter_groups
+from moee.models.moee_net import MoEENet, MoEENetConfig, parameter_group, parameter_groups
+from moee.stages import BackboneModule
+from moee.stages.losses import MoEELoss
 from tests.models.conftest import CHANNELS, DIM, LATENT, B, F, wake_zero_inits
 
 
@@ -103,6 +105,27 @@ def test_gradient_checkpointing_and_deepcopy(clip_inputs):
         for p in twin.denoiser.blocks.parameters():
             p.mul_(0.5)
         assert not torch.allclose(run(twin, clip_inputs), run(net, clip_inputs))
+
+
+def test_channels_last_network_computes_the_same_and_exports_plain_tensors(clip_inputs):
+    torch.manual_seed(0)
+    plain = MoEENet()
+    wake_zero_inits(plain)
+    fast = MoEENet(MoEENetConfig(channels_last=True))
+    fast.load_state_dict(plain.state_dict())
+    convs = [p for p in fast.parameters() if p.dim() == 4]
+    assert convs and all(p.is_contiguous(memory_format=torch.channels_last) for p in convs)
+    assert not all(p.is_contiguous() for p in convs)
+    outputs = []
+    for net in (plain, fast):
+        out = run(net, clip_inputs)
+        out.square().mean().backward()
+        outputs.append((out.detach(), net.denoiser.unet.conv_in.weight.grad))
+    torch.testing.assert_close(outputs[1][0], outputs[0][0], rtol=1e-4, atol=1e-5)
+    torch.testing.assert_close(outputs[1][1], outputs[0][1], rtol=1e-4, atol=1e-5)
+    module = BackboneModule(net=MoEENetConfig(channels_last=True),
+                            loss=MoEELoss(perceptual_weights=None))
+    assert all(t.is_contiguous() for t in module.exported_weights().values())  # safetensors
 
 
 def test_parameter_groups_cover_every_parameter_once(tiny_net, clip_inputs):
