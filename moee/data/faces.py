@@ -11,6 +11,10 @@ crop helpers are cheap to import in data-loader workers.
 
 from __future__ import annotations
 
+import os
+import sys
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from typing import Literal, Protocol
 
@@ -74,20 +78,46 @@ class FaceDetector(Protocol):
         ...
 
 
+NATIVE_LOGS = {"show": False}
+"""Whether MediaPipe's native start-up logging (TensorFlow Lite, absl) reaches stderr;
+``python -m moee animate --verbose`` sets it."""
+
+
+@contextmanager
+def native_logs_quieted() -> Iterator[None]:
+    """Send what native code writes to file descriptor 2 to /dev/null for the block (unless
+    ``NATIVE_LOGS["show"]``): MediaPipe's C++ prints its start-up lines there, past Python's
+    ``sys.stderr``, so an error would otherwise follow three lines of noise."""
+    if NATIVE_LOGS["show"]:
+        yield
+        return
+    sys.stderr.flush()
+    saved, devnull = os.dup(2), os.open(os.devnull, os.O_WRONLY)
+    os.dup2(devnull, 2)
+    try:
+        yield
+    finally:
+        os.dup2(saved, 2)
+        os.close(saved)
+        os.close(devnull)
+
+
 class MediaPipeFaceDetector:
     """MediaPipe's bundled BlazeFace detector (full-range model: faces near and far)."""
 
     def __init__(self, min_confidence: float = 0.5):
-        import mediapipe as mp
+        with native_logs_quieted():
+            import mediapipe as mp
 
-        self._model = mp.solutions.face_detection.FaceDetection(
-            model_selection=1, min_detection_confidence=min_confidence
-        )
+            self._model = mp.solutions.face_detection.FaceDetection(
+                model_selection=1, min_detection_confidence=min_confidence
+            )
 
     def detect(self, image: np.ndarray) -> list[FaceBox]:
         """All faces found, best first."""
         height, width = image.shape[:2]
-        result = self._model.process(np.ascontiguousarray(image))
+        with native_logs_quieted():
+            result = self._model.process(np.ascontiguousarray(image))
         boxes = []
         for detection in result.detections or []:
             rel = detection.location_data.relative_bounding_box
@@ -135,12 +165,13 @@ class FaceMeshLandmarker:
     """MediaPipe's 478-point face mesh, tracked over a clip and mapped to iBUG-68."""
 
     def __init__(self, min_confidence: float = 0.5):
-        import mediapipe as mp
+        with native_logs_quieted():
+            import mediapipe as mp
 
-        self._model = mp.solutions.face_mesh.FaceMesh(
-            static_image_mode=False, max_num_faces=1, refine_landmarks=True,
-            min_detection_confidence=min_confidence, min_tracking_confidence=min_confidence,
-        )
+            self._model = mp.solutions.face_mesh.FaceMesh(
+                static_image_mode=False, max_num_faces=1, refine_landmarks=True,
+                min_detection_confidence=min_confidence, min_tracking_confidence=min_confidence,
+            )
 
     def __call__(self, frames: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         """Landmarks of ``(T, H, W, 3)`` frames: ``(T, 68, 2)`` in [0, 1] and a ``(T,)`` found mask.
@@ -149,7 +180,8 @@ class FaceMeshLandmarker:
         """
         points = np.full((len(frames), 68, 2), np.nan, dtype=np.float32)
         for index, frame in enumerate(frames):
-            result = self._model.process(np.ascontiguousarray(frame))
+            with native_logs_quieted():
+                result = self._model.process(np.ascontiguousarray(frame))
             if result.multi_face_landmarks:
                 mesh = np.array([(p.x, p.y) for p in result.multi_face_landmarks[0].landmark])
                 points[index] = mesh_to_ibug68(mesh)

@@ -20,7 +20,7 @@ from typing import Literal
 import torch
 from jsonargparse import ArgumentParser
 
-from moee.data.faces import DetectorName
+from moee.data.faces import NATIVE_LOGS, DetectorName
 from moee.emotions import BASIC_EMOTIONS
 from moee.inference.lightning import USER_ERRORS
 from moee.inference.pipeline import MoEEPipeline, SamplerName, SamplerSettings, prepare_inputs
@@ -162,13 +162,17 @@ def build_parser() -> ArgumentParser:
     parser.add_function_arguments(animate, skip={"weights"})
     parser.add_argument("--weights", nargs="+", required=True,
                         help="trained weights in loading order, or their folder")
+    parser.add_argument("--verbose", action="store_true",
+                        help="also show the face models' native start-up logging")
     return parser
 
 
 def main(argv: list[str] | None = None) -> None:
     """Entry point of ``python -m moee animate`` (options: ``--help``)."""
     args = build_parser().parse_args(underscored(sys.argv[1:] if argv is None else argv))
-    logging.basicConfig(level=logging.WARNING, format="%(message)s")
+    NATIVE_LOGS["show"] = args.pop("verbose")
+    logging.basicConfig(level=logging.INFO if NATIVE_LOGS["show"] else logging.WARNING,
+                        format="%(message)s")
     try:
         path = animate(**args.as_dict())
     except (*USER_ERRORS, MissingCheckpointError, MissingWeightsError,

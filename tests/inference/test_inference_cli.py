@@ -3,6 +3,9 @@
 from __future__ import annotations
 
 import csv
+import os
+import subprocess
+import sys
 import wave
 from pathlib import Path
 
@@ -96,6 +99,23 @@ def test_bad_input_is_one_line_and_leaves_nothing(files, tmp_path, capsys, overr
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and err[0].startswith("error: ") and message in err[0], err
     assert not out_dir.exists() or not any(out_dir.iterdir())
+
+
+def test_no_face_error_is_the_only_line_on_stderr_of_a_fresh_process(files, tmp_path):
+    """MediaPipe's native start-up lines go past Python's sys.stderr (capsys cannot see them),
+    once per process: a new interpreter, its file descriptor 2 read whole."""
+    command = [sys.executable, "-m", "moee", "animate",
+               *animate_args(files, tmp_path / "video.mp4", image=files / "grey.png")]
+    env = {**os.environ, "HF_HUB_OFFLINE": "1"}
+    quiet = subprocess.run(command, capture_output=True, text=True, env=env, timeout=300)
+    assert quiet.returncode == 1
+    assert quiet.stderr.splitlines() == [
+        f"error: no face found in '{files / 'grey.png'}'; give a portrait with one clearly "
+        "visible face"]
+    verbose = subprocess.run([*command, "--verbose"], capture_output=True, text=True, env=env,
+                             timeout=300)
+    assert verbose.stderr.splitlines()[-1] == quiet.stderr.strip()
+    assert len(verbose.stderr.splitlines()) > 1  # the native lines are there to hide
 
 
 @pytest.mark.slow
