@@ -89,9 +89,15 @@ def check_condition(spec: str) -> str:
     condition = entries[0][1]
     if condition.kind == "basic":
         return f"✓ {condition.name} at intensity {number(condition.intensity)}: its expert alone"
+    if condition.kind == "compound":
+        total = sum(condition.weights)
+        parts = sorted(((w / total, n) for n, w in zip(BASIC_EMOTIONS, condition.weights) if w),
+                       reverse=True)
+        return (f"✓ the compound {condition.name}: "
+                + " and ".join(f"the {name} expert at {number(share)}" for share, name in parts))
     if condition.kind == "mixture":
         return "✓ a mix: the experts weighted by it, replacing the global gate"
-    meaning = {"compound": f"the compound {condition.name}", "au": "action units",
+    meaning = {"au": "action units",
                "text": "a text description", "speech": "the speech's own tone",
                "neutral": "neutral"}[condition.kind]
     return f"✓ {meaning}, through the learned gates"

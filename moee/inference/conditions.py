@@ -6,13 +6,18 @@ Every user condition goes through :func:`moee.emotions.parse_emotion`, then:
 condition              Emotion-to-Latents input (``present``)       Emotion MoE routing
 =====================  ===========================================  =========================
 basic ``sad@0.4``      label × intensity                            single expert ``i``
-compound               label (compound shares × intensity)          learned gates (eq. 2–4)
+compound               label (compound shares × intensity)          its two experts ``shares``
 mix ``happy:.7,...``   label (the mix)                              ``weights`` = the mix
 neutral                zero label                                   learned gates
 ``AU6:0.8,...``        AUs                                          learned gates
 ``text:...``           T5 text                                      learned gates
 ``speech``             speech-emotion encoder on the clip's audio   learned gates
 =====================  ===========================================  =========================
+
+A label names its experts, and reaches them as they were trained (stage 2): a basic label its
+one expert, a compound label its two at the compound's shares, without gates
+(``EmotionMoE.forward(expert=shares)``). The learned gates route what names no emotion (AUs,
+a text, the speech), and a user's mix keeps the local gates with its weights.
 
 A timeline (``"0s:neutral,3s:happy"``) gives each clip a blend of its entries
 (:meth:`EmotionTrack.blend`): around each switch the new entry's share ramps linearly from 0 to
@@ -40,10 +45,12 @@ _LABEL_KINDS = ("neutral", "basic", "compound", "mixture")
 
 @dataclass(frozen=True)
 class Routing:
-    """How the Emotion MoE mixes its experts: one ``expert``, explicit ``weights`` (6), or
-    neither (the learned local and global gates)."""
+    """How the Emotion MoE mixes its experts: one ``expert``, expert ``shares`` (6) without
+    gates, explicit ``weights`` (6) in place of the global gate, or none of them (the learned
+    local and global gates)."""
 
     expert: int | None = None
+    shares: tuple[float, ...] | None = None
     weights: tuple[float, ...] | None = None
 
     @classmethod
@@ -51,37 +58,37 @@ class Routing:
         """The routing a condition asks for on its own."""
         if condition.kind == "basic":
             return cls(expert=condition.expert)
+        if condition.kind == "compound":
+            return cls(shares=tuple(w / sum(condition.weights) for w in condition.weights))
         if condition.kind == "mixture":
             return cls(weights=tuple(condition.weights))
         return cls()
 
     @property
     def kind(self) -> str:
-        """``"expert"``, ``"weights"`` or ``"gates"``: which of the three routings this is."""
-        return "expert" if self.expert is not None else \
-            "weights" if self.weights is not None else "gates"
-
-    def network_kwargs(self, device: torch.device) -> dict:
-        """``expert`` and ``weights`` (1 e) arguments of ``MoEENet.forward``."""
-        weights = None if self.weights is None else torch.tensor([self.weights], device=device)
-        return {"expert": self.expert, "weights": weights}
+        """``"expert"``, ``"shares"``, ``"weights"`` or ``"gates"``: which routing this is."""
+        return "expert" if self.expert is not None else "shares" if self.shares is not None \
+            else "weights" if self.weights is not None else "gates"
 
 
 def batch_routing(routings: tuple[Routing, ...] | list[Routing], device: torch.device) -> dict:
     """``expert`` and ``weights`` arguments of ``MoEENet.forward`` for a batch of videos, one
-    routing each: one expert (an int when all agree, else (b,)), explicit mixtures (b e), or
-    the learned gates. Raises ``ValueError`` when the videos are routed in different ways."""
+    routing each: one expert (an int when all agree, else (b,)), expert shares (b e), explicit
+    mixtures (b e), or the learned gates. Raises ``ValueError`` when the videos are routed in
+    different ways."""
     kinds = {r.kind for r in routings}
     if len(kinds) > 1:
         raise ValueError(f"videos sampled together must be routed alike, got {sorted(kinds)}: "
-                         "sample single-expert, mixture and gated conditions in separate batches")
-    if len(routings) == 1:
-        return routings[0].network_kwargs(device)
+                         "sample single-expert, compound, mixture and gated conditions in "
+                         "separate batches")
     kind = kinds.pop()
     if kind == "expert":
         experts = [r.expert for r in routings]
         same = len(set(experts)) == 1
         return {"expert": experts[0] if same else torch.tensor(experts, device=device),
+                "weights": None}
+    if kind == "shares":
+        return {"expert": torch.tensor([r.shares for r in routings], device=device),
                 "weights": None}
     if kind == "weights":
         return {"expert": None, "weights": torch.tensor([r.weights for r in routings],

@@ -388,7 +388,8 @@ class MoEEPipeline:
         :meth:`generate` would sample it alone (one network call per step for all of them).
 
         The audios have one length, and the tracks route the Emotion MoE alike clip by clip
-        (all single experts, all explicit mixtures, or all the learned gates).
+        (all single experts, all compounds' expert shares, all explicit mixtures, or all the
+        learned gates).
         """
         net, f, steps = self.net, self.settings.clip_frames, self.steps_per_clip
         if len({len(a) for a in audios}) != 1:
@@ -476,7 +477,8 @@ class MoEEPipeline:
             "reference": conditions["reference"].repeat(n),
             "audio_tokens": conditions["audio_tokens"].repeat(n, 1, 1, 1),
             "emotion_latents": conditions["emotion_latents"].repeat(n, 1, 1),
-            "expert": expert.repeat(n) if isinstance(expert, torch.Tensor) else expert,
+            "expert": expert.repeat(n, *(1,) * (expert.dim() - 1))  # (b,) or (b e) shares
+            if isinstance(expert, torch.Tensor) else expert,
             "weights": None if weights is None else weights.repeat(n, 1),
             "drop_audio": branches[:, 0].repeat_interleave(count),
             "drop_emotion": branches[:, 1].repeat_interleave(count),

@@ -4,8 +4,9 @@
 clip (a window of ``data.num_frames`` frames) and every compared model it animates the clip's
 reference frame with the clip's audio under the clip's own emotion condition
 (``parse_emotion("<emotion_name>@<intensity>")``: a basic emotion runs its expert, a compound
-the learned gates), then updates that model's :class:`MetricSuite` with the generated and the
-ground-truth frames. At the end of the test epoch every suite is computed (its states are
+its two experts at its shares), then updates that model's :class:`MetricSuite` with the
+generated and the ground-truth frames. At the end of the test epoch every suite is computed (its
+states are
 sums, reduced over DDP ranks), logged through Lightning as ``test/<model>/<column>``, and rank
 0 writes the table (:mod:`moee.metrics.tables`): ``<output_dir>/<table>.{md,json,csv}``. The
 run ends with ``N of M test clips scored, K skipped``: the clips of damaged test shards and

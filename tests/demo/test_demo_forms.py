@@ -58,7 +58,8 @@ def test_action_units_text_speech_and_timeline():
 @pytest.mark.parametrize(("spec", "start"), [
     ("happy", "✓ happy at intensity 1: its expert alone"),
     ("happy:0.7,surprised:0.3", "✓ a mix"),
-    ("sadly surprised", "✓ the compound sadly surprised"),
+    ("sadly surprised@0.5", "✓ the compound sadly surprised: the surprised expert at 0.6 and "
+                            "the sad expert at 0.4"),
     ("text:a smile", "✓ a text description"),
     ("speech", "✓ the speech's own tone"),
     ("0s:neutral,2s:happy", "✓ a timeline of 2 entries"),

@@ -11,7 +11,7 @@ import torch
 from PIL import Image
 
 from moee.emotions import EmotionSpecError, parse_emotion
-from moee.inference.conditions import EmotionTrack, Routing
+from moee.inference.conditions import EmotionTrack, Routing, batch_routing
 from moee.inference.lightning import AnimationJob, read_jobs
 from moee.inference.pipeline import Guidance, SamplerSettings, make_scheduler
 from moee.inference.portrait import (
@@ -132,8 +132,19 @@ def test_routing_of_each_condition():
     assert Routing.of(parse_emotion("sad@0.4")) == Routing(expert=4)
     mix = Routing.of(parse_emotion("happy:0.7,surprised:0.3"))
     assert mix.expert is None and mix.weights == pytest.approx((0, 0, 0, 0.7, 0, 0.3))
-    for gated in ("sadly surprised", "neutral", "AU6:0.8", "text:a smile", "speech"):
+    compound = Routing.of(parse_emotion("sadly surprised@0.5"))  # the shares, not the intensity
+    assert compound.kind == "shares" and compound.shares == pytest.approx((0, 0, 0, 0, 0.4, 0.6))
+    for gated in ("neutral", "AU6:0.8", "text:a smile", "speech"):
         assert Routing.of(parse_emotion(gated)) == Routing()
+    cpu = torch.device("cpu")
+    both = batch_routing([compound, Routing.of(parse_emotion("happily surprised"))], cpu)
+    assert both["weights"] is None and both["expert"].dtype == torch.float32
+    torch.testing.assert_close(both["expert"], torch.tensor([[0, 0, 0, 0, 0.4, 0.6],
+                                                             [0, 0, 0, 0.4, 0, 0.6]]))
+    assert batch_routing([Routing.of(parse_emotion("sad"))] * 2, cpu) == {"expert": 4,
+                                                                          "weights": None}
+    with pytest.raises(ValueError, match="routed alike"):
+        batch_routing([compound, mix], cpu)
 
 
 def test_timeline_blends_linearly_around_each_switch():

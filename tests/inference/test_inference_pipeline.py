@@ -172,10 +172,22 @@ def test_mixture_weights_replace_the_global_gate(net, spy):
     torch.testing.assert_close(weights, expected)
 
 
-def test_compound_uses_the_learned_gates(net, spy):
+def test_compound_label_runs_its_two_experts_at_its_shares_without_gates(net, spy):
     moe = next(m for m in net.denoiser.modules() if isinstance(m, EmotionMoE))
     spy.watch("global_gate", moe.global_gate)
     run(make_pipeline(net), "sadly surprised", 0.16)
+    ((expert, weights),) = spy.moe
+    assert weights is None
+    expected = torch.tensor([0, 0, 0, 0, 0.4, 0.6]).expand(4, -1)  # one row per frame
+    torch.testing.assert_close(expert, expected)
+    assert spy.experts_run == {4, 5}
+    assert not spy.modules_run["global_gate"]
+
+
+def test_conditions_that_name_no_emotion_use_the_learned_gates(net, spy):
+    moe = next(m for m in net.denoiser.modules() if isinstance(m, EmotionMoE))
+    spy.watch("global_gate", moe.global_gate)
+    run(make_pipeline(net), "text:a broad smile", 0.16)
     assert spy.moe == [(None, None)]
     assert len(spy.modules_run["global_gate"]) == 1
 
@@ -232,7 +244,8 @@ def test_timeline_transition_mixes_expert_weights(net, spy):
 
 @pytest.mark.parametrize("conditions", [("happy", "sad@0.5", "happy"),
                                         ("happy:0.5,sad:0.5", "angry:0.7,fear:0.3"),
-                                        ("happily surprised", "text:a broad smile")])
+                                        ("happily surprised", "sadly fearful"),
+                                        ("text:a broad smile", "AU6:0.8,AU12:1")])
 def test_videos_sampled_together_equal_each_sampled_alone(net, conditions):
     """generate_many: one batched network call per step, each video from its own noise, the
     same frames (to float tolerance) as one generate call per video; guidance on, 2 clips."""
