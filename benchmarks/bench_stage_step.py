@@ -6,7 +6,7 @@ them, side by side in one run: ``net.channels_last`` off, then on. Prints the me
 per step and the ratio. Defaults to the tiny image stage, four fifths of the quickstart's time.
 Needs SynthEmo shards where the config points (``python -m moee quickstart`` writes them).
 
-    python benchmarks/bench_stage_step.py [--config configs/tiny/backbone_image.yaml] [--steps 6]
+    python benchmarks/bench_stage_step.py [--stage configs/tiny/backbone_image.yaml] [--steps 6]
 """
 
 from __future__ import annotations
@@ -44,12 +44,12 @@ def stage_step(config: str, channels_last: bool, batches: list | None):
     return step, batches
 
 
-def main(config: str = "configs/tiny/backbone_image.yaml", steps: int = 6,
+def main(stage: str = "configs/tiny/backbone_image.yaml", steps: int = 6,
          threads: int | None = None) -> None:
     """Print seconds per training step with and without channels-last convolutions.
 
     Args:
-        config: a stage config (``python -m moee fit --config`` takes the same).
+        stage: a stage config (``python -m moee fit --config`` takes the same).
         steps: timed steps per variant (median reported), after one warm-up step.
         threads: torch intra-op threads (default: torch's own choice).
     """
@@ -58,12 +58,12 @@ def main(config: str = "configs/tiny/backbone_image.yaml", steps: int = 6,
     batches, seconds = None, {}
     for channels_last in (False, True):
         torch.manual_seed(0)
-        step, batches = stage_step(config, channels_last, batches)
+        step, batches = stage_step(stage, channels_last, batches)
         seconds[channels_last] = median_time(step, steps)
         print(f"channels_last={channels_last!s:5}  {seconds[channels_last]:.2f} s/step",
               flush=True)
     print(f"channels-last / default: {seconds[True] / seconds[False]:.2f}x "
-          f"({config}, {torch.get_num_threads()} threads)")
+          f"({stage}, {torch.get_num_threads()} threads)")
 
 
 if __name__ == "__main__":

@@ -70,9 +70,10 @@ class MoEENetConfig:
             ``pretrained.SD15_WEIGHTS`` for the real ones).
         fused_moe: run each Emotion MoE's experts as one batched computation.
         gradient_checkpointing: recompute U-Net blocks in backward to save memory.
-        channels_last: keep the convolutions' weights channels-last (NHWC), which oneDNN on
-            CPUs and cuDNN's tensor-core kernels run faster (the tiny image stage: 2.44 ->
-            2.18 s a step on 2 cores); the numbers and the exports are the same.
+        channels_last: keep the convolutions' weights channels-last (NHWC), the layout cuDNN's
+            tensor-core kernels prefer; the numbers and the exports are the same
+            (``benchmarks/bench_stage_step.py`` times a stage both ways: on 2 CPU cores, the
+            tiny image stage's step is within noise of the default layout).
         max_frames: longest clip (frames) the temporal attention's positions cover.
         num_experts: experts per Emotion MoE: ``NUM_EXPERTS`` (the paper), or 1 for the
             "w/o MoE" ablation (one cross-attention on the emotion latents, no gates).
