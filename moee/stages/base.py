@@ -498,3 +498,12 @@ def emotion_inputs(batch: dict[str, Any]) -> EmotionInputs:
     return EmotionInputs(label=emotion["label"], au=emotion["au"],
                          text=[t or None for t in emotion["text"]], speech=emotion["speech"],
                          present=emotion["present"])
+
+
+def emotion_shares(batch: dict[str, Any], device: torch.device) -> torch.Tensor:
+    """(b 6) the basic-emotion weights of the batch's clips' own emotions (one-hot for a basic
+    clip, the compound's shares for a compound, zeros for neutral)."""
+    from moee.emotions import parse_emotion
+
+    return torch.tensor([parse_emotion(name).weights for name in batch["emotion_name"]],
+                        device=device, dtype=torch.float32)

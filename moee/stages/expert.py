@@ -6,8 +6,8 @@ from typing import Any
 
 import torch
 
-from moee.emotions import BASIC_EMOTIONS, canonical_emotion_name, parse_emotion
-from moee.stages.base import DiffusionStage
+from moee.emotions import BASIC_EMOTIONS, canonical_emotion_name
+from moee.stages.base import DiffusionStage, emotion_shares
 
 EMOTION_FIELD = "{emotion}"
 """Placeholder of the expert's emotion in ``export_path`` when several experts train."""
@@ -78,8 +78,7 @@ class ExpertModule(DiffusionStage):
     def expert_shares(self, batch: dict[str, Any]) -> torch.Tensor:
         """(b 6) the share of each expert in each sample: one-hot for a basic clip, the
         compound's shares (summing to 1) for a compound clip."""
-        shares = torch.tensor([parse_emotion(name).weights for name in batch["emotion_name"]],
-                              device=self.device, dtype=torch.float32)
+        shares = emotion_shares(batch, self.device)
         totals = shares.sum(1, keepdim=True)
         if bool((totals == 0).any()):
             raise ValueError("a batch of several experts' training holds a neutral clip, "

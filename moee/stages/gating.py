@@ -9,10 +9,10 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from moee.emotions import BASIC_EMOTIONS, NUM_EXPERTS, parse_emotion
+from moee.emotions import BASIC_EMOTIONS, NUM_EXPERTS
 from moee.models.emotion_latents import MODALITIES, EmotionInputs
 from moee.models.emotion_moe import EmotionMoE
-from moee.stages.base import DiffusionStage, emotion_inputs
+from moee.stages.base import DiffusionStage, emotion_inputs, emotion_shares
 
 log = logging.getLogger(__name__)
 
@@ -181,16 +181,10 @@ class GatingModule(DiffusionStage):
             terms["total"] = terms["total"] + value
         return terms
 
-    def _shares(self, batch: dict[str, Any]) -> torch.Tensor:
-        """(b 6) the basic-emotion weights of the clips' own emotions (whatever modality the
-        sample is conditioned by)."""
-        return torch.tensor([parse_emotion(name).weights for name in batch["emotion_name"]],
-                            device=self.device, dtype=torch.float32)
-
     def _share_targets(self, batch: dict[str, Any]) -> torch.Tensor:
         """(b 6) the clips' emotion shares as distributions (summing to 1): cross-entropy
         targets."""
-        shares = self._shares(batch)
+        shares = emotion_shares(batch, self.device)
         return shares / shares.sum(1, keepdim=True).clamp_min(1e-6)
 
     def routing_loss(self, batch: dict[str, Any]) -> torch.Tensor:
@@ -216,7 +210,7 @@ class GatingModule(DiffusionStage):
         inputs = emotion_inputs(batch)
         present = inputs.presence(self.device)
         intensity = torch.as_tensor(batch["intensity"], device=self.device, dtype=torch.float32)
-        label = self._shares(batch) * intensity[:, None]
+        label = emotion_shares(batch, self.device) * intensity[:, None]
         with torch.no_grad():
             target = self.net.encode_emotion(EmotionInputs(label=label))
         losses = []
