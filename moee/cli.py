@@ -97,7 +97,13 @@ class MoEECLI(LightningCLI):
         model = self._subcommand_config().get("model")
         if model:
             check_weight_paths(model.get("init_args") or {})
-        super().instantiate_classes()
+        try:
+            super().instantiate_classes()
+        except Exception as error:  # jsonargparse wraps what a class raises while it is built
+            cause = user_error_within(error)
+            if cause is None:
+                raise
+            sys.exit(f"error: {cause}")
 
     def before_instantiate_classes(self) -> None:
         """An expert stage trains on its own emotion's clips unless the data config says else."""
@@ -107,6 +113,31 @@ class MoEECLI(LightningCLI):
                 and "emotions" in data.get("init_args", {})
                 and data.init_args.emotions is None):
             data.init_args.emotions = [model.init_args.emotion]
+
+
+def user_errors() -> tuple[type[Exception], ...]:
+    """The errors that are the user's to fix (a missing, corrupt or mismatched file, bad data,
+    a diverged run): the CLI prints their one-line message instead of a traceback."""
+    from moee.data.shards import ShardError
+    from moee.inference.lightning import USER_ERRORS
+    from moee.models.pretrained import MissingWeightsError
+    from moee.stages.base import MissingCheckpointError, StageWeightsError
+    from moee.stages.guard import NonFiniteTrainingError, NonFiniteWeightsError
+    from moee.utils import WriteError
+
+    return (*USER_ERRORS, ShardError, MissingWeightsError, MissingCheckpointError,
+            StageWeightsError, NonFiniteTrainingError, NonFiniteWeightsError, WriteError)
+
+
+def user_error_within(error: BaseException) -> BaseException | None:
+    """The first of :func:`user_errors` in ``error``'s chain of causes, or ``None``."""
+    kinds, seen = user_errors(), set()
+    while error is not None and id(error) not in seen:
+        if isinstance(error, kinds):
+            return error
+        seen.add(id(error))
+        error = error.__cause__ or error.__context__
+    return None
 
 
 def _is_hub_id(source: str) -> bool:
@@ -186,16 +217,7 @@ def main(argv: list[str] | None = None) -> None:
         return
     if command not in LIGHTNING_COMMANDS:
         sys.exit(f"moee: unknown command {command!r}\n\n{usage()}")
-    from moee.data.shards import ShardError
-    from moee.inference.lightning import USER_ERRORS
-    from moee.models.pretrained import MissingWeightsError
-    from moee.stages.base import MissingCheckpointError, StageWeightsError
-    from moee.stages.guard import NonFiniteTrainingError, NonFiniteWeightsError
-    from moee.utils import WriteError
-
     try:
         MoEECLI(args=None if from_command_line else argv)
-    except (*USER_ERRORS, ShardError, MissingWeightsError, MissingCheckpointError,
-            StageWeightsError, NonFiniteTrainingError, NonFiniteWeightsError,
-            WriteError) as error:
+    except user_errors() as error:
         sys.exit(f"error: {error}")

@@ -165,12 +165,28 @@ def check_parallel_exports(paths: list[str | Path]) -> None:
                             "stages must share it, retrain them from one backbone export")
 
 
+class ArchitectureMismatchError(StageWeightsError):
+    """Weights of another network: names it lacks, or tensors of other shapes (e.g. an export
+    of an older preset)."""
+
+
 def load_net_weights(net: MoEENet, path: str | Path, hint: str = "") -> None:
-    """Load (a subset of) MoEENet weights from ``path``; every key must exist in ``net``."""
+    """Load (a subset of) MoEENet weights from ``path``; every key must exist in ``net`` with
+    the same shape (else one-line :class:`ArchitectureMismatchError`)."""
     state = load_weights(path, hint=hint)
-    unknown = sorted(set(state) - set(net.state_dict()))
+    own = net.state_dict()
+    unknown = sorted(set(state) - set(own))
     if unknown:
-        raise KeyError(f"{path}: {len(unknown)} keys are not MoEENet weights, e.g. {unknown[0]}")
+        raise ArchitectureMismatchError(
+            f"{path}: {len(unknown)} tensors are not this network's weights, e.g. {unknown[0]}: "
+            "it was trained for another network; retrain it or build the one it was made for")
+    reshaped = [key for key in sorted(state) if state[key].shape != own[key].shape]
+    if reshaped:
+        key = reshaped[0]
+        raise ArchitectureMismatchError(
+            f"{path}: {len(reshaped)} tensors have other shapes than this network's, e.g. {key} "
+            f"{tuple(state[key].shape)} (this network: {tuple(own[key].shape)}): it was "
+            "trained with other widths; retrain it or build the preset it was made for")
     net.load_state_dict(state, strict=False)
     log.info("loaded %d tensors from %s", len(state), path)
 

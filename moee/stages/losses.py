@@ -108,10 +108,10 @@ def expression_weight_map(landmarks: torch.Tensor, size: tuple[int, int], gain: 
     points = torch.cat([landmarks[..., list(EXPRESSION_LANDMARKS), :], cheeks], -2).float()
     ys = (torch.arange(h, device=points.device, dtype=torch.float32) + 0.5) / h
     xs = (torch.arange(w, device=points.device, dtype=torch.float32) + 0.5) / w
-    dx = xs[None, None, None, :] - points[..., 0, None]  # b f k w
-    dy = ys[None, None, None, :] - points[..., 1, None]  # b f k h
-    d2 = dy[..., :, None] ** 2 + dx[..., None, :] ** 2  # b f k h w
-    bumps = torch.exp(-d2 / (2 * sigma**2)).nan_to_num(0.0).amax(2)  # b f h w
+    # a Gaussian bump is separable, exp(-dy²/2σ²)·exp(-dx²/2σ²): one product per pixel and point
+    bump_x = torch.exp(-(xs - points[..., 0, None]) ** 2 / (2 * sigma**2)).nan_to_num(0.0)
+    bump_y = torch.exp(-(ys - points[..., 1, None]) ** 2 / (2 * sigma**2)).nan_to_num(0.0)
+    bumps = (bump_y[..., :, None] * bump_x[..., None, :]).amax(2)  # b f h w
     return (1 + gain * bumps)[:, :, None]
 
 

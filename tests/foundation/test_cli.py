@@ -103,6 +103,24 @@ def test_weights_of_another_objective_are_one_clear_line(tmp_path):
     assert "set model.init_args.objective to match" in last
 
 
+def test_weights_of_another_architecture_are_one_clear_line(tmp_path):
+    """An export of other widths (e.g. an older tiny preset's) or of another network's names
+    stops the stage in one line, not torch's list of every size mismatch."""
+    import torch
+    from safetensors.torch import save_file
+
+    weights = tmp_path / "runs" / "tiny" / "weights"
+    weights.mkdir(parents=True)
+    save_file({"denoiser.unet.conv_out.bias": torch.zeros(7)}, weights / "backbone.safetensors")
+    last = error_line("expert_sad.yaml", tmp_path)
+    assert last.startswith("error: runs/tiny/weights/backbone.safetensors: 1 tensors have other "
+                           "shapes than this network's, e.g. denoiser.unet.conv_out.bias (7,)")
+    assert "retrain it" in last
+    save_file({"unet.conv_out.bias": torch.zeros(7)}, weights / "backbone.safetensors")
+    last = error_line("expert_sad.yaml", tmp_path)
+    assert "1 tensors are not this network's weights, e.g. unet.conv_out.bias" in last
+
+
 def test_experts_that_disagree_are_one_clear_line(tmp_path):
     """Expert exports that each carry their own Emotion-to-Latents (the old recipe) would hand
     every expert the last one's at load time: the gating stage and ``moee test`` refuse them

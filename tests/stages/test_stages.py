@@ -14,7 +14,7 @@ from moee.inference.pipeline import MoEEPipeline, make_scheduler
 from moee.stages import BackboneModule, ExpertModule, GatingModule
 from moee.stages.base import ExportsDisagreeError, MissingCheckpointError, trained_objective
 from moee.stages.diffusion import DiffusionObjective
-from moee.stages.losses import MoEELoss, expression_weight_map
+from moee.stages.losses import CHEEKS, EXPRESSION_LANDMARKS, MoEELoss, expression_weight_map
 
 
 def light_loss():
@@ -86,6 +86,17 @@ def test_expression_map_weights_the_expressive_landmarks_and_the_loss_against_re
     assert (row, col) in {(11, 3), (11, 4), (12, 3), (12, 4)}  # y=0.75 -> row 12, x=0.25 -> col 4
     assert 3.0 < float(weights.max()) <= 4.0 and float(weights[0, 0, 0, 0, 15]) == 1.0
     torch.testing.assert_close(weights[0, 1], torch.ones(1, 16, 16))  # no finite landmark: 1
+    # every pixel's weight is 1 + gain · the nearest point's Gaussian, here from its definition
+    points = torch.rand(1, 1, 68, 2)
+    centres = (torch.arange(16) + 0.5) / 16
+    pixels = torch.stack(torch.meshgrid(centres, centres, indexing="xy"), -1)  # h w (x, y)
+    map_points = torch.cat([points[0, 0, list(EXPRESSION_LANDMARKS)],
+                            torch.stack([(points[0, 0, a] + points[0, 0, b]) / 2
+                                         for a, b in CHEEKS])])
+    d2 = (pixels[None] - map_points[:, None, None]).square().sum(-1)  # k h w
+    expected_map = 1 + 3.0 * torch.exp(-d2 / (2 * 0.05**2)).amax(0)
+    torch.testing.assert_close(expression_weight_map(points, (16, 16), 3.0, 0.05)[0, 0, 0],
+                               expected_map)
     loss = MoEELoss(pixel_weight=0, expression_weight=3.0, expression_sigma=0.05)
     prediction, target = torch.randn(1, 2, 4, 16, 16), torch.randn(1, 2, 4, 16, 16)
     expected = ((prediction - target).square() * weights).sum() / weights.expand_as(
