@@ -17,6 +17,8 @@ import sys
 
 from lightning.pytorch.cli import LightningCLI
 
+from moee.errors import MoEEError, user_error_within
+
 LIGHTNING_COMMANDS: dict[str, str] = {
     "fit": "train a stage: backbone, one emotion expert, or the gates (--config configs/...)",
     "validate": "run a stage's validation loop on a checkpoint",
@@ -115,31 +117,6 @@ class MoEECLI(LightningCLI):
             data.init_args.emotions = [model.init_args.emotion]
 
 
-def user_errors() -> tuple[type[Exception], ...]:
-    """The errors that are the user's to fix (a missing, corrupt or mismatched file, bad data,
-    a diverged run): the CLI prints their one-line message instead of a traceback."""
-    from moee.data.shards import ShardError
-    from moee.inference.lightning import USER_ERRORS
-    from moee.models.pretrained import MissingWeightsError
-    from moee.stages.base import MissingCheckpointError, StageWeightsError
-    from moee.stages.guard import NonFiniteTrainingError, NonFiniteWeightsError
-    from moee.utils import WriteError
-
-    return (*USER_ERRORS, ShardError, MissingWeightsError, MissingCheckpointError,
-            StageWeightsError, NonFiniteTrainingError, NonFiniteWeightsError, WriteError)
-
-
-def user_error_within(error: BaseException) -> BaseException | None:
-    """The first of :func:`user_errors` in ``error``'s chain of causes, or ``None``."""
-    kinds, seen = user_errors(), set()
-    while error is not None and id(error) not in seen:
-        if isinstance(error, kinds):
-            return error
-        seen.add(id(error))
-        error = error.__cause__ or error.__context__
-    return None
-
-
 def _is_hub_id(source: str) -> bool:
     return re.fullmatch(r"[\w.-]+/[\w.-]+", source) is not None and not os.path.exists(source)
 
@@ -219,5 +196,5 @@ def main(argv: list[str] | None = None) -> None:
         sys.exit(f"moee: unknown command {command!r}\n\n{usage()}")
     try:
         MoEECLI(args=None if from_command_line else argv)
-    except user_errors() as error:
+    except MoEEError as error:
         sys.exit(f"error: {error}")

@@ -24,6 +24,8 @@ import re
 from dataclasses import dataclass, field
 from typing import Literal
 
+from moee.errors import BadInputError
+
 BASIC_EMOTIONS: tuple[str, ...] = ("angry", "disgusted", "fear", "happy", "sad", "surprised")
 """The six basic emotions; this order is the expert index everywhere."""
 NUM_EXPERTS = len(BASIC_EMOTIONS)
@@ -109,7 +111,7 @@ ConditionKind = Literal["neutral", "basic", "compound", "mixture", "au", "text",
 SPEECH_SPECS = ("speech", "audio", "auto")
 
 
-class EmotionSpecError(ValueError):
+class EmotionSpecError(BadInputError, ValueError):
     """An emotion condition that cannot be parsed; the message says what is valid."""
 
 

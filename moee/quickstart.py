@@ -186,12 +186,12 @@ QUICK_PROBES = dict(train_identities=200, frames_per_identity=24, expression_ste
 
 def main(argv: list[str]) -> None:
     """``python -m moee quickstart [--identities N] ...``"""
-    from moee.data.shards import ShardError
+    from moee.errors import MoEEError
     from moee.stages.base import StageWeightsError
 
     try:
         CLI(quickstart, args=argv, prog="moee quickstart")
     except StageWeightsError as error:  # e.g. weights of an older recipe under runs/tiny/weights
         sys.exit(f"error: {error} (python -m moee quickstart --force retrains every stage)")
-    except ShardError as error:  # e.g. a test split without every emotion of each identity
+    except MoEEError as error:  # e.g. a test split without every emotion of each identity
         sys.exit(f"error: {error}")

@@ -17,13 +17,15 @@ from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
+from moee.errors import MoEEError
+
 WRITE_ERRNOS = frozenset({errno.ENOSPC, errno.EDQUOT, errno.EIO, errno.EROFS, errno.EFBIG})
 """Errors of the storage, not of the program: a full disk or quota, a failing device."""
 
 _HOST = re.sub(r"[^A-Za-z0-9]", "_", socket.gethostname()) or "host"
 
 
-class WriteError(OSError):
+class WriteError(MoEEError, OSError):
     """A file that could not be written (disk full, I/O error); the message is one line that
     names the path and the free space. The previous file under that name is unchanged."""
 

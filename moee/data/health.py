@@ -40,6 +40,7 @@ from moee.data.shards import (
     iter_tar_samples,
     read_manifest,
 )
+from moee.errors import MoEEError
 from moee.utils import gather_objects, human_bytes
 
 log = logging.getLogger(__name__)
@@ -399,7 +400,7 @@ def main(argv: list[str]) -> None:
     options = build_parser().parse_args(argv).verify
     try:
         damaged = verify([str(Path(f)) for f in options.folders], not options.sizes_only)
-    except ShardError as error:
+    except MoEEError as error:
         sys.exit(f"error: {error}")
     if damaged:
         sys.exit(1)

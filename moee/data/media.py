@@ -16,6 +16,7 @@ from typing import BinaryIO
 import av
 import numpy as np
 
+from moee.errors import BadInputError
 from moee.utils import atomic_path
 
 VIDEO_FPS = 25
@@ -25,7 +26,7 @@ AUDIO_RATE = 16_000
 SAMPLES_PER_FRAME = AUDIO_RATE // VIDEO_FPS
 
 
-class MediaError(ValueError):
+class MediaError(BadInputError, ValueError):
     """A video or audio input that cannot be used; the message says why in one line."""
 
 

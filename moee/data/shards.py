@@ -42,6 +42,7 @@ from moee.data.media import (
     read_video,
 )
 from moee.emotions import NUM_ACTION_UNITS
+from moee.errors import MoEEError
 from moee.utils import new_temp, replace, storage_errors, write_json
 
 SCHEMA_VERSION = 1
@@ -50,7 +51,7 @@ MANIFEST = "manifest.json"
 REQUIRED_KEYS = ("mp4", "wav", "json", "au.npy", "lmk.npy")
 
 
-class ShardError(ValueError):
+class ShardError(MoEEError, ValueError):
     """A shard or sample that does not follow the schema; the message names it by key."""
 
 

@@ -24,7 +24,7 @@ from moee.demo import forms
 from moee.demo.engine import DemoModel, Request, SessionFiles
 from moee.demo.examples import Example, write_examples
 from moee.emotions import ACTION_UNITS, BASIC_EMOTIONS, EmotionSpecError
-from moee.inference.lightning import USER_ERRORS
+from moee.errors import MoEEError
 from moee.inference.pipeline import SamplerSettings, StepProgress
 
 log = logging.getLogger(__name__)
@@ -169,7 +169,7 @@ class Handlers:
         job = Request(image, audio, emotion or "", sampling, paste_back, detect)
         try:
             result = self.model.generate(job, self.files.folder(session), on_step)
-        except USER_ERRORS as error:
+        except MoEEError as error:
             raise page_error(str(error)) from None
         log.info("%s", result.summary())
         return str(result.video), str(result.strip), result.summary()

@@ -17,6 +17,7 @@ import numpy as np
 from PIL import Image
 
 from moee.data.media import AUDIO_RATE, VIDEO_FPS, MediaError, check_speech, read_audio
+from moee.errors import MoEEError, one_line
 from moee.inference.animate import load_pipeline, stage_weights
 from moee.inference.pipeline import (
     MoEEPipeline,
@@ -26,8 +27,7 @@ from moee.inference.pipeline import (
     prepare_inputs,
 )
 from moee.inference.portrait import InputError, PortraitSettings
-from moee.models.pretrained import MissingWeightsError, Preset
-from moee.stages.base import MissingCheckpointError, StageWeightsError
+from moee.models.pretrained import Preset
 from moee.utils import atomic_path
 
 log = logging.getLogger(__name__)
@@ -121,9 +121,8 @@ class DemoModel:
             try:
                 self.pipeline = load_pipeline(self.weights, net_preset, self.defaults,
                                               device=device, progress=False)
-            except (MissingCheckpointError, MissingWeightsError, StageWeightsError,
-                    InputError) as error:
-                self.status = " ".join(str(error).split())
+            except MoEEError as error:
+                self.status = one_line(error)
 
     @property
     def max_clip_frames(self) -> int:

@@ -22,17 +22,15 @@ from jsonargparse import ArgumentParser
 
 from moee.data.faces import NATIVE_LOGS, DetectorName
 from moee.emotions import BASIC_EMOTIONS
-from moee.inference.lightning import USER_ERRORS
+from moee.errors import MoEEError, one_line
 from moee.inference.pipeline import MoEEPipeline, SamplerName, SamplerSettings, prepare_inputs
 from moee.inference.portrait import InputError, PortraitSettings
 from moee.models.moee_net import MoEENetConfig
 from moee.models.pretrained import (
     PRESETS,
     SD15_WEIGHTS,
-    MissingWeightsError,
     Preset,
 )
-from moee.stages.base import MissingCheckpointError, StageWeightsError
 
 STAGE_FILES = ("backbone", *(f"expert_{e}" for e in BASIC_EMOTIONS), "gating")
 """Stage exports of a weights folder, in loading order."""
@@ -175,8 +173,7 @@ def main(argv: list[str] | None = None) -> None:
                         format="%(message)s")
     try:
         path = animate(**args.as_dict())
-    except (*USER_ERRORS, MissingCheckpointError, MissingWeightsError,
-            StageWeightsError) as error:
-        print(f"error: {' '.join(str(error).split())}", file=sys.stderr)
+    except MoEEError as error:
+        print(f"error: {one_line(error)}", file=sys.stderr)
         sys.exit(1)
     print(path)

@@ -23,8 +23,7 @@ from pathlib import Path
 import lightning as L
 from torch.utils.data import DataLoader
 
-from moee.data.media import MediaError
-from moee.emotions import EmotionSpecError
+from moee.errors import BadInputError
 from moee.inference.pipeline import MoEEPipeline, SamplerSettings
 from moee.inference.portrait import InputError, PortraitSettings
 from moee.models.moee_net import MoEENetConfig
@@ -33,10 +32,6 @@ from moee.stages.diffusion import DiffusionObjective
 from moee.utils import gather_objects
 
 log = logging.getLogger(__name__)
-
-USER_ERRORS = (InputError, MediaError, EmotionSpecError)
-"""Errors that a bad job (not a bug) raises; their messages are one line."""
-
 
 @dataclass
 class AnimationJob:
@@ -154,7 +149,7 @@ class AnimationModule(L.LightningModule):
             try:
                 animation = self.pipeline(job.image, job.audio, job.emotion,
                                           portrait=self.portrait, seed=job.seed)
-            except USER_ERRORS as error:
+            except BadInputError as error:
                 log.error("job %s skipped: %s", job.output, error)
                 results.append({"job": asdict(job), "error": str(error)})
                 continue

@@ -25,11 +25,12 @@ from moee.data.faces import (
     make_detector,
     stable_square_box,
 )
+from moee.errors import BadInputError
 
 ImageSource = str | os.PathLike | bytes | Image.Image | np.ndarray
 
 
-class InputError(ValueError):
+class InputError(BadInputError, ValueError):
     """An input the pipeline cannot animate; the message says why in one line."""
 
 

@@ -29,12 +29,13 @@ from transformers import (
     Wav2Vec2Model,
 )
 
+from moee.errors import MoEEError
 from moee.models.vae import PatchCodec, VideoVAE
 
 Preset = Literal["tiny", "sd15"]
 
 
-class MissingWeightsError(FileNotFoundError):
+class MissingWeightsError(MoEEError, FileNotFoundError):
     """A real checkpoint was asked for and is not where the config points."""
 
 

@@ -24,6 +24,7 @@ from safetensors import SafetensorError, safe_open
 from safetensors.torch import load_file, save_file
 from torch.distributed.tensor import DTensor
 
+from moee.errors import MoEEError
 from moee.launch.fsdp import shard_stage
 from moee.models.emotion_latents import EmotionInputs
 from moee.models.moee_net import PARAMETER_GROUPS, MoEENet, MoEENetConfig, parameter_groups
@@ -35,7 +36,7 @@ from moee.utils import atomic_path
 log = logging.getLogger(__name__)
 
 
-class MissingCheckpointError(FileNotFoundError):
+class MissingCheckpointError(MoEEError, FileNotFoundError):
     """A previous stage's weights that a config names but that do not exist."""
 
 
@@ -70,7 +71,7 @@ def load_weights(path: str | Path, hint: str = "") -> dict[str, torch.Tensor]:
     return {k.removeprefix("net."): v for k, v in state.items() if not k.startswith("loss.")}
 
 
-class StageWeightsError(ValueError):
+class StageWeightsError(MoEEError, ValueError):
     """Stage weights that exist but cannot serve as given; the message is one line that says
     what to do."""
 

@@ -17,14 +17,16 @@ import torch
 from lightning.pytorch.utilities import rank_zero_only
 from torch.distributed.tensor import DTensor
 
+from moee.errors import MoEEError
+
 log = logging.getLogger(__name__)
 
 
-class NonFiniteTrainingError(RuntimeError):
+class NonFiniteTrainingError(MoEEError, RuntimeError):
     """Training stopped after too many steps in a row with a NaN or Inf loss or gradient."""
 
 
-class NonFiniteWeightsError(ValueError):
+class NonFiniteWeightsError(MoEEError, ValueError):
     """Weights holding NaN or Inf that an export refuses to write."""
 
 

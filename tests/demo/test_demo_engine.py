@@ -6,7 +6,7 @@ from __future__ import annotations
 import pytest
 
 from moee.demo.engine import DemoModel, Request, SessionFiles, missing_weights
-from moee.inference.lightning import USER_ERRORS
+from moee.errors import MoEEError
 from moee.inference.pipeline import SamplerSettings
 
 FAST = SamplerSettings(steps=2, clip_frames=4, audio_guidance=1, emotion_guidance=1)
@@ -31,7 +31,7 @@ def request(files, image="astronaut.jpg", audio="speech.wav", emotion="happy", *
         "too-long", "bad-emotion", "bad-timeline"])
 def test_bad_input_is_one_line_and_writes_nothing(demo_model, demo_files, tmp_path, override,
                                                   message):
-    with pytest.raises(USER_ERRORS) as error:
+    with pytest.raises(MoEEError) as error:
         demo_model.generate(request(demo_files, **override), tmp_path / "out")
     assert message in str(error.value) and "\n" not in str(error.value), error.value
     assert str(demo_files) not in str(error.value)  # no server paths on the page
@@ -58,7 +58,7 @@ def test_missing_weights_name_the_command_that_makes_them(tmp_path):
     assert "python -m moee fit --config configs/backbone.yaml" in missing_weights([], "sd15")
     model = DemoModel([str(tmp_path)])
     assert model.pipeline is None and model.describe() == line
-    with pytest.raises(USER_ERRORS, match="make them with `python -m moee quickstart`"):
+    with pytest.raises(MoEEError, match="make them with `python -m moee quickstart`"):
         model.generate(Request("a.png", "b.wav", "happy"), tmp_path / "out")
 
 
