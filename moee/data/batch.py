@@ -11,7 +11,6 @@ the device, so a LightningModule always sees the layout below. Outside Lightning
     motion_frames        (b, 2, 3, H, W) the 2 frames before the window (first frame at clip start)
     reference_is_masked  (b,) bool       reference from masked noisy emotion sampling
     audio                (b, (f + 4) * 640) float32, 16 kHz, 2 frames of context each side
-    audio_features       (b, f + 4, ...) precomputed features (only when every sample has them)
     emotion              dict:
         label            (b, 6)  basic-emotion weights × intensity (BASIC_EMOTIONS order)
         au               (b, 17) mean AU intensities over the window (ACTION_UNITS order)
@@ -55,8 +54,6 @@ def collate(samples: list[dict[str, Any]]) -> dict[str, Any]:
         raise ValueError("cannot collate an empty list of samples")
     batch: dict[str, Any] = {}
     for key, value in samples[0].items():
-        if key == "audio_features" and not all(key in s for s in samples):
-            continue
         if key == "emotion":
             emotions = [s["emotion"] for s in samples]
             batch[key] = {

@@ -47,8 +47,6 @@ MODALITIES = ("label", "au", "text", "speech")
 """The emotion modalities, in the order of ``emotion["present"]``."""
 MNS_REFERENCE = "mnsref.npy"
 MNS_LANDMARKS = "mnslmk.npy"
-AUDIO_FEATURES = "w2v.npy"
-"""Optional precomputed, frame-aligned audio features ``(T, ...)`` stored in a shard."""
 NO_SOURCE = "none"
 """``meta.extra["au_source"]`` / ``["label_source"]`` value of a channel the clip lacks."""
 MASK_FILL = 128
@@ -337,10 +335,6 @@ class ClipSampler:
             "key": clip.key,
             "start_frame": start,
         }
-        if AUDIO_FEATURES in clip.extras:
-            features = clip.extras[AUDIO_FEATURES].astype(np.float32)
-            sample["audio_features"] = torch.from_numpy(
-                window_frames(features, start, f, AUDIO_CONTEXT))
         return sample
 
     def _reference(self, clip: Clip, start: int,

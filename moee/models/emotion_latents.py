@@ -41,7 +41,6 @@ class EmotionInputs:
         speech: (b s) 16 kHz mono waveform whose tone conveys the emotion.
         present: (b 4) bool, which modalities a sample uses, ``MODALITIES`` order; by default
             every given modality (and every non-``None`` text) is present.
-        drop: (b,) bool, replace the condition by the null latent (classifier-free guidance).
     """
 
     label: torch.Tensor | None = None
@@ -49,16 +48,15 @@ class EmotionInputs:
     text: list[str | None] | None = None
     speech: torch.Tensor | None = None
     present: torch.Tensor | None = None
-    drop: torch.Tensor | None = None
 
     def batch_size(self) -> int:
         """Number of samples ``b``."""
-        for value in (self.label, self.au, self.speech, self.present, self.drop):
+        for value in (self.label, self.au, self.speech, self.present):
             if value is not None:
                 return value.shape[0]
         if self.text is not None:
             return len(self.text)
-        raise ValueError("EmotionInputs holds no modality: pass at least one, or `drop`")
+        raise ValueError("EmotionInputs holds no modality: pass at least one")
 
     def presence(self, device: torch.device) -> torch.Tensor:
         """(b 4) bool: which modalities each sample uses (given AND marked present)."""
@@ -196,6 +194,4 @@ class EmotionToLatents(nn.Module):
         kv = self.embeddings.expand(b, -1, -1)
         latents = self.norm(self.attention(queries, kv, kv, need_weights=False)[0])
         use_null = ~present.bool().any(1)
-        if inputs.drop is not None:
-            use_null |= inputs.drop.to(device=device, dtype=torch.bool)
         return torch.where(use_null[:, None, None], self.null(b), latents)

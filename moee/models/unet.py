@@ -345,10 +345,6 @@ class Denoiser(nn.Module):
         }
         unet.set_attn_processor(dict(processors))
 
-    def extras(self, block_name: str) -> BlockExtras:
-        """The :class:`BlockExtras` that follow the transformer block ``block_name``."""
-        return self.blocks[_extras_key(block_name)]
-
     def motion_adapter_key_map(self) -> dict[str, str]:
         """Our temporal module prefix -> the AnimateDiff ``MotionAdapter`` module prefix.
 
@@ -387,11 +383,6 @@ class Denoiser(nn.Module):
             "unused": len(adapter_state) - len(used),
             "missing": len(temporal_missing),
         }
-
-    def set_fused_moe(self, fused: bool) -> None:
-        """Switch every Emotion MoE between the fused and the per-expert loop path."""
-        for extras in self.blocks.values():
-            extras.emotion.fused = fused
 
     def forward(
         self,

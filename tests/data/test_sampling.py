@@ -8,7 +8,6 @@ from moee.data.batch import collate, make_batch, normalize_images
 from moee.data.faces import mouth_mask
 from moee.data.media import SAMPLES_PER_FRAME
 from moee.data.sampling import (
-    AUDIO_FEATURES,
     MOTION_FRAMES,
     SPEECH_FRAMES,
     ClipSampler,
@@ -196,18 +195,16 @@ def test_modalities_are_restricted_and_single(clip):
         SamplingOptions(modalities=["smell"])
 
 
-def test_batch_contract_and_audio_features():
+def test_batch_contract():
     clips = [make_test_clip(emotion="happy", num_frames=12, size=32),
              make_test_clip(name="c1", emotion="happily surprised", num_frames=12, size=32,
                             intensity=0.5)]
-    for c in clips:
-        c.extras[AUDIO_FEATURES] = np.arange(12 * 3, dtype=np.float32).reshape(12, 3)
     batch = make_batch(clips, num_frames=6)
     b, f, size = 2, 6, 32
     shapes = {
         "frames": (b, f, 3, size, size), "reference": (b, 3, size, size),
         "motion_frames": (b, 2, 3, size, size), "reference_is_masked": (b,),
-        "audio": (b, (f + 4) * 640), "audio_features": (b, f + 4, 3),
+        "audio": (b, (f + 4) * 640),
         "emotion_index": (b,), "intensity": (b,), "landmarks": (b, f, 68, 2),
         "au_frames": (b, f, len(ACTION_UNITS)), "mouth_mask": (b, 1, size, size),
         "start_frame": (b,),
@@ -224,17 +221,7 @@ def test_batch_contract_and_audio_features():
     assert batch["frames"].dtype == torch.float32
     assert -1 <= batch["frames"].min() and batch["frames"].max() <= 1
     assert batch["start_frame"].tolist() == [3, 3]  # centred window
-    assert batch["audio_features"][0, 0].tolist() == [3.0, 4.0, 5.0]  # frame 1 (context)
-    assert batch["audio_features"][0, 2].tolist() == [9.0, 10.0, 11.0]  # frame 3
     assert batch["key"] == [c.key for c in clips] and batch["identity"] == ["id0", "id0"]
-
-
-def test_collate_drops_features_missing_in_some_samples():
-    with_features = make_test_clip(num_frames=8, size=32)
-    with_features.extras[AUDIO_FEATURES] = np.zeros((8, 2), dtype=np.float32)
-    sampler = ClipSampler(SamplingOptions.evaluation(4))
-    batch = collate(sampler(with_features) + sampler(make_test_clip(num_frames=8, size=32)))
-    assert "audio_features" not in batch
 
 
 def test_resize_to_image_size():

@@ -49,7 +49,8 @@ def test_emotion_latents_modalities(tiny_net):
     torch.testing.assert_close(to_latents(masked), to_latents(EmotionInputs(label=label)))
     nothing = EmotionInputs(label=label, present=torch.zeros(2, 4, dtype=torch.bool))
     torch.testing.assert_close(to_latents(nothing), to_latents.null(2))
-    dropped = to_latents(EmotionInputs(label=label, drop=torch.tensor([True, False])))
+    one_dropped = EmotionInputs(label=label, present=torch.tensor([[0, 0, 0, 0], [1, 0, 0, 0]]))
+    dropped = to_latents(one_dropped)
     torch.testing.assert_close(dropped[0], to_latents.null(1)[0])
     torch.testing.assert_close(dropped[1], to_latents(EmotionInputs(label=label))[1])
 
