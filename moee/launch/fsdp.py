@@ -1,48 +1,27 @@
-"""FSDP2 for the MoEE stages: :class:`FSDP2Strategy` and the sharding plan of :func:`shard_stage`.
+"""FSDP2 for the MoEE stages: :class:`FSDP2Strategy`.
 
 ``FSDP2Strategy`` is Lightning's ``ModelParallelStrategy`` (FSDP2 / DTensor, CPU and GPU) with
 MoEE's defaults — all processes in one data-parallel dimension, bf16 parameters with fp32
 gradient reduction, activation checkpointing — checkpoint loading that accepts the stages'
 partial checkpoints, and sharded checkpoint folders written atomically (a failed save keeps
-the previous folder). ``DiffusionStage.configure_model`` calls :func:`shard_stage`.
+the previous folder). ``DiffusionStage.configure_model`` shards the network with the
+strategy's options.
 
-The sharding plan (:func:`shard_network`). FSDP2 gathers a unit's parameters when the unit is
-*called*, and a root unit must run before the units inside it; the stages call the VAE,
-``encode_reference`` and ``encode_audio`` before ``MoEENet.forward``, so ``MoEENet`` itself is
-no unit. Instead there are four roots, each called on its own:
-
-* ``denoiser`` and ``reference_net``, with every down / mid / up block of their U-Nets — and,
-  in the denoiser, each :class:`~moee.models.unet.BlockExtras` (audio attention, Emotion MoE,
-  temporal attention) — as units inside (parameters are all-gathered only while a block runs);
-* ``audio_projection``;
-* ``emotion_to_latents`` without resharding after forward, since ``MoEENet.forward`` reads its
-  null latent (classifier-free guidance) after calling it.
-
-The frozen pretrained encoders (VAE, CLIP image encoder, wav2vec2, T5, speech-emotion encoder)
-are *not* sharded: they hold no gradients or optimizer state, are small next to the U-Nets, and
-are called as methods (``vae.encode``) that FSDP2 cannot hook. Frozen U-Net weights of stages 2
-and 3 *are* sharded — 1/N of them per rank — but have ``requires_grad=False``, so FSDP2 neither
-allocates nor reduce-scatters gradients for them, and the optimizer receives only the trained
-parameters (``DiffusionStage.trained_parameters``): optimizer state exists for the trained
-groups alone, sharded like their parameters.
+The sharding plan itself sits beside the network (:mod:`moee.models.sharding`).
 """
 
 from __future__ import annotations
 
 import shutil
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Literal
+from typing import Any, Literal
 
 import torch
 from lightning.pytorch.strategies import ModelParallelStrategy
-from torch.distributed.device_mesh import DeviceMesh
-from torch.distributed.fsdp import FSDPModule, MixedPrecisionPolicy, fully_shard
+from torch.distributed.fsdp import MixedPrecisionPolicy
 
 from moee.launch.checkpoints import is_local
 from moee.utils import new_temp, replace, storage_errors
-
-if TYPE_CHECKING:
-    from moee.stages.base import DiffusionStage
 
 DType = Literal["float32", "bfloat16", "float16"] | None
 
@@ -141,43 +120,3 @@ class FSDP2Strategy(ModelParallelStrategy):
 
 def _dtype(name: DType) -> torch.dtype | None:
     return None if name is None else getattr(torch, name)
-
-
-def shard_stage(stage: DiffusionStage) -> None:
-    """Apply FSDP2 to ``stage.net`` over the data-parallel mesh of its strategy (idempotent).
-
-    Options come from the trainer's :class:`FSDP2Strategy` (a plain ``ModelParallelStrategy``
-    gets fp32 and no activation checkpointing). The stage moves to the strategy's device first:
-    ``ModelParallelStrategy`` moves nothing itself, and unsharded parts (frozen encoders, the
-    loss networks) must sit on the device too.
-    """
-    if isinstance(stage.net.denoiser, FSDPModule):
-        return
-    if stage.ema is not None:
-        raise NotImplementedError("EMA (model.init_args.ema_decay) is not supported with FSDP2; "
-                                  "train with strategy ddp or without EMA")
-    strategy = stage.trainer.strategy
-    options = {"mp_policy": getattr(strategy, "mixed_precision", MixedPrecisionPolicy()),
-               "reshard_after_forward": getattr(strategy, "reshard_after_forward", True)}
-    if getattr(strategy, "activation_checkpointing", False):
-        stage.net.set_gradient_checkpointing(True)
-    stage.to(strategy.root_device)
-    shard_network(stage.net, stage.device_mesh["data_parallel"], **options)
-
-
-def shard_network(net: torch.nn.Module, mesh: DeviceMesh, **options: Any) -> None:
-    """The sharding plan of :class:`~moee.models.moee_net.MoEENet` (see the module docstring).
-
-    ``options`` go to every ``fully_shard`` call (``mp_policy``, ``reshard_after_forward``).
-    """
-    for unet in (net.denoiser.unet, net.reference_net.unet):
-        for block in (*unet.down_blocks, unet.mid_block, *unet.up_blocks):
-            fully_shard(block, mesh=mesh, **options)
-    for extras in net.denoiser.blocks.values():
-        fully_shard(extras, mesh=mesh, **options)
-    for root in (net.denoiser, net.reference_net, net.audio_projection):
-        fully_shard(root, mesh=mesh, **options)
-    latents = net.emotion_to_latents
-    frozen = {p for m in (latents.text_encoder, latents.speech_encoder) for p in m.parameters()}
-    fully_shard(latents, mesh=mesh, ignored_params=frozen,
-                **{**options, "reshard_after_forward": False})

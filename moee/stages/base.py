@@ -22,12 +22,13 @@ import torch
 from lightning.pytorch.cli import LRSchedulerCallable, OptimizerCallable
 from safetensors import SafetensorError, safe_open
 from safetensors.torch import load_file, save_file
+from torch.distributed.fsdp import FSDPModule, MixedPrecisionPolicy
 from torch.distributed.tensor import DTensor
 
 from moee.errors import MoEEError
-from moee.launch.fsdp import shard_stage
 from moee.models.emotion_latents import EmotionInputs
 from moee.models.moee_net import PARAMETER_GROUPS, MoEENet, MoEENetConfig, parameter_groups
+from moee.models.sharding import shard_network
 from moee.stages.diffusion import DiffusionObjective
 from moee.stages.guard import NonFiniteGuard, check_finite
 from moee.stages.losses import MoEELoss
@@ -319,9 +320,26 @@ class DiffusionStage(L.LightningModule):
 
     def configure_model(self) -> None:
         """FSDP2: shard the network when a ``ModelParallelStrategy`` provides a device mesh
-        (``configs/trainer/fsdp.yaml``; plan in :mod:`moee.launch.fsdp`); otherwise nothing."""
-        if self.device_mesh is not None:
-            shard_stage(self)
+        (``configs/trainer/fsdp.yaml``; plan in :mod:`moee.models.sharding`), once; otherwise
+        nothing.
+
+        Options come from the trainer's :class:`~moee.launch.fsdp.FSDP2Strategy` (a plain
+        ``ModelParallelStrategy`` gets fp32 and no activation checkpointing). The stage moves
+        to the strategy's device first: ``ModelParallelStrategy`` moves nothing itself, and
+        unsharded parts (frozen encoders, the loss networks) must sit on the device too.
+        """
+        if self.device_mesh is None or isinstance(self.net.denoiser, FSDPModule):
+            return
+        if self.ema is not None:
+            raise NotImplementedError("EMA (model.init_args.ema_decay) is not supported with "
+                                      "FSDP2; train with strategy ddp or without EMA")
+        strategy = self.trainer.strategy
+        options = {"mp_policy": getattr(strategy, "mixed_precision", MixedPrecisionPolicy()),
+                   "reshard_after_forward": getattr(strategy, "reshard_after_forward", True)}
+        if getattr(strategy, "activation_checkpointing", False):
+            self.net.set_gradient_checkpointing(True)
+        self.to(strategy.root_device)
+        shard_network(self.net, self.device_mesh["data_parallel"], **options)
 
     def configure_callbacks(self) -> list[L.Callback]:
         """The stage's own callbacks: the NaN/Inf step guard."""

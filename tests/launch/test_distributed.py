@@ -19,7 +19,8 @@ from torch.distributed.tensor import DTensor
 from moee.data.batch import make_batch
 from moee.data.datamodule import MoEEDataModule
 from moee.data.testclips import make_test_clip
-from moee.launch.fsdp import FSDP2Strategy, shard_network
+from moee.launch.fsdp import FSDP2Strategy
+from moee.models.sharding import shard_network
 from moee.stages import ExpertModule
 from moee.stages.losses import MoEELoss
 
