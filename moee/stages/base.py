@@ -24,6 +24,7 @@ from safetensors import SafetensorError, safe_open
 from safetensors.torch import load_file, save_file
 from torch.distributed.fsdp import FSDPModule, MixedPrecisionPolicy
 from torch.distributed.tensor import DTensor
+from torch.optim.swa_utils import get_ema_multi_avg_fn
 
 from moee.errors import MoEEError
 from moee.models.emotion_latents import EmotionInputs
@@ -194,17 +195,28 @@ def load_net_weights(net: MoEENet, path: str | Path, hint: str = "") -> None:
 
 
 class ExponentialMovingAverage:
-    """EMA shadows of the trainable parameters only (frozen ones never change)."""
+    """EMA shadows of the trainable parameters only (frozen ones never change), updated by
+    torch's own EMA function (``torch.optim.swa_utils.get_ema_multi_avg_fn``)."""
 
     def __init__(self, parameters: dict[str, torch.nn.Parameter], decay: float) -> None:
         self.decay = decay
         self.shadow = {name: p.detach().clone() for name, p in parameters.items()}
+        self._average = get_ema_multi_avg_fn(decay)
 
     @torch.no_grad()
     def update(self, parameters: dict[str, torch.nn.Parameter]) -> None:
         """shadow ← decay·shadow + (1 − decay)·param."""
-        for name, p in parameters.items():
-            self.shadow[name].lerp_(p.detach(), 1 - self.decay)
+        self._average(list(self.shadow.values()),
+                      [parameters[name].detach() for name in self.shadow], None)
+
+    @torch.no_grad()
+    def swap(self, parameters: dict[str, torch.nn.Parameter]) -> None:
+        """Exchange the live weights with their shadows (a second call swaps them back), so
+        that validation measures the weights the stage exports (sgm's ``ema_scope``)."""
+        for name, shadow in self.shadow.items():
+            live = parameters[name].detach().clone()
+            parameters[name].copy_(shadow)
+            shadow.copy_(live)
 
 
 class DiffusionStage(L.LightningModule):
@@ -421,6 +433,15 @@ class DiffusionStage(L.LightningModule):
                       batch_size=b)
         self.log("loss", terms["total"], prog_bar=True, logger=False, batch_size=b)
         return terms["total"]
+
+    def on_validation_start(self) -> None:
+        """Validate the EMA weights when there are some (they are what the stage exports)."""
+        if self.ema is not None:
+            self.ema.swap(self.trained_parameters())
+
+    def on_validation_end(self) -> None:
+        if self.ema is not None:  # training goes on with the live weights
+            self.ema.swap(self.trained_parameters())
 
     def validation_step(self, batch: dict[str, Any], batch_idx: int) -> None:
         generator = torch.Generator(self.device).manual_seed(batch_idx)

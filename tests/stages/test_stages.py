@@ -335,3 +335,26 @@ def test_checkpoint_holds_only_trained_weights_and_resume_continues(tmp_path, ba
     assert again.global_step == 4
     adam_state = again.optimizers[0].state_dict()["state"]
     assert all(int(s["step"]) == 4 for s in adam_state.values())
+
+
+def test_ema_shadows_the_trained_weights_and_validation_measures_them(batch):
+    module = ExpertModule(emotion="sad", loss=light_loss(), ema_decay=0.5)
+    optimizer = module.configure_optimizers()
+    params = module.trained_parameters()
+    expected = {name: p.detach().clone() for name, p in params.items()}
+    for _ in range(2):
+        optimizer.zero_grad()
+        module.diffusion_step(batch)["total"].backward()
+        optimizer.step()
+        module.on_train_batch_end(None, batch, 0)
+        expected = {name: 0.5 * expected[name] + 0.5 * params[name].detach() for name in params}
+    for name in params:
+        torch.testing.assert_close(module.ema.shadow[name], expected[name])
+        torch.testing.assert_close(module.exported_weights()[name], expected[name])
+    live = {name: p.detach().clone() for name, p in params.items()}
+    assert any(not torch.equal(live[name], expected[name]) for name in params)
+    module.on_validation_start()  # validation runs on the weights the stage exports
+    assert all(torch.equal(params[name], expected[name]) for name in params)
+    module.on_validation_end()  # and training goes on with its own
+    assert all(torch.equal(params[name], live[name]) for name in params)
+    torch.testing.assert_close(module.ema.shadow, expected)
