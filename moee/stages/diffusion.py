@@ -82,19 +82,19 @@ class DiffusionObjective:
 
     def add_noise(self, latents: torch.Tensor, noise: torch.Tensor,
                   timesteps: torch.Tensor) -> torch.Tensor:
-        """z_t = sqrt(ᾱ_t) z_0 + sqrt(1 − ᾱ_t) ε, for (b, ...) latents and (b,) timesteps."""
-        a, s = self._alphas(timesteps, latents)
-        return a * latents + s * noise
+        """z_t = sqrt(ᾱ_t) z_0 + sqrt(1 − ᾱ_t) ε, for (b, ...) latents and (b,) timesteps
+        (the scheduler's own ``add_noise``)."""
+        return self.scheduler.add_noise(latents, noise, timesteps)
 
     def target(self, latents: torch.Tensor, noise: torch.Tensor,
                timesteps: torch.Tensor) -> torch.Tensor:
-        """What the network regresses: ε, z_0, or v = sqrt(ᾱ) ε − sqrt(1 − ᾱ) z_0."""
+        """What the network regresses: ε, z_0, or v = sqrt(ᾱ) ε − sqrt(1 − ᾱ) z_0 (the
+        scheduler's ``get_velocity``)."""
         if self.prediction_type == "epsilon":
             return noise
         if self.prediction_type == "sample":
             return latents
-        a, s = self._alphas(timesteps, latents)
-        return a * noise - s * latents
+        return self.scheduler.get_velocity(latents, noise, timesteps)
 
     def predict_x0(self, noisy: torch.Tensor, prediction: torch.Tensor,
                    timesteps: torch.Tensor) -> torch.Tensor:
