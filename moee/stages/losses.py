@@ -16,6 +16,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 from torchvision.models import vgg19
+from torchvision.models.feature_extraction import create_feature_extractor
 
 from moee.models.pretrained import MissingWeightsError
 
@@ -45,8 +46,9 @@ class VGGPerceptual(nn.Module):
         net = vgg19()
         if weights != "random":
             net.load_state_dict(_load_vgg_state(weights))
-        self.features = net.features[: VGG_LAYERS[depth - 1] + 1].eval().requires_grad_(False)
-        self.taps = VGG_LAYERS[:depth]
+        taps = {f"features.{index}": f"features.{index}" for index in VGG_LAYERS[:depth]}
+        self.features = create_feature_extractor(net, return_nodes=taps).eval()
+        self.features.requires_grad_(False)
         self.register_buffer("mean", torch.tensor(IMAGENET_MEAN).view(1, 3, 1, 1))
         self.register_buffer("std", torch.tensor(IMAGENET_STD).view(1, 3, 1, 1))
 
@@ -57,14 +59,12 @@ class VGGPerceptual(nn.Module):
     def forward(self, prediction: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
         """Images (n 3 H W) in [-1, 1] -> perceptual distance per image (n,)."""
         x = torch.cat([prediction, target])
-        x = ((x + 1) / 2 - self.mean) / self.std
+        taps = self.features(((x + 1) / 2 - self.mean) / self.std)
         distance = x.new_zeros(prediction.shape[0])
-        for index, layer in enumerate(self.features):
-            x = layer(x)
-            if index in self.taps:
-                predicted, real = x.chunk(2)
-                distance = distance + (predicted - real).square().flatten(1).mean(1)
-        return distance / len(self.taps)
+        for activation in taps.values():
+            predicted, real = activation.chunk(2)
+            distance = distance + (predicted - real).square().flatten(1).mean(1)
+        return distance / len(taps)
 
 
 def _load_vgg_state(weights: str) -> dict[str, torch.Tensor]:

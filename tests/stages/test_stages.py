@@ -7,6 +7,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 from safetensors.torch import load_file, save_file
+from torchvision.models import vgg19
 
 from moee.data.batch import make_batch
 from moee.data.testclips import make_test_clip
@@ -65,7 +66,9 @@ def test_loss_terms_against_reference():
     w = torch.tensor([1.0, 0.25])
     terms = loss(prediction, target, decoded, frames, w)
     l1 = ((decoded - frames).abs().mean((1, 2, 3, 4)) * w).mean()
-    features = loss.perceptual.features
+    features = vgg19().features[:4]  # relu1_2, the loss's one tap here, with its weights
+    features.load_state_dict({key.removeprefix("features."): value for key, value
+                              in loss.perceptual.features.state_dict().items()})
     normalise = loss.perceptual
     a = features(((decoded[:, 0] + 1) / 2 - normalise.mean) / normalise.std)
     b = features(((frames[:, 0] + 1) / 2 - normalise.mean) / normalise.std)
