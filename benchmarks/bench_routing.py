@@ -23,9 +23,10 @@ from moee.data.shards import ShardError
 from moee.emotions import BASIC_EMOTIONS, COMPOUND_EMOTIONS, parse_emotion
 from moee.models.emotion_latents import MODALITIES
 from moee.models.emotion_moe import EmotionMoE
+from moee.models.objective import DiffusionObjective
+from moee.models.weights import StageWeightsError
 from moee.stages import GatingModule
-from moee.stages.base import StageWeightsError, emotion_inputs
-from moee.stages.diffusion import DiffusionObjective
+from moee.stages.base import emotion_inputs
 from moee.stages.gating import only_modality
 from moee.stages.losses import MoEELoss
 

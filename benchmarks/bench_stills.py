@@ -32,8 +32,8 @@ from moee.inference.conditions import emotion_inputs
 from moee.inference.pipeline import Guidance, MoEEPipeline, SamplerSettings
 from moee.metrics.probe_judge import ProbeJudge
 from moee.models.moee_net import MoEENetConfig
+from moee.models.weights import StageWeightsError
 from moee.showcase import Person, held_out_people, to_image_tensor
-from moee.stages.base import StageWeightsError
 
 
 @torch.no_grad()

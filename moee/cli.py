@@ -126,13 +126,13 @@ def check_weight_paths(init_args) -> None:
     or a local ``net.weights`` folder are missing (hub ids are left to ``from_pretrained``),
     or when they cannot serve (:class:`~moee.stages.base.StageWeightsError`: corrupt, trained
     with another diffusion objective than the stage's, experts that disagree)."""
-    from moee.stages.base import (
+    from moee.models.objective import DiffusionObjective
+    from moee.models.weights import (
         StageWeightsError,
         check_objective,
         check_parallel_exports,
         trained_objective,
     )
-    from moee.stages.diffusion import DiffusionObjective
 
     objective = init_args.get("objective")
     objective = DiffusionObjective(**dict(objective.get("init_args") or {})) if objective \

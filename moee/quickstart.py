@@ -187,7 +187,7 @@ QUICK_PROBES = dict(train_identities=200, frames_per_identity=24, expression_ste
 def main(argv: list[str]) -> None:
     """``python -m moee quickstart [--identities N] ...``"""
     from moee.errors import MoEEError
-    from moee.stages.base import StageWeightsError
+    from moee.models.weights import StageWeightsError
 
     try:
         CLI(quickstart, args=argv, prog="moee quickstart")

@@ -27,8 +27,8 @@ from moee.errors import BadInputError
 from moee.inference.pipeline import MoEEPipeline, SamplerSettings
 from moee.inference.portrait import InputError, PortraitSettings
 from moee.models.moee_net import MoEENetConfig
+from moee.models.objective import DiffusionObjective
 from moee.reports import SKIPPED_JOBS, BatchReport
-from moee.stages.diffusion import DiffusionObjective
 from moee.utils import gather_objects
 
 log = logging.getLogger(__name__)

@@ -56,8 +56,8 @@ from moee.inference.portrait import (
     prepare_portrait,
 )
 from moee.models.moee_net import MoEENet, MoEENetConfig
-from moee.stages.base import check_parallel_exports, load_net_weights, trained_objective
-from moee.stages.diffusion import DiffusionObjective
+from moee.models.objective import DiffusionObjective
+from moee.models.weights import check_parallel_exports, load_net_weights, trained_objective
 from moee.utils import atomic_path
 
 log = logging.getLogger(__name__)

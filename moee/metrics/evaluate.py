@@ -54,9 +54,9 @@ from moee.metrics.sync import LipSync
 from moee.metrics.synthemo import synthemo_suite
 from moee.metrics.tables import write_tables
 from moee.models.moee_net import MoEENet, MoEENetConfig
+from moee.models.objective import DiffusionObjective
+from moee.models.weights import trained_objective
 from moee.reports import BatchReport
-from moee.stages.base import trained_objective
-from moee.stages.diffusion import DiffusionObjective
 
 log = logging.getLogger(__name__)
 

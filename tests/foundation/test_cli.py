@@ -91,8 +91,8 @@ def error_line(config: str, cwd: Path, command: str = "fit") -> str:
 
 
 def test_weights_of_another_objective_are_one_clear_line(tmp_path):
+    from moee.models.objective import DiffusionObjective
     from moee.stages import BackboneModule
-    from moee.stages.diffusion import DiffusionObjective
     from moee.stages.losses import MoEELoss
 
     export = tmp_path / "runs" / "tiny" / "weights" / "backbone.safetensors"
@@ -143,3 +143,10 @@ def test_experts_that_disagree_are_one_clear_line(tmp_path):
         last = error_line(config, tmp_path, command=command)
         assert last.startswith("error: runs/tiny/weights/expert_angry.safetensors and ")
         assert "emotion_to_latents.null_latent" in last and "one backbone export" in last
+
+
+def test_animate_runs_without_lightning():
+    """Sampling needs the network and its weights, not the training framework."""
+    probe = ("import sys, moee.inference.animate, moee.inference.pipeline; "
+             "sys.exit(int(any(name.split('.')[0] == 'lightning' for name in sys.modules)))")
+    assert subprocess.run([sys.executable, "-c", probe], timeout=120).returncode == 0

@@ -8,7 +8,7 @@ from moee.emotions import EmotionSpecError, parse_emotion
 from moee.errors import BadInputError, MoEEError, one_line, user_error_within
 from moee.inference.portrait import InputError
 from moee.models.pretrained import MissingWeightsError
-from moee.stages.base import MissingCheckpointError, StageWeightsError
+from moee.models.weights import MissingCheckpointError, StageWeightsError
 from moee.stages.guard import NonFiniteTrainingError, NonFiniteWeightsError
 from moee.utils import WriteError
 

@@ -21,7 +21,7 @@ from moee.inference.portrait import (
     load_image,
     prepare_portrait,
 )
-from moee.stages.diffusion import DiffusionObjective
+from moee.models.objective import DiffusionObjective
 
 
 def _encoded(image: Image.Image, fmt: str, **kwargs) -> bytes:

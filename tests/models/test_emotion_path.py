@@ -12,7 +12,7 @@ from moee.data.synth.generator import ClipConfig, make_clip
 from moee.emotions import BASIC_EMOTIONS
 from moee.models.emotion_latents import EmotionInputs
 from moee.models.moee_net import MoEENet
-from moee.stages.diffusion import DiffusionObjective
+from moee.models.objective import DiffusionObjective
 
 FRAMES = 2
 
