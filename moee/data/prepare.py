@@ -19,6 +19,7 @@ with a summary and the folder's ``manifest.json``. Layouts: see ``data/*.md``.
 from __future__ import annotations
 
 import csv
+import itertools
 import json
 import logging
 import multiprocessing
@@ -217,36 +218,36 @@ def _probe(path: str) -> tuple[float, int | None]:
 
 
 def stream_frames(path: str, chunk: int) -> Iterator[np.ndarray]:
-    """Decode a video resampled to 25 fps (nearest frame), in chunks of ``chunk`` frames."""
-    step = 1.0 / VIDEO_FPS
+    """Decode a video resampled to 25 fps by FFmpeg's ``fps`` filter (the nearest frame to each
+    output instant, duplicated or dropped), as RGB, in chunks of ``chunk`` frames."""
     buffer: list[np.ndarray] = []
-    emitted = 0
-    previous: tuple[float, np.ndarray] | None = None
     try:
         with av.open(path) as container:
             stream = container.streams.video[0]
             stream.thread_type = "AUTO"
-            half = 0.5 / float(stream.average_rate or VIDEO_FPS)
-            for frame in container.decode(stream):
-                now = float(frame.time if frame.time is not None else emitted * step)
-                if previous is not None:
-                    boundary = (previous[0] + now) / 2
-                    while emitted * step < boundary:
-                        buffer.append(previous[1])
-                        emitted += 1
-                previous = (now, frame.to_ndarray(format="rgb24"))
-                if len(buffer) >= chunk:
-                    yield np.stack(buffer[:chunk])
-                    buffer = buffer[chunk:]
-            if previous is not None:
-                while emitted * step < previous[0] + half or not emitted:
-                    buffer.append(previous[1])
-                    emitted += 1
+            graph = av.filter.Graph()
+            graph.link_nodes(graph.add_buffer(template=stream),
+                             graph.add("fps", f"fps={VIDEO_FPS}"),
+                             graph.add("format", "rgb24"), graph.add("buffersink")).configure()
+            for frame in itertools.chain(container.decode(stream), [None]):  # None: flush
+                graph.vpush(frame)
+                while (resampled := _pulled(graph)) is not None:
+                    buffer.append(resampled.to_ndarray())
+                    if len(buffer) == chunk:
+                        yield np.stack(buffer)
+                        buffer = []
     except av.error.FFmpegError as error:
         raise Skip("unreadable video", f"{path}: {error}") from None
-    while buffer:
-        yield np.stack(buffer[:chunk])
-        buffer = buffer[chunk:]
+    if buffer:
+        yield np.stack(buffer)
+
+
+def _pulled(graph: av.filter.Graph) -> av.VideoFrame | None:
+    """The filter graph's next output frame, or ``None`` until more input (or at the end)."""
+    try:
+        return graph.vpull()
+    except (av.error.BlockingIOError, av.error.EOFError):
+        return None
 
 
 @dataclass

@@ -10,7 +10,7 @@ import torch
 from moee.data.annotate import TorchScriptAUExtractor, describe_emotion
 from moee.data.faces import HaarFaceDetector, MediaPipeFaceDetector
 from moee.data.media import encode_wav, write_mp4
-from moee.data.prepare import PrepareConfig, discover, main, prepare_dataset
+from moee.data.prepare import PrepareConfig, discover, main, prepare_dataset, stream_frames
 from moee.data.shards import decode_clip, iter_raw_samples, read_manifest, shard_urls
 from moee.emotions import ACTION_UNITS
 
@@ -61,6 +61,24 @@ CONFIG = PrepareConfig(size=96, min_frames=8, mns_refs=2, shard_size=2, crf=23)
 def noise_frames(frames: int = FRAMES) -> np.ndarray:
     rng = np.random.default_rng(0)
     return rng.integers(0, 255, (frames, 64, 64, 3), dtype=np.uint8)
+
+
+@pytest.mark.parametrize(("fps", "frames", "expected"), [(50, 40, 20), (30, 30, 25), (25, 12, 12),
+                                                         (10, 10, 25)])
+def test_videos_are_resampled_to_25_fps_from_the_nearest_frames(fps, frames, expected, tmp_path):
+    """Frame k is grey level 5k. FFmpeg's fps filter starts source frame k at output slot
+    round(k · 25 / fps) and shows the latest started frame in each slot: frames are
+    duplicated (10 fps) or dropped (50, 30 fps) and the length stays the duration."""
+    grey = np.arange(frames) * 5
+    video = write_video(tmp_path / "v.mp4", np.repeat(grey, 32 * 32 * 3).reshape(
+        frames, 32, 32, 3).astype(np.uint8), fps=fps)
+    chunks = list(stream_frames(str(video), chunk=8))
+    assert [len(c) for c in chunks[:-1]] == [8] * (len(chunks) - 1)
+    out = np.concatenate(chunks)
+    assert len(out) == expected
+    source = np.abs(out.mean((1, 2, 3))[:, None] - grey[None]).argmin(1)  # which frame shows
+    starts = np.floor(np.arange(frames) * 25 / fps + 0.5)
+    assert source.tolist() == (np.searchsorted(starts, np.arange(expected), "right") - 1).tolist()
 
 
 def test_layouts_are_discovered(tmp_path):
