@@ -39,11 +39,10 @@ FPS = 25
 
 def build(variant: str, preset: Preset, device: torch.device) -> MoEENet:
     """The network of one variant on ``device``."""
-    net = MoEENet(MoEENetConfig(preset=preset)).eval().to(device)
+    net = MoEENet(MoEENetConfig(preset=preset, channels_last="+cl" in variant)).eval()
+    net.to(device)
     if variant.startswith("bf16"):
         net.to(torch.bfloat16)
-    if "+cl" in variant:
-        net.to(memory_format=torch.channels_last)
     if variant.endswith("compile"):
         net.denoiser.unet = torch.compile(net.denoiser.unet)
     return net

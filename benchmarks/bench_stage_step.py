@@ -23,7 +23,7 @@ from moee.cli import MoEECLI  # noqa: E402
 
 
 def stage_step(config: str, channels_last: bool, batches: list | None):
-    """(step function, the batches it cycles through) for the stage of ``config``."""
+    """(step function, the batches it cycles through, the stage) for the stage of ``config``."""
     cli = MoEECLI(run=False, args=[
         "--config", config, "--model.init_args.export_path", "null",
         "--model.init_args.net.channels_last", str(channels_last).lower(),
@@ -41,7 +41,7 @@ def stage_step(config: str, channels_last: bool, batches: list | None):
         module.diffusion_step(batches[next(turn) % len(batches)])["total"].backward()
         optimizer.step()
 
-    return step, batches
+    return step, batches, module
 
 
 def main(stage: str = "configs/tiny/backbone_image.yaml", steps: int = 6,
@@ -58,7 +58,7 @@ def main(stage: str = "configs/tiny/backbone_image.yaml", steps: int = 6,
     batches, seconds = None, {}
     for channels_last in (False, True):
         torch.manual_seed(0)
-        step, batches = stage_step(stage, channels_last, batches)
+        step, batches, _ = stage_step(stage, channels_last, batches)
         seconds[channels_last] = median_time(step, steps)
         print(f"channels_last={channels_last!s:5}  {seconds[channels_last]:.2f} s/step",
               flush=True)
