@@ -23,9 +23,9 @@ from diffusers import MotionAdapter, UNet2DConditionModel, UNetMotionModel
 from jsonargparse import CLI
 from timing import median_time
 
+from moee.models.attention import DenoiserContext
 from moee.models.moee_net import MoEENet, MoEENetConfig
 from moee.models.pretrained import PRESETS, Preset
-from moee.models.unet import DenoiserContext
 
 
 def training_step(module: torch.nn.Module, forward):

@@ -16,6 +16,7 @@ from torch import nn
 
 from moee.emotions import NUM_EXPERTS
 from moee.models import pretrained
+from moee.models.attention import DenoiserContext
 from moee.models.audio import AudioEncoder, AudioProjection
 from moee.models.emotion_latents import (
     EmotionInputs,
@@ -25,7 +26,7 @@ from moee.models.emotion_latents import (
 )
 from moee.models.image_encoder import ImageEncoder
 from moee.models.reference import ReferenceFeatures, ReferenceNet
-from moee.models.unet import Denoiser, DenoiserContext
+from moee.models.unet import Denoiser
 
 log = logging.getLogger(__name__)
 

@@ -2,10 +2,10 @@
 
 It runs diffusers' ``UNet2DConditionModel`` at timestep 0 on the reference latent (and on the
 motion-frame latents, the last frames of the previous clip) and records, through its attention
-processors, the normed hidden states entering every block's self-attention. The denoiser's
-self-attention of the same block attends to them (see :class:`moee.models.unet.MoEEAttnProcessor`).
-Compute the features once per clip with :meth:`ReferenceNet.forward` and reuse them at every
-denoising step.
+processors (:class:`ReferenceRecorder`), the normed hidden states entering every block's
+self-attention. The denoiser's self-attention of the same block attends to them (see
+:class:`moee.models.attention.MoEEAttnProcessor`). Compute the features once per clip with
+:meth:`ReferenceNet.forward` and reuse them at every denoising step.
 """
 
 from __future__ import annotations
@@ -17,7 +17,44 @@ from diffusers import UNet2DConditionModel
 from einops import rearrange, repeat
 from torch import nn
 
-from moee.models.unet import FeaturesComplete, ReferenceRecorder, transformer_block_names
+from moee.models.attention import MoEEAttnProcessor, transformer_block_names
+
+
+class FeaturesComplete(Exception):
+    """Raised by the last :class:`ReferenceRecorder` once every feature is stored: the rest of
+    the ReferenceNet's forward (its higher-resolution up blocks, the output convolution) cannot
+    change them, and is not computed."""
+
+
+class ReferenceRecorder:
+    """ReferenceNet self-attention processor: stores its input (the normed hidden states entering
+    ``attn1``) under the block name in ``store``, then attends like ``AttnProcessor2_0``.
+
+    The recorder of the last block (``last=True``) raises :class:`FeaturesComplete` instead of
+    attending, the first time it stores (a gradient-checkpointing recomputation, which finds
+    its feature already stored, runs through).
+    """
+
+    def __init__(self, name: str, last: bool = False) -> None:
+        self.name = name
+        self.last = last
+        self.attend = MoEEAttnProcessor(name)
+
+    def __call__(
+        self,
+        attn,
+        hidden_states,
+        encoder_hidden_states=None,
+        attention_mask=None,
+        store: dict[str, torch.Tensor] | None = None,
+    ) -> torch.Tensor:
+        """hidden_states (b n d) -> (b n d); records ``hidden_states`` when it is self-attention."""
+        if store is not None and encoder_hidden_states is None:
+            first = self.name not in store
+            store[self.name] = hidden_states
+            if self.last and first:
+                raise FeaturesComplete
+        return self.attend(attn, hidden_states, encoder_hidden_states, attention_mask)
 
 
 @dataclass
