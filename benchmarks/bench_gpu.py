@@ -29,7 +29,8 @@ import torch  # noqa: E402
 from jsonargparse import CLI  # noqa: E402
 
 from moee.inference.conditions import EmotionTrack  # noqa: E402
-from moee.inference.pipeline import MoEEPipeline, SamplerSettings  # noqa: E402
+from moee.inference.pipeline import MoEEPipeline  # noqa: E402
+from moee.inference.sampling import SamplerSettings  # noqa: E402
 from moee.models.moee_net import MoEENet, MoEENetConfig  # noqa: E402
 from moee.models.pretrained import Preset  # noqa: E402
 

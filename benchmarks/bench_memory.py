@@ -49,7 +49,8 @@ def run_one(case: dict) -> dict:
     from moee.data.batch import make_batch
     from moee.data.testclips import make_test_clip
     from moee.inference.conditions import EmotionTrack
-    from moee.inference.pipeline import MoEEPipeline, SamplerSettings
+    from moee.inference.pipeline import MoEEPipeline
+    from moee.inference.sampling import SamplerSettings
     from moee.models.moee_net import MoEENet, MoEENetConfig
     from moee.stages import BackboneModule
     from moee.stages.losses import MoEELoss

@@ -22,7 +22,7 @@ from jsonargparse import CLI  # noqa: E402
 
 from moee.data.datamodule import MoEEDataModule  # noqa: E402
 from moee.inference.animate import stage_weights  # noqa: E402
-from moee.inference.pipeline import SamplerSettings  # noqa: E402
+from moee.inference.sampling import SamplerSettings  # noqa: E402
 from moee.metrics.evaluate import EvaluationModule, ModelEntry, SynthEmoMetrics  # noqa: E402
 from moee.models.moee_net import MoEENetConfig  # noqa: E402
 from moee.models.pretrained import WeightSources  # noqa: E402

@@ -29,7 +29,8 @@ from moee.data.synth.probes import load_probes
 from moee.data.synth.sheet import write_png
 from moee.emotions import BASIC_EMOTIONS, EMOTION_CLASSES, parse_emotion
 from moee.inference.conditions import emotion_inputs
-from moee.inference.pipeline import Guidance, MoEEPipeline, SamplerSettings
+from moee.inference.pipeline import MoEEPipeline
+from moee.inference.sampling import Guidance, SamplerSettings
 from moee.metrics.probe_judge import ProbeJudge
 from moee.models.moee_net import MoEENetConfig
 from moee.models.weights import StageWeightsError

@@ -61,7 +61,9 @@ def animate_held_out(people: int | None = None, seconds: float = 0.64, steps: in
     from moee.data.media import VIDEO_FPS
     from moee.inference.animate import stage_weights
     from moee.inference.conditions import EmotionTrack, Routing
-    from moee.inference.pipeline import Animation, MoEEPipeline, SamplerSettings
+    from moee.inference.outputs import Animation
+    from moee.inference.pipeline import MoEEPipeline
+    from moee.inference.sampling import SamplerSettings
     from moee.models.moee_net import MoEENetConfig
     from moee.showcase import KINDS, held_out_people, plan_videos, speech_of, to_image_tensor
 

@@ -25,7 +25,7 @@ from moee.demo.engine import DemoModel, Request, SessionFiles
 from moee.demo.examples import Example, write_examples
 from moee.emotions import ACTION_UNITS, BASIC_EMOTIONS, EmotionSpecError
 from moee.errors import MoEEError
-from moee.inference.pipeline import SamplerSettings, StepProgress
+from moee.inference.sampling import SamplerSettings, StepProgress
 
 log = logging.getLogger(__name__)
 

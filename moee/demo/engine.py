@@ -19,14 +19,10 @@ from PIL import Image
 from moee.data.media import AUDIO_RATE, VIDEO_FPS, MediaError, check_speech, read_audio
 from moee.errors import MoEEError, one_line
 from moee.inference.animate import load_pipeline, stage_weights
-from moee.inference.pipeline import (
-    MoEEPipeline,
-    ProgressCallback,
-    SamplerSettings,
-    StepProgress,
-    prepare_inputs,
-)
+from moee.inference.inputs import prepare_inputs
+from moee.inference.pipeline import MoEEPipeline
 from moee.inference.portrait import InputError, PortraitSettings
+from moee.inference.sampling import ProgressCallback, SamplerSettings, StepProgress
 from moee.models.pretrained import Preset
 from moee.utils import atomic_path
 

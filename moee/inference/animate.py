@@ -23,8 +23,10 @@ from jsonargparse import ArgumentParser
 from moee.data.faces import NATIVE_LOGS, DetectorName
 from moee.emotions import BASIC_EMOTIONS
 from moee.errors import MoEEError, one_line
-from moee.inference.pipeline import MoEEPipeline, SamplerName, SamplerSettings, prepare_inputs
+from moee.inference.inputs import prepare_inputs
+from moee.inference.pipeline import MoEEPipeline
 from moee.inference.portrait import InputError, PortraitSettings
+from moee.inference.sampling import SamplerName, SamplerSettings
 from moee.models.moee_net import MoEENetConfig
 from moee.models.pretrained import (
     PRESETS,

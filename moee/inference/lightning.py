@@ -24,8 +24,9 @@ import lightning as L
 from torch.utils.data import DataLoader
 
 from moee.errors import BadInputError
-from moee.inference.pipeline import MoEEPipeline, SamplerSettings
+from moee.inference.pipeline import MoEEPipeline
 from moee.inference.portrait import InputError, PortraitSettings
+from moee.inference.sampling import SamplerSettings
 from moee.models.moee_net import MoEENetConfig
 from moee.models.objective import DiffusionObjective
 from moee.reports import SKIPPED_JOBS, BatchReport

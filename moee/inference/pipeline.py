@@ -15,160 +15,40 @@ Clip-wise sampling::
         frames += VAE.decode(z)
 
 The first clip's motion latents are the reference latent repeated, as in training (motion
-frames at a clip's start repeat its first frame).
+frames at a clip's start repeat its first frame). The sampler and guidance are in
+:mod:`moee.inference.sampling`, the checked inputs in :mod:`moee.inference.inputs`, the
+:class:`~moee.inference.outputs.Animation` it returns in :mod:`moee.inference.outputs`.
 """
 
 from __future__ import annotations
 
 import logging
 import os
-from collections.abc import Callable
-from dataclasses import dataclass
-from pathlib import Path
-from typing import Literal, NamedTuple
 
 import numpy as np
 import torch
-from diffusers import DDIMScheduler, DPMSolverMultistepScheduler, EulerDiscreteScheduler
-from diffusers.schedulers.scheduling_utils import SchedulerMixin
-from PIL import Image
 from tqdm.auto import tqdm
 
 from moee.data.batch import to_numpy_frames
 from moee.data.faces import FaceDetector, make_detector
-from moee.data.media import (
-    AUDIO_RATE,
-    SAMPLES_PER_FRAME,
-    VIDEO_FPS,
-    check_speech,
-    read_audio,
-    write_mp4,
-)
+from moee.data.media import SAMPLES_PER_FRAME, VIDEO_FPS
 from moee.data.sampling import MOTION_FRAMES, speech_window, window_audio
 from moee.emotions import EmotionCondition
 from moee.inference.conditions import EmotionTrack, Routing, batch_routing, emotion_inputs
-from moee.inference.portrait import (
-    ImageSource,
-    InputError,
-    Portrait,
-    PortraitSettings,
-    load_image,
-    prepare_portrait,
+from moee.inference.inputs import AudioSource, PreparedInputs, prepare_inputs
+from moee.inference.outputs import Animation
+from moee.inference.portrait import ImageSource, InputError, PortraitSettings
+from moee.inference.sampling import (
+    ProgressCallback,
+    SamplerSettings,
+    StepProgress,
+    make_scheduler,
 )
 from moee.models.moee_net import MoEENet, MoEENetConfig
 from moee.models.objective import DiffusionObjective
 from moee.models.weights import check_parallel_exports, load_net_weights, trained_objective
-from moee.utils import atomic_path
 
 log = logging.getLogger(__name__)
-
-SamplerName = Literal["ddim", "dpmpp", "euler"]
-AudioSource = str | os.PathLike | bytes | np.ndarray
-
-_SCHEDULERS: dict[str, tuple[type[SchedulerMixin], dict]] = {
-    "ddim": (DDIMScheduler, {}),
-    "dpmpp": (DPMSolverMultistepScheduler, {"algorithm_type": "dpmsolver++", "solver_order": 2}),
-    "euler": (EulerDiscreteScheduler, {}),
-}
-
-# (drop_audio, drop_emotion) of the guidance branches
-UNCONDITIONAL, AUDIO_ONLY, FULL = (True, True), (False, True), (False, False)
-
-
-class StepProgress(NamedTuple):
-    """Where sampling stands after a denoising step: ``step`` of ``steps`` in ``clip`` of
-    ``clips`` (1-based)."""
-
-    clip: int
-    clips: int
-    step: int
-    steps: int
-
-    @property
-    def fraction(self) -> float:
-        """Share of all the video's denoising steps done, in (0, 1]."""
-        return ((self.clip - 1) * self.steps + self.step) / (self.clips * self.steps)
-
-
-ProgressCallback = Callable[[StepProgress], None]
-
-
-def make_scheduler(name: SamplerName, objective: DiffusionObjective) -> SchedulerMixin:
-    """A diffusers sampler configured from the training objective's schedule.
-
-    Betas, prediction type and ``timestep_spacing="trailing"`` come from the objective's
-    DDPM scheduler config; ``name`` is ``ddim``, ``dpmpp`` (DPM-Solver++ 2M) or ``euler``.
-    """
-    if name not in _SCHEDULERS:
-        raise ValueError(f"unknown sampler {name!r}; valid: {', '.join(_SCHEDULERS)}")
-    cls, extra = _SCHEDULERS[name]
-    return cls.from_config(objective.scheduler.config, **extra)
-
-
-@dataclass(frozen=True)
-class Guidance:
-    """Classifier-free guidance with separate audio and emotion scales.
-
-    ``ε = ε_u + audio (ε_a − ε_u) + emotion (ε_full − ε_a)`` with ε_u (no audio, no emotion),
-    ε_a (audio only) and ε_full. Only the branches the scales need are run: all three, two when
-    the scales are equal (``ε_u + s (ε_full − ε_u)``), one when both are 1.
-    """
-
-    audio: float = 3.5
-    emotion: float = 2.5
-
-    @property
-    def branches(self) -> tuple[tuple[bool, bool], ...]:
-        """``(drop_audio, drop_emotion)`` of each branch, in batch order."""
-        if self.audio == self.emotion == 1.0:
-            return (FULL,)
-        if self.audio == self.emotion:
-            return (UNCONDITIONAL, FULL)
-        return (UNCONDITIONAL, AUDIO_ONLY, FULL)
-
-    def combine(self, predictions: torch.Tensor) -> torch.Tensor:
-        """predictions (n b ...) in :attr:`branches` order → the guided prediction (b ...)."""
-        if len(predictions) == 1:
-            return predictions[0]
-        if len(predictions) == 2:
-            uncond, full = predictions
-            return uncond + self.audio * (full - uncond)
-        uncond, audio, full = predictions
-        return uncond + self.audio * (audio - uncond) + self.emotion * (full - audio)
-
-
-@dataclass
-class SamplerSettings:
-    """Sampling settings of the pipeline (YAML-fillable).
-
-    Attributes:
-        sampler: ``dpmpp`` (DPM-Solver++ 2M), ``ddim`` or ``euler``.
-        steps: denoising steps per clip.
-        audio_guidance: classifier-free guidance scale of the audio (lip sync).
-        emotion_guidance: classifier-free guidance scale of the emotion condition.
-        clip_frames: frames per clip ``f`` (the model's training window).
-        transition: seconds over which an emotion timeline blends into its next entry.
-        strength: where sampling starts. ``1`` (the paper): from pure noise. Below 1: from the
-            reference latent noised to that fraction of the step schedule (as diffusers'
-            img2img pipelines do), running only the last ``round(steps * strength)`` steps:
-            the reference then anchors identity and colours, which small or briefly trained
-            models cannot rebuild from noise.
-        seed: seed of the noise (a job may give its own).
-    """
-
-    sampler: SamplerName = "dpmpp"
-    steps: int = 25
-    audio_guidance: float = 3.5
-    emotion_guidance: float = 2.5
-    clip_frames: int = 16
-    transition: float = 1.0
-    strength: float = 1.0
-    seed: int = 0
-
-    @property
-    def guidance(self) -> Guidance:
-        """The guidance scales as a :class:`Guidance`."""
-        return Guidance(self.audio_guidance, self.emotion_guidance)
 
 
 def load_stage_weights(net: MoEENet, paths: list[str | os.PathLike]) -> None:
@@ -180,73 +60,6 @@ def load_stage_weights(net: MoEENet, paths: list[str | os.PathLike]) -> None:
     check_parallel_exports(paths)
     for path in paths:
         load_net_weights(net, path, hint=": train the stages first or fix the weights paths")
-
-
-@dataclass
-class Animation:
-    """A generated video: ``frames`` ``(T, H, W, 3) uint8`` at ``fps``, with its 16 kHz audio."""
-
-    frames: np.ndarray
-    audio: np.ndarray
-    fps: int = VIDEO_FPS
-
-    def save(self, path: str | os.PathLike, frames_dir: str | os.PathLike | None = None) -> Path:
-        """Write an H.264 mp4 with the audio muxed in (atomically) and optionally PNG frames.
-
-        PNGs (``000000.png`` …) are written to a temporary folder renamed to ``frames_dir``.
-        """
-        if frames_dir is not None:
-            with atomic_path(frames_dir, directory=True) as folder:
-                for index, frame in enumerate(self.frames):
-                    Image.fromarray(frame).save(folder / f"{index:06d}.png")
-        return write_mp4(path, self.frames, self.fps, audio=self.audio, sample_rate=AUDIO_RATE)
-
-
-def read_speech(source: AudioSource) -> np.ndarray:
-    """Speech from any audio file (or a 16 kHz mono array) as float32 16 kHz mono.
-
-    Raises :class:`moee.data.media.MediaError` for unreadable, empty or silent audio.
-    """
-    if isinstance(source, np.ndarray):
-        audio, name = np.asarray(source, dtype=np.float32).reshape(-1), "the audio"
-    else:
-        name = "audio" if isinstance(source, bytes) else f"audio {os.fspath(source)!r}"
-        audio = read_audio(source, sample_rate=AUDIO_RATE)
-    return check_speech(audio, what=name)
-
-
-@dataclass
-class PreparedInputs:
-    """The checked inputs of one animation: face crop, speech, emotion track, framing."""
-
-    portrait: Portrait
-    speech: np.ndarray
-    track: EmotionTrack
-    settings: PortraitSettings
-
-
-def prepare_inputs(
-    image: ImageSource,
-    audio: AudioSource,
-    emotion: str | EmotionCondition,
-    size: int,
-    portrait: PortraitSettings | None = None,
-    transition: float = 1.0,
-    detector: FaceDetector | None = None,
-) -> PreparedInputs:
-    """Read and check every input before any network runs, cheapest first.
-
-    Raises, each with a one-line message: ``EmotionSpecError`` (unknown emotion),
-    ``MediaError`` (unreadable or silent audio), :class:`InputError` (unreadable image, no face
-    or several faces).
-    """
-    portrait = portrait or PortraitSettings()
-    track = EmotionTrack.parse(emotion, transition)
-    speech = read_speech(audio)
-    name = repr(os.fspath(image)) if isinstance(image, str | os.PathLike) else "the image"
-    photo = load_image(image, portrait.max_side, portrait.background)
-    face = prepare_portrait(photo, size, portrait, detector, name)
-    return PreparedInputs(face, speech, track, portrait)
 
 
 class MoEEPipeline:

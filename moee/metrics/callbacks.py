@@ -24,7 +24,8 @@ from tensorboard.compat.proto.summary_pb2 import Summary
 
 from moee.data.batch import normalize_images, to_numpy_frames
 from moee.data.media import AUDIO_RATE, VIDEO_FPS
-from moee.inference.pipeline import MoEEPipeline, SamplerSettings
+from moee.inference.pipeline import MoEEPipeline
+from moee.inference.sampling import SamplerSettings
 from moee.metrics.evaluate import SuiteFactory, generate_clips, suite_inputs, window_speech
 from moee.metrics.suite import MetricSuite
 

@@ -44,7 +44,8 @@ from moee.data.sampling import AUDIO_CONTEXT
 from moee.data.synth.probes import load_probes
 from moee.emotions import EMOTION_CLASSES, NEUTRAL, EmotionCondition, parse_emotion
 from moee.inference.conditions import EmotionTrack
-from moee.inference.pipeline import MoEEPipeline, SamplerSettings, load_stage_weights
+from moee.inference.pipeline import MoEEPipeline, load_stage_weights
+from moee.inference.sampling import SamplerSettings
 from moee.metrics._utils import require_file
 from moee.metrics.face import AverageEmotionDistance, AverageKeypointDistance
 from moee.metrics.frechet import FrechetInceptionDistance, FrechetVideoDistance

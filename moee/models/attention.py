@@ -25,6 +25,7 @@ from torch import nn
 CONTEXT_KEY = "moee"
 """Key of the :class:`DenoiserContext` in ``cross_attention_kwargs``."""
 
+
 @dataclass
 class DenoiserContext:
     """Conditioning of one denoiser call, read by the processors and block hooks.
@@ -106,6 +107,7 @@ class MoEEAttnProcessor:
         out = F.scaled_dot_product_attention(q, k, v, attn_mask=mask)
         out = attn.to_out[0](rearrange(out, "b h n d -> b n (h d)"))
         return attn.to_out[1](out)
+
 
 class AudioAttention(nn.Module):
     """Pre-norm cross-attention from the frame's tokens to its audio tokens (residual branch).

@@ -33,8 +33,6 @@ class MissingCheckpointError(MoEEError, FileNotFoundError):
     """A previous stage's weights that a config names but that do not exist."""
 
 
-
-
 def load_weights(path: str | Path, hint: str = "") -> dict[str, torch.Tensor]:
     """MoEENet weights from a stage export (``.safetensors``) or a Lightning checkpoint.
 

@@ -7,7 +7,7 @@ import pytest
 
 from moee.demo.engine import DemoModel, Request, SessionFiles, missing_weights
 from moee.errors import MoEEError
-from moee.inference.pipeline import SamplerSettings
+from moee.inference.sampling import SamplerSettings
 
 FAST = SamplerSettings(steps=2, clip_frames=4, audio_guidance=1, emotion_guidance=1)
 

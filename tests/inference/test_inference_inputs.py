@@ -13,7 +13,6 @@ from PIL import Image
 from moee.emotions import EmotionSpecError, parse_emotion
 from moee.inference.conditions import EmotionTrack, Routing, batch_routing
 from moee.inference.lightning import AnimationJob, read_jobs
-from moee.inference.pipeline import Guidance, SamplerSettings, make_scheduler
 from moee.inference.portrait import (
     InputError,
     Portrait,
@@ -21,6 +20,7 @@ from moee.inference.portrait import (
     load_image,
     prepare_portrait,
 )
+from moee.inference.sampling import Guidance, SamplerSettings, make_scheduler
 from moee.models.objective import DiffusionObjective
 
 

@@ -12,7 +12,8 @@ import torch
 from moee.data.sampling import SPEECH_FRAMES
 from moee.emotions import parse_emotion
 from moee.inference.conditions import EmotionTrack
-from moee.inference.pipeline import MoEEPipeline, SamplerSettings
+from moee.inference.pipeline import MoEEPipeline
+from moee.inference.sampling import SamplerSettings
 from moee.models.emotion_moe import EmotionMoE
 from moee.models.moee_net import MoEENet
 from tests.inference.nets import live_tiny_net

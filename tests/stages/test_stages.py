@@ -11,7 +11,8 @@ from torchvision.models import vgg19
 
 from moee.data.batch import make_batch
 from moee.data.testclips import make_test_clip
-from moee.inference.pipeline import MoEEPipeline, make_scheduler
+from moee.inference.pipeline import MoEEPipeline
+from moee.inference.sampling import make_scheduler
 from moee.models.objective import DiffusionObjective
 from moee.models.weights import ExportsDisagreeError, MissingCheckpointError, trained_objective
 from moee.stages import BackboneModule, ExpertModule, GatingModule
