@@ -17,7 +17,9 @@ import yaml
 
 from moee.cli import main
 from moee.emotions import BASIC_EMOTIONS
-from moee.launch.sweep import Sweep, collect, status, submit
+from moee.launch.sweep.report import collect, status
+from moee.launch.sweep.spec import Sweep
+from moee.launch.sweep.submit import submit
 from tests.processes import describe, kill_and_wait, processes_with_env
 
 from .conftest import REPO, TINY_CONFIG, tiny_overrides
