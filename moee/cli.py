@@ -124,7 +124,7 @@ def _is_hub_id(source: str) -> bool:
 def check_weight_paths(init_args) -> None:
     """Exit with one line when a stage's ``init_weights``, the weights of a ``moee test`` row
     or a local ``net.weights`` folder are missing (hub ids are left to ``from_pretrained``),
-    or when they cannot serve (:class:`~moee.stages.base.StageWeightsError`: corrupt, trained
+    or when they cannot serve (:class:`~moee.models.weights.StageWeightsError`: corrupt, trained
     with another diffusion objective than the stage's, experts that disagree)."""
     from moee.models.objective import DiffusionObjective
     from moee.models.weights import (

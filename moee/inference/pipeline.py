@@ -55,7 +55,7 @@ def load_stage_weights(net: MoEENet, paths: list[str | os.PathLike]) -> None:
     """Load stage exports (safetensors) or Lightning checkpoints into ``net``, in order.
 
     Later files override earlier ones (backbone, the six experts, then the gates); exports of
-    parallel stages must agree (:func:`~moee.stages.base.check_parallel_exports`).
+    parallel stages must agree (:func:`~moee.models.weights.check_parallel_exports`).
     """
     check_parallel_exports(paths)
     for path in paths:

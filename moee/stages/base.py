@@ -62,7 +62,6 @@ class ExponentialMovingAverage:
     torch's own EMA function (``torch.optim.swa_utils.get_ema_multi_avg_fn``)."""
 
     def __init__(self, parameters: dict[str, torch.nn.Parameter], decay: float) -> None:
-        self.decay = decay
         self.shadow = {name: p.detach().clone() for name, p in parameters.items()}
         self._average = get_ema_multi_avg_fn(decay)
 
@@ -297,13 +296,15 @@ class DiffusionStage(L.LightningModule):
         self.log("loss", terms["total"], prog_bar=True, logger=False, batch_size=b)
         return terms["total"]
 
-    def on_validation_start(self) -> None:
+    def on_validation_epoch_start(self) -> None:
         """Validate the EMA weights when there are some (they are what the stage exports)."""
         if self.ema is not None:
             self.ema.swap(self.trained_parameters())
 
-    def on_validation_end(self) -> None:
-        if self.ema is not None:  # training goes on with the live weights
+    def on_validation_epoch_end(self) -> None:
+        """Swap the live weights back before ``on_validation_end``, where ``ModelCheckpoint``
+        saves: a checkpoint holds the live weights as weights and the EMA as the EMA."""
+        if self.ema is not None:
             self.ema.swap(self.trained_parameters())
 
     def validation_step(self, batch: dict[str, Any], batch_idx: int) -> None:

@@ -357,8 +357,39 @@ def test_ema_shadows_the_trained_weights_and_validation_measures_them(batch):
         torch.testing.assert_close(module.exported_weights()[name], expected[name])
     live = {name: p.detach().clone() for name, p in params.items()}
     assert any(not torch.equal(live[name], expected[name]) for name in params)
-    module.on_validation_start()  # validation runs on the weights the stage exports
+    module.on_validation_epoch_start()  # validation runs on the weights the stage exports
     assert all(torch.equal(params[name], expected[name]) for name in params)
-    module.on_validation_end()  # and training goes on with its own
+    module.on_validation_epoch_end()  # and checkpoints and training see the live ones again
     assert all(torch.equal(params[name], live[name]) for name in params)
     torch.testing.assert_close(module.ema.shadow, expected)
+
+
+def test_validation_in_a_run_measures_the_ema_and_checkpoints_see_the_live_weights(batch):
+    """In a real fit: validation batches run on the EMA weights, and by ``on_validation_end``,
+    where ModelCheckpoint saves, the live weights are back (else a checkpoint would hold the
+    EMA as the weights to resume from)."""
+    seen = {}
+
+    class Watch(L.Callback):
+        def on_validation_start(self, trainer, module):
+            seen["live"] = {n: p.detach().clone() for n, p in module.trained_parameters().items()}
+
+        def on_validation_batch_start(self, trainer, module, *args):
+            seen["validated"] = {n: p.detach().clone()
+                                 for n, p in module.trained_parameters().items()}
+            seen["ema"] = {n: t.clone() for n, t in module.ema.shadow.items()}
+
+        def on_validation_end(self, trainer, module):
+            seen["saved"] = {n: p.detach().clone() for n, p in module.trained_parameters().items()}
+
+    data = torch.utils.data.DataLoader([batch] * 2, batch_size=None)
+    module = ExpertModule(emotion="sad", loss=light_loss(), ema_decay=0.5)
+    L.Trainer(max_steps=2, accelerator="cpu", logger=False, enable_progress_bar=False,
+              enable_model_summary=False, enable_checkpointing=False, limit_val_batches=1,
+              val_check_interval=2, num_sanity_val_steps=0, callbacks=[Watch()]).fit(
+        module, train_dataloaders=data, val_dataloaders=data)
+    live = seen["live"]
+    assert any(not torch.equal(live[name], seen["validated"][name]) for name in live)
+    for name in live:  # validated: the EMA the stage exports (the last step's, here)
+        assert torch.equal(seen["validated"][name], module.ema.shadow[name]), name
+        assert torch.equal(seen["saved"][name], live[name]), name
