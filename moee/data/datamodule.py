@@ -230,6 +230,8 @@ class MoEEDataModule(L.LightningDataModule):
         modality_dropout: probability that a jitter drops each of label, AU and text.
         apex_fraction, modalities, single_modality_prob: windows at the expression's apex and
             which emotion modalities samples use (see :class:`SamplingOptions`).
+        speech_speed: speed perturbation of the speech-emotion audio (training only; see
+            :class:`SamplingOptions`).
         resampled: draw training shards at random with replacement (endless, DDP-safe even with
             fewer shards than ranks × workers); ``False``: one pass over disjoint shards.
         samples_per_epoch: training samples per epoch over all devices; ``None``: the manifest's
@@ -266,6 +268,7 @@ class MoEEDataModule(L.LightningDataModule):
         apex_fraction: float = 0.0,
         modalities: list[str] | None = None,
         single_modality_prob: float = 0.0,
+        speech_speed: float = 0.0,
         resampled: bool = True,
         samples_per_epoch: int | None = None,
         shuffle_buffer: int = 64,
@@ -287,6 +290,7 @@ class MoEEDataModule(L.LightningDataModule):
             intensity_noise=intensity_noise, weight_noise=weight_noise,
             modality_dropout=modality_dropout, apex_fraction=apex_fraction,
             modalities=modalities, single_modality_prob=single_modality_prob,
+            speech_speed=speech_speed,
         )
         self.eval_options = SamplingOptions.evaluation(num_frames, image_size)
         self.eval_options.mask_dilation = mask_dilation

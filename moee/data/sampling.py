@@ -83,6 +83,11 @@ class SamplingOptions:
         single_modality_prob: probability that a sample keeps only one of its modalities,
             drawn at random, so that every modality also learns to stand alone (inference
             usually gives one: a label, a text or the speech).
+        speech_speed: speed perturbation of the speech-emotion window (training): its audio
+            plays at a speed drawn log-uniformly in ``[1 / (1 + s), 1 + s]``
+            (:func:`speech_window`), so that a speech-emotion encoder trained on a few
+            speakers hears tone relative to the voice rather than the voices themselves. The
+            lip-sync audio of the window is never perturbed.
     """
 
     num_frames: int = 16
@@ -99,6 +104,7 @@ class SamplingOptions:
     apex_fraction: float = 0.0
     modalities: list[str] | None = None
     single_modality_prob: float = 0.0
+    speech_speed: float = 0.0
 
     def __post_init__(self) -> None:
         if self.num_frames < 1 or self.windows_per_clip < 1:
@@ -112,6 +118,8 @@ class SamplingOptions:
                      "single_modality_prob"):
             if not 0.0 <= getattr(self, name) <= 1.0:
                 raise ValueError(f"{name} must be in [0, 1], got {getattr(self, name)}")
+        if not 0.0 <= self.speech_speed < 1.0:
+            raise ValueError(f"speech_speed must be in [0, 1), got {self.speech_speed}")
 
     @classmethod
     def evaluation(cls, num_frames: int, image_size: int | None = None) -> SamplingOptions:
@@ -126,14 +134,24 @@ def window_audio(audio: np.ndarray, start: int, num_frames: int,
     return window_frames(chunks, start, num_frames, context).reshape(-1)
 
 
-def speech_window(audio: np.ndarray, start: int, num_frames: int) -> np.ndarray:
+def speech_window(audio: np.ndarray, start: int, num_frames: int,
+                  speed: float = 1.0) -> np.ndarray:
     """Audio of ``max(SPEECH_FRAMES, num_frames)`` frames around frames ``[start, start +
     num_frames)``: centred on them, shifted to stay inside the audio where it is long enough,
-    zero-padded where it is not."""
+    zero-padded where it is not.
+
+    ``speed`` ≠ 1 plays the audio around the same centre that much faster (speed perturbation,
+    Ko et al. 2015: pitch, formants and rate scale together, as another speaker's voice would),
+    by linear interpolation; the window keeps its length."""
     chunks = audio.reshape(-1, SAMPLES_PER_FRAME)
     span = max(SPEECH_FRAMES, num_frames)
-    first = min(start - (span - num_frames) // 2, len(chunks) - span)
-    return window_frames(chunks, max(first, 0), span, context=0).reshape(-1)
+    first = max(min(start - (span - num_frames) // 2, len(chunks) - span), 0)
+    if speed == 1.0:
+        return window_frames(chunks, first, span, context=0).reshape(-1)
+    offsets = np.arange(span * SAMPLES_PER_FRAME) - (span * SAMPLES_PER_FRAME - 1) / 2
+    positions = first * SAMPLES_PER_FRAME + (span * SAMPLES_PER_FRAME - 1) / 2 + offsets * speed
+    return np.interp(positions, np.arange(len(audio)), audio, left=0.0,
+                     right=0.0).astype(audio.dtype)
 
 
 def window_frames(per_frame: np.ndarray, start: int, num_frames: int, context: int) -> np.ndarray:
@@ -312,6 +330,9 @@ class ClipSampler:
             emotion = emotion.jittered(rng, opts)
         emotion = emotion.restricted(opts, rng)
         name = clip.meta.emotion
+        speed = 1.0
+        if opts.speech_speed and opts.random_window:
+            speed = float(np.exp(rng.uniform(-1, 1) * np.log1p(opts.speech_speed)))
         sample = {
             "frames": to_tensor_images(clip.frames[window], size),
             "reference": reference,
@@ -322,7 +343,7 @@ class ClipSampler:
                 "label": torch.from_numpy(emotion.label),
                 "au": torch.from_numpy(emotion.au),
                 "text": emotion.text,
-                "speech": torch.from_numpy(speech_window(audio, start, f)),
+                "speech": torch.from_numpy(speech_window(audio, start, f, speed)),
                 "present": torch.from_numpy(emotion.present),
             },
             "emotion_index": BASIC_EMOTIONS.index(name) if name in BASIC_EMOTIONS else -1,

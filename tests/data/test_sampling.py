@@ -64,6 +64,34 @@ def test_speech_window_of_short_audio_is_zero_padded_after_it():
     assert speech_window(np.ones(40 * SAMPLES_PER_FRAME), 0, 20).shape == (20 * 640,)
 
 
+def test_speed_perturbed_speech_window_resamples_around_the_same_centre():
+    n = 30 * SAMPLES_PER_FRAME
+    ramp = np.arange(n, dtype=np.float64)  # a ramp: each output sample shows where it was read
+    plain = speech_window(ramp, 7, 8)
+    np.testing.assert_array_equal(speech_window(ramp, 7, 8, speed=1.0), plain)
+    centre = plain.mean()
+    for speed in (0.8, 1.25):
+        out = speech_window(ramp, 7, 8, speed=speed)
+        assert out.shape == plain.shape
+        # positions centre + (i - L/2) * speed: the same centre, read `speed` times as fast
+        np.testing.assert_allclose(out - centre, (plain - centre) * speed, atol=1e-6)
+    # reading past the audio gives silence, as the plain window's padding does
+    fast = speech_window(np.ones(SPEECH_FRAMES * SAMPLES_PER_FRAME), 0, 8, speed=1.5)
+    assert fast[SPEECH_FRAMES * SAMPLES_PER_FRAME // 2] == 1 and fast[0] == 0 and fast[-1] == 0
+
+
+def test_speech_speed_perturbs_only_the_speech_emotion_audio(clip):
+    options = dict(num_frames=8, windows_per_clip=6)
+    plain = ClipSampler(SamplingOptions(**options), seed=3)(clip)
+    fast = ClipSampler(SamplingOptions(**options, speech_speed=0.2), seed=3)(clip)
+    for a, b in zip(plain, fast):
+        assert a["start_frame"] == b["start_frame"]
+        torch.testing.assert_close(a["audio"], b["audio"])  # lip sync hears the clip as it is
+        assert not torch.equal(a["emotion"]["speech"], b["emotion"]["speech"])
+    with pytest.raises(ValueError, match="speech_speed"):
+        SamplingOptions(speech_speed=1.0)
+
+
 def test_window_audio_pads_both_edges():
     audio = np.arange(3 * SAMPLES_PER_FRAME, dtype=np.float32)
     out = window_audio(audio, 0, 3)
