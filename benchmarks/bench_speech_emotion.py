@@ -16,6 +16,7 @@ Needs SynthEmo shards (``python -m moee quickstart`` writes them).
 from __future__ import annotations
 
 import os
+import sys
 import time
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
@@ -25,9 +26,15 @@ import torch  # noqa: E402
 import torch.nn.functional as F  # noqa: E402
 from jsonargparse import CLI  # noqa: E402
 
-from moee.data.sampling import SPEECH_FRAMES, clip_audio, speech_window  # noqa: E402
+from moee.data.sampling import (  # noqa: E402
+    SPEECH_FRAMES,
+    clip_audio,
+    draw_speech_speed,
+    speech_window,
+)
 from moee.data.shards import decode_clip, iter_raw_samples, shard_urls  # noqa: E402
 from moee.emotions import BASIC_EMOTIONS  # noqa: E402
+from moee.errors import MoEEError  # noqa: E402
 from moee.models import pretrained  # noqa: E402
 from moee.models.emotion_latents import SpeechEmotionEncoder  # noqa: E402
 
@@ -70,9 +77,9 @@ def train_and_read(train: Voices, held_out: Voices, speed: float, steps: int, ba
         windows = []
         for i in picks:
             audio, _, frames = train[i]
-            factor = float(np.exp(rng.uniform(-1, 1) * np.log1p(speed))) if speed else 1.0
             first = int(rng.integers(frames - SPEECH_FRAMES + 1))
-            windows.append(speech_window(audio, first, SPEECH_FRAMES, factor))
+            windows.append(speech_window(audio, first, SPEECH_FRAMES,
+                                         draw_speech_speed(rng, speed)))
         labels = torch.tensor([train[i][1] for i in picks])
         loss = F.cross_entropy(head(encoder(torch.from_numpy(np.stack(windows)))), labels)
         optimizer.zero_grad(set_to_none=True)
@@ -101,8 +108,11 @@ def main(synthemo: str = "runs/synthemo", steps: int = 1000, speed: float = 0.15
         every: steps between held-out readings.
         seed: seed of both runs (weights, windows).
     """
-    train = basic_clips([f"{synthemo}/train"])
-    held_out = basic_clips([f"{synthemo}/val", f"{synthemo}/test"])
+    try:
+        train = basic_clips([f"{synthemo}/train"])
+        held_out = basic_clips([f"{synthemo}/val", f"{synthemo}/test"])
+    except MoEEError as error:  # e.g. no shards yet: `python -m moee quickstart` writes them
+        sys.exit(f"error: {error}")
     print(f"{len(train)} training clips, {len(held_out)} held-out clips of unheard voices")
     for run_speed in (0.0, speed):
         train_and_read(train, held_out, run_speed, steps, batch, lr, every, seed)

@@ -85,9 +85,9 @@ class SamplingOptions:
             usually gives one: a label, a text or the speech).
         speech_speed: speed perturbation of the speech-emotion window (training): its audio
             plays at a speed drawn log-uniformly in ``[1 / (1 + s), 1 + s]``
-            (:func:`speech_window`), so that a speech-emotion encoder trained on a few
-            speakers hears tone relative to the voice rather than the voices themselves. The
-            lip-sync audio of the window is never perturbed.
+            (:func:`draw_speech_speed`, :func:`speech_window`), so that a speech-emotion
+            encoder trained on a few speakers hears tone relative to the voice rather than
+            the voices themselves. The lip-sync audio of the window is never perturbed.
     """
 
     num_frames: int = 16
@@ -152,6 +152,14 @@ def speech_window(audio: np.ndarray, start: int, num_frames: int,
     positions = first * SAMPLES_PER_FRAME + (span * SAMPLES_PER_FRAME - 1) / 2 + offsets * speed
     return np.interp(positions, np.arange(len(audio)), audio, left=0.0,
                      right=0.0).astype(audio.dtype)
+
+
+def draw_speech_speed(rng: np.random.Generator, perturbation: float) -> float:
+    """A speed for :func:`speech_window`, log-uniform in ``[1 / (1 + perturbation), 1 +
+    perturbation]`` (1 when ``perturbation`` is 0)."""
+    if not perturbation:
+        return 1.0
+    return float(np.exp(rng.uniform(-1, 1) * np.log1p(perturbation)))
 
 
 def window_frames(per_frame: np.ndarray, start: int, num_frames: int, context: int) -> np.ndarray:
@@ -330,9 +338,7 @@ class ClipSampler:
             emotion = emotion.jittered(rng, opts)
         emotion = emotion.restricted(opts, rng)
         name = clip.meta.emotion
-        speed = 1.0
-        if opts.speech_speed and opts.random_window:
-            speed = float(np.exp(rng.uniform(-1, 1) * np.log1p(opts.speech_speed)))
+        speed = draw_speech_speed(rng, opts.speech_speed if opts.random_window else 0.0)
         sample = {
             "frames": to_tensor_images(clip.frames[window], size),
             "reference": reference,

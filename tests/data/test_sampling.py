@@ -13,6 +13,7 @@ from moee.data.sampling import (
     ClipSampler,
     SamplingOptions,
     clip_audio,
+    draw_speech_speed,
     speech_window,
     window_audio,
 )
@@ -78,6 +79,16 @@ def test_speed_perturbed_speech_window_resamples_around_the_same_centre():
     # reading past the audio gives silence, as the plain window's padding does
     fast = speech_window(np.ones(SPEECH_FRAMES * SAMPLES_PER_FRAME), 0, 8, speed=1.5)
     assert fast[SPEECH_FRAMES * SAMPLES_PER_FRAME // 2] == 1 and fast[0] == 0 and fast[-1] == 0
+
+
+def test_speech_speeds_are_log_uniform_within_the_bounds():
+    rng = np.random.default_rng(0)
+    speeds = np.array([draw_speech_speed(rng, 0.25) for _ in range(20000)])
+    assert speeds.min() >= 1 / 1.25 and speeds.max() <= 1.25
+    logs = np.log(speeds) / np.log(1.25)  # uniform in [-1, 1]: mean 0, variance 1/3
+    assert abs(logs.mean()) < 0.02 and abs(logs.var() - 1 / 3) < 0.01
+    state = rng.bit_generator.state
+    assert draw_speech_speed(rng, 0.0) == 1.0 and rng.bit_generator.state == state
 
 
 def test_speech_speed_perturbs_only_the_speech_emotion_audio(clip):
