@@ -34,11 +34,13 @@ STAGES: tuple[tuple[str, tuple[str, ...], str], ...] = (
     ("backbone_image", ("backbone_image.safetensors",), "tiny/backbone_image.yaml"),
     ("backbone", ("backbone.safetensors",), "tiny/backbone.yaml"),
     ("experts", tuple(f"expert_{e}.safetensors" for e in BASIC_EMOTIONS), "tiny/experts.yaml"),
+    ("speech_emotion", ("speech_emotion.safetensors",), "tiny/speech_emotion.yaml"),
     ("gating", ("gating.safetensors",), "tiny/gating.yaml"),
 )
 """(name, what the stage exports under WEIGHTS, its config) for every training stage, in
 order; the backbone first on stills of many clips (image mode), then on videos; the six
-experts train side by side in one run."""
+experts train side by side in one run; the speech-emotion stand-in is pretrained before the
+gates."""
 
 
 def _timed(timings: dict[str, float], name: str, step: Callable[[], object]) -> None:
@@ -159,7 +161,7 @@ def quickstart(identities: int = 120, held_out: int = 8, frames: int = 24,
         if not force and all((WEIGHTS / export).exists() for export in exports):
             print(f"[quickstart] {name}: already trained ({WEIGHTS}/{exports[0]}...)")
             continue
-        steps = overrides[name]
+        steps = overrides.get(name)
         extra = ["--trainer.max_steps", str(steps)] if steps else []
         _timed(timings, name, lambda c=config, e=extra: moee(
             ["fit", "--config", str(CONFIGS / c), *e]))

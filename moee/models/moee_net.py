@@ -48,8 +48,11 @@ query MLPs, and the text and speech encoders themselves where they are random st
 tiny preset): a frozen random encoder would hand the gating stage features that barely tell
 one emotion from another, whereas pretrained T5 and speech-emotion encoders stay frozen."""
 
+SPEECH_ENCODER = "emotion_to_latents.speech_encoder"
+"""The speech-emotion encoder's module name (the prefix of its weights)."""
+
 EMOTION_ENCODERS = {"emotion_to_latents.text_encoder": "text_encoder",
-                    "emotion_to_latents.speech_encoder": "speech_encoder"}
+                    SPEECH_ENCODER: "speech_encoder"}
 """Emotion-to-Latents' encoders and their ``WeightSources`` field."""
 
 _FROZEN_MODULES = (

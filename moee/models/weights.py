@@ -18,10 +18,11 @@ from typing import TYPE_CHECKING, Any
 
 import torch
 from safetensors import SafetensorError, safe_open
-from safetensors.torch import load_file
+from safetensors.torch import load_file, save_file
 
 from moee.errors import MoEEError
 from moee.models.objective import DiffusionObjective
+from moee.utils import atomic_path
 
 if TYPE_CHECKING:
     from moee.models.moee_net import MoEENet
@@ -73,6 +74,17 @@ class ObjectiveMismatchError(StageWeightsError):
 
 OBJECTIVE_KEY = "objective"
 """Safetensors metadata key of a stage export's :attr:`DiffusionObjective.schedule` (JSON)."""
+
+
+def write_export(weights: dict[str, torch.Tensor], path: str | Path,
+                 metadata: dict[str, str]) -> Path:
+    """Write a stage export (MoEENet-named weights, ``metadata`` with at least ``stage``)
+    atomically: a failed write leaves the previous file as it was."""
+    path = Path(path)
+    with atomic_path(path) as tmp:
+        save_file(weights, str(tmp), metadata=metadata)
+    log.info("exported %s", path)
+    return path
 
 
 def export_metadata(path: str | Path) -> dict[str, str]:

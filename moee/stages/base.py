@@ -19,7 +19,6 @@ from typing import Any
 import lightning as L
 import torch
 from lightning.pytorch.cli import LRSchedulerCallable, OptimizerCallable
-from safetensors.torch import save_file
 from torch.distributed.fsdp import FSDPModule, MixedPrecisionPolicy
 from torch.distributed.tensor import DTensor
 from torch.optim.swa_utils import get_ema_multi_avg_fn
@@ -33,10 +32,10 @@ from moee.models.weights import (
     check_objective,
     check_parallel_exports,
     load_net_weights,
+    write_export,
 )
 from moee.stages.guard import NonFiniteGuard, check_finite
 from moee.stages.losses import MoEELoss
-from moee.utils import atomic_path
 
 log = logging.getLogger(__name__)
 
@@ -361,13 +360,9 @@ class DiffusionStage(L.LightningModule):
         check_finite(weights, path)
         if self.trainer_is_attached and self.trainer.global_rank != 0:
             return path
-        with atomic_path(path) as tmp:
-            save_file(weights, str(tmp),
-                      metadata={"stage": type(self).__name__,
-                                "groups": ",".join(groups or self.trainable_groups),
-                                OBJECTIVE_KEY: json.dumps(self.objective.schedule)})
-        log.info("exported %s", path)
-        return path
+        return write_export(weights, path, {
+            "stage": type(self).__name__, "groups": ",".join(groups or self.trainable_groups),
+            OBJECTIVE_KEY: json.dumps(self.objective.schedule)})
 
     @property
     def trainer_is_attached(self) -> bool:

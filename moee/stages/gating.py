@@ -12,6 +12,7 @@ from torch import nn
 from moee.emotions import BASIC_EMOTIONS, NUM_EXPERTS
 from moee.models.emotion_latents import MODALITIES, EmotionInputs
 from moee.models.emotion_moe import EmotionMoE
+from moee.models.moee_net import SPEECH_ENCODER
 from moee.stages.base import DiffusionStage, emotion_inputs, emotion_shares
 
 log = logging.getLogger(__name__)
@@ -52,25 +53,19 @@ class GatingModule(DiffusionStage):
             on its prototype preferring its own expert by this many logits; ``None`` keeps the
             loaded or random gate. Applied once, to the weights ``init_weights`` loaded (a
             resumed run restores its own gates over it).
-        speech_emotion_weight: weight of the cross-entropy between a linear head on the
-            speech-emotion encoder's pooled features and the clip's emotion shares, for every
-            sample whose audio the encoder hears (the warm-up included): the tiny preset's
-            random stand-in then learns to hear tone, as its real counterpart (an
-            emotion-recognition HuBERT) was trained to, and learns from this term alone (the
-            other terms reach only the speech query MLP, as with a frozen pretrained encoder).
-            The head is this stage's training aid, not part of the network, and is not
-            exported. Ignored (logged) when the speech encoder is pretrained and frozen.
-        speech_emotion_lr_scale: learning-rate scale of the speech encoder and its head.
+        freeze_speech_encoder: keep a random stand-in speech-emotion encoder (the tiny
+            preset's) as ``init_weights`` loaded it, pretrained by
+            :class:`~moee.stages.SpeechEmotionModule`, and carry it into the export: it is then
+            frozen like the real configuration's pretrained one, and only the speech query MLP
+            learns. (A pretrained encoder is always frozen and never exported.)
     """
 
     def __init__(self, *args, routing_weight: float = 0.0, alignment_weight: float = 0.0,
                  train_label_path: bool = False, alignment_warmup: int = 0,
-                 prototype_margin: float | None = None, speech_emotion_weight: float = 0.0,
-                 speech_emotion_lr_scale: float = 1.0, **kwargs) -> None:
-        if not speech_emotion_lr_scale > 0:
-            raise ValueError(f"speech_emotion_lr_scale must be positive, got "
-                             f"{speech_emotion_lr_scale}")
+                 prototype_margin: float | None = None, freeze_speech_encoder: bool = False,
+                 **kwargs) -> None:
         self.train_label_path = train_label_path
+        self.freeze_speech_encoder = freeze_speech_encoder
         super().__init__(*args, **kwargs)
         self.routing_weight = routing_weight
         self.alignment_weight = alignment_weight
@@ -82,17 +77,6 @@ class GatingModule(DiffusionStage):
         for module in self.net.modules():
             if isinstance(module, EmotionMoE):
                 module.register_forward_hook(self._record_gates)
-        self.speech_emotion_weight = speech_emotion_weight
-        self.speech_emotion_lr_scale = speech_emotion_lr_scale
-        self.speech_emotion_head = None
-        self._speech_features: torch.Tensor | None = None
-        encoder = self.net.emotion_to_latents.speech_encoder
-        if speech_emotion_weight and not any(p.requires_grad for p in encoder.parameters()):
-            log.info("speech_emotion_weight ignored: the speech-emotion encoder is pretrained "
-                     "and frozen")
-        elif speech_emotion_weight:
-            self.speech_emotion_head = nn.Linear(encoder.hidden_size, NUM_EXPERTS)
-            encoder.register_forward_hook(self._record_speech_features)
 
     @property
     def trainable_groups(self) -> tuple[str, ...]:
@@ -113,25 +97,21 @@ class GatingModule(DiffusionStage):
         for module in layers:
             module.route_by_prototypes(prototypes, margin)
 
-    def _optimizer_groups(self) -> list[dict[str, Any]]:
-        """The network's groups; with the speech-emotion term, the speech encoder and the head
-        as one more group at ``speech_emotion_lr_scale``."""
-        groups = super()._optimizer_groups()
-        if self.speech_emotion_head is None:
-            return groups
-        encoder = list(self.net.emotion_to_latents.speech_encoder.parameters())
-        speech = {id(p) for p in encoder}
-        for group in groups:
-            group["params"] = [p for p in group["params"] if id(p) not in speech]
-        return [*(g for g in groups if g["params"]),
-                {"params": [*encoder, *self.speech_emotion_head.parameters()],
-                 "lr_scale": self.speech_emotion_lr_scale}]
+    def _stand_in_speech_encoder(self) -> dict[str, nn.Parameter]:
+        """{MoEENet name: parameter} of the speech-emotion encoder when this stage freezes a
+        stand-in (else empty)."""
+        if not self.freeze_speech_encoder or self.net.config.weights.speech_encoder:
+            return {}
+        return {name: p for name, p in self.net.named_parameters()
+                if name.startswith(f"{SPEECH_ENCODER}.")}
 
-    def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
-        head = {k: v for k, v in checkpoint["state_dict"].items()
-                if k.startswith("speech_emotion_head.")}
-        super().on_save_checkpoint(checkpoint)
-        checkpoint["state_dict"].update(head)
+    def freeze_all_but(self, groups: tuple[str, ...]) -> None:
+        super().freeze_all_but(groups)
+        for p in self._stand_in_speech_encoder().values():
+            p.requires_grad_(False)
+
+    def carried_parameters(self) -> dict[str, nn.Parameter]:
+        return {**super().carried_parameters(), **self._stand_in_speech_encoder()}
 
     def on_fit_start(self) -> None:
         max_steps = self.trainer.max_steps
@@ -153,29 +133,16 @@ class GatingModule(DiffusionStage):
             self._gate_sums[name] = self._gate_sums.get(name, 0) + value
         self._gate_sums["count"] = self._gate_sums.get("count", 0) + 1
 
-    def _record_speech_features(self, module: nn.Module, args: tuple,
-                                output: torch.Tensor) -> torch.Tensor:
-        """Keep the encoder's features for the head, and pass them on detached: the encoder
-        learns from the head alone, the speech query MLP learns where its features belong."""
-        if torch.is_grad_enabled():
-            self._speech_features = output  # (b c), with its graph
-        return output.detach()
-
     def diffusion_step(self, batch: dict[str, Any], generator: torch.Generator | None = None,
                        cfg_dropout: bool = True) -> dict[str, torch.Tensor]:
-        """The diffusion loss terms, plus the routing, alignment and speech-emotion terms when
-        weighted."""
+        """The diffusion loss terms, plus the routing and alignment terms when weighted."""
         self._global_gates = []
-        self._speech_features = None
         terms = super().diffusion_step(batch, generator, cfg_dropout)
         extra = {}
         if self._global_gates:
             extra["routing"] = self.routing_weight * self.routing_loss(batch)
         if self.alignment_weight and torch.is_grad_enabled():
             extra["alignment"] = self.alignment_weight * self.alignment_loss(batch)
-        speech = self.speech_emotion_loss(batch)
-        if speech is not None:
-            extra["speech_emotion"] = self.speech_emotion_weight * speech
         for name, value in extra.items():
             terms[name] = value
             terms["total"] = terms["total"] + value
@@ -193,16 +160,6 @@ class GatingModule(DiffusionStage):
         losses = [-(shares.repeat_interleave(len(g) // len(shares), 0)
                     * g.clamp_min(1e-6).log()).sum(1).mean() for g in self._global_gates]
         return torch.stack(losses).mean()
-
-    def speech_emotion_loss(self, batch: dict[str, Any]) -> torch.Tensor | None:
-        """Cross-entropy of the speech-emotion head on the features the encoder computed last
-        in this step (every sample's audio) against the clips' emotion shares; ``None`` when
-        the term is off or the encoder heard nothing with gradients this step."""
-        features, self._speech_features = self._speech_features, None
-        if self.speech_emotion_head is None or features is None:
-            return None
-        log_probs = self.speech_emotion_head(features).log_softmax(1)
-        return -(self._share_targets(batch) * log_probs).sum(1).mean()
 
     def alignment_loss(self, batch: dict[str, Any]) -> torch.Tensor:
         """Squared distance of each other modality's latents, alone, to those of the clip's
@@ -223,15 +180,10 @@ class GatingModule(DiffusionStage):
 
     def training_step(self, batch: dict[str, Any], batch_idx: int) -> torch.Tensor:
         if self.global_step < self.alignment_warmup:
-            self._speech_features = None
             loss = self.alignment_loss(batch)
             if not loss.requires_grad:  # the batch is conditioned by labels alone
                 return None
             self.log("train/alignment_warmup", loss, batch_size=batch["frames"].shape[0])
-            speech = self.speech_emotion_loss(batch)
-            if speech is not None:
-                self.log("train/speech_emotion", speech, batch_size=batch["frames"].shape[0])
-                loss = loss + self.speech_emotion_weight * speech
             self.log("loss", loss, prog_bar=True, logger=False, batch_size=batch["frames"].shape[0])
             return loss
         self._gate_sums = {}

@@ -103,10 +103,10 @@ def test_autoencoder_first_stage_round_trip_shapes():
 
 
 def test_tiny_speech_emotion_stand_in_learns_tone_of_unseen_voices():
-    """The tiny preset's random speech-emotion encoder trains in the gating stage; it must be
-    able to hear tone (pitch, its range, rate), not only the speaker: a linear head on it tells
-    sad from happy speech of voices it never heard after 120 steps (95 %; with the 16 conv
-    channels it had before: 56 %)."""
+    """The tiny preset's random speech-emotion encoder is pretrained (SpeechEmotionModule); it
+    must be able to hear tone (pitch, its range, rate), not only the speaker: a linear head on
+    it tells sad from happy speech of voices it never heard after 120 steps (95 %; with the 16
+    conv channels it had before: 56 %)."""
     import numpy as np
 
     from moee.data.sampling import SPEECH_FRAMES

@@ -6,7 +6,7 @@ import logging
 import pytest
 import torch
 from safetensors import safe_open
-from safetensors.torch import load_file
+from safetensors.torch import load_file, save_file
 
 from moee.data.batch import make_batch
 from moee.data.testclips import make_test_clip
@@ -139,85 +139,46 @@ def test_gating_warmup_trains_the_modality_paths_alone(mixed_batch):
     assert module.training_step(labels_only, 0) is None  # nothing to align: step skipped
 
 
-def test_gating_speech_emotion_term_teaches_the_stand_in_encoder_to_hear_tone(mixed_batch):
-    import torch.nn.functional as F
+def test_gating_keeps_a_pretrained_stand_in_speech_encoder_frozen_and_exports_it(
+        tmp_path, mixed_batch):
+    from moee.models.moee_net import SPEECH_ENCODER
 
-    module = GatingModule(loss=loss(), alignment_warmup=5, speech_emotion_weight=0.5,
-                          speech_emotion_lr_scale=0.25)
     batch = {**mixed_batch, "emotion": {**mixed_batch["emotion"],
                                         "present": torch.ones(2, 4, dtype=torch.bool)}}
-    module.zero_grad(set_to_none=True)
-    warm = module.training_step(batch, 0)  # warm-up: alignment + 0.5 x the head's CE
+    speech = {n: p for n, p in GatingModule(loss=loss()).net.named_parameters()
+              if n.startswith(f"{SPEECH_ENCODER}.")}
+    pretrained = tmp_path / "speech_emotion.safetensors"  # as SpeechEmotionModule writes it
+    save_file({n: p.detach() + 0.5 for n, p in speech.items()}, str(pretrained))
+    module = GatingModule(loss=loss(), alignment_warmup=5, freeze_speech_encoder=True,
+                          init_weights=[str(pretrained)])
     encoder = module.net.emotion_to_latents.speech_encoder
-    with torch.no_grad():  # a reference computation: sad clip, happy clip
-        logits = module.speech_emotion_head(encoder(batch["emotion"]["speech"]))
-        expected = module.alignment_loss(batch) + 0.5 * F.cross_entropy(
-            logits, torch.tensor([BASIC_EMOTIONS.index("sad"), BASIC_EMOTIONS.index("happy")]))
-    torch.testing.assert_close(warm, expected)
-    warm.backward()
-    assert module.speech_emotion_head.weight.grad.abs().sum() > 0
-    assert any(p.grad is not None and p.grad.abs().sum() > 0 for p in encoder.parameters())
-    assert "speech_emotion" in module.diffusion_step(batch, cfg_dropout=False)
-    module.zero_grad(set_to_none=True)  # the alignment term reaches the query MLP, not the encoder
-    module.alignment_loss(batch).backward()
+    loaded = {n: p.detach().clone() for n, p in module.net.named_parameters()
+              if n.startswith(f"{SPEECH_ENCODER}.")}
+    torch.testing.assert_close(loaded, {n: p.detach() + 0.5 for n, p in speech.items()})
+    assert not any(p.requires_grad for p in encoder.parameters())
+    module.training_step(batch, 0).backward()  # the alignment term reaches the query MLP only
     assert all(p.grad is None for p in encoder.parameters())
     assert module.net.emotion_to_latents.to_queries["speech"][0].weight.grad.abs().sum() > 0
-    # a training aid: in the optimizer and the checkpoints, never in the exported network
-    groups = module._optimizer_groups()
-    head_group = next(g for g in groups if any(p is module.speech_emotion_head.weight
-                                               for p in g["params"]))
-    assert head_group["lr_scale"] == 0.25
-    speech = {id(p) for p in encoder.parameters()}
-    assert speech <= {id(p) for p in head_group["params"]}
-    assert sum(id(p) in speech for g in groups for p in g["params"]) == len(speech)  # once
-    checkpoint = {"state_dict": module.state_dict()}
+    exported = module.exported_weights()  # carried, so animation needs the gating export only
+    torch.testing.assert_close({n: exported[n] for n in loaded}, loaded)
+    checkpoint = {"state_dict": {f"net.{n}": v for n, v in module.net.state_dict().items()}}
     module.on_save_checkpoint(checkpoint)
-    assert "speech_emotion_head.weight" in checkpoint["state_dict"]
-    assert not any("speech_emotion_head" in name for name in module.exported_weights())
+    assert all(f"net.{n}" in checkpoint["state_dict"] for n in loaded)
+    # without the flag the stand-in trains with its query MLP (and is exported as trained)
+    free = GatingModule(loss=loss(), alignment_warmup=5)
+    assert all(p.requires_grad for p in free.net.emotion_to_latents.speech_encoder.parameters())
 
 
-def test_gating_run_with_the_speech_head_resumes_where_it_stopped(tmp_path, mixed_batch):
-    import lightning as L
-
-    batch = {**mixed_batch, "emotion": {**mixed_batch["emotion"],
-                                        "present": torch.ones(2, 4, dtype=torch.bool)}}
-    data = torch.utils.data.DataLoader([batch] * 4, batch_size=None)
-
-    def run(max_steps):
-        return L.Trainer(max_steps=max_steps, accelerator="cpu", logger=False,
-                         enable_progress_bar=False, enable_model_summary=False,
-                         default_root_dir=tmp_path, enable_checkpointing=False)
-
-    def gating():
-        return GatingModule(loss=loss(), alignment_warmup=2, speech_emotion_weight=1.0)
-
-    first, trainer = gating(), run(2)
-    trainer.fit(first, train_dataloaders=data)
-    trainer.save_checkpoint(tmp_path / "step2.ckpt")
-    saved = first.speech_emotion_head.weight.detach().clone()
-    resumed, again = gating(), run(3)
-    loaded = []
-    resumed.on_train_start = lambda: loaded.append(resumed.speech_emotion_head.weight.clone())
-    again.fit(resumed, train_dataloaders=data, ckpt_path=tmp_path / "step2.ckpt")
-    torch.testing.assert_close(loaded[0], saved)  # the head came back, not a fresh one
-    assert again.global_step == 3
-    optimizer = again.optimizers[0]
-    head = resumed.speech_emotion_head.weight
-    assert int(optimizer.state[head]["step"]) == 3  # its Adam moments continued from step 2
-
-
-def test_gating_speech_emotion_term_leaves_a_pretrained_encoder_alone(tmp_path, caplog):
-    from moee.models.moee_net import MoEENetConfig
+def test_gating_never_trains_or_exports_a_pretrained_speech_encoder(tmp_path):
+    from moee.models.moee_net import SPEECH_ENCODER, MoEENetConfig
     from moee.models.pretrained import PRESETS, WeightSources, build_speech_encoder
 
     build_speech_encoder(PRESETS["tiny"], None).save_pretrained(tmp_path)
-    with caplog.at_level(logging.INFO, logger="moee.stages.gating"):
-        module = GatingModule(loss=loss(), speech_emotion_weight=1.0, net=MoEENetConfig(
-            weights=WeightSources(speech_encoder=str(tmp_path))))
-    assert module.speech_emotion_head is None
-    assert "speech_emotion_weight ignored" in caplog.text
-    with pytest.raises(ValueError, match="speech_emotion_lr_scale must be positive"):
-        GatingModule(loss=loss(), speech_emotion_weight=1.0, speech_emotion_lr_scale=0.0)
+    module = GatingModule(loss=loss(), freeze_speech_encoder=True, net=MoEENetConfig(
+        weights=WeightSources(speech_encoder=str(tmp_path))))
+    assert not any(p.requires_grad
+                   for p in module.net.emotion_to_latents.speech_encoder.parameters())
+    assert not any(n.startswith(SPEECH_ENCODER) for n in module.exported_weights())
 
 
 @pytest.mark.parametrize("max_steps, warns", [(5, True), (6, False)])
