@@ -25,9 +25,9 @@ import torch
 
 from moee.data.sampling import clip_audio, window_audio
 from moee.data.shards import ShardError
-from moee.data.synth.probes import load_probes
 from moee.data.synth.sheet import write_png
 from moee.emotions import BASIC_EMOTIONS, EMOTION_CLASSES, parse_emotion
+from moee.evaluation.probes import load_probes
 from moee.inference.conditions import emotion_inputs
 from moee.inference.pipeline import MoEEPipeline
 from moee.inference.sampling import Guidance, SamplerSettings

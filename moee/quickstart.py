@@ -140,7 +140,8 @@ def quickstart(identities: int = 120, held_out: int = 8, frames: int = 24,
         Wall time in seconds per step.
     """
     from moee.cli import main as moee
-    from moee.data.synth.probes import cache_path, load_probes, train_probes
+    from moee.evaluation.probe_training import train_probes
+    from moee.evaluation.probes import cache_path, load_probes
 
     # Stages run in this process through the CLI's own entry point; Lightning warns about that.
     warnings.filterwarnings("ignore", message="LightningCLI's args parameter")

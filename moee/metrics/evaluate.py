@@ -41,8 +41,8 @@ from torchmetrics.aggregation import SumMetric
 
 from moee.data.media import SAMPLES_PER_FRAME
 from moee.data.sampling import AUDIO_CONTEXT
-from moee.data.synth.probes import load_probes
 from moee.emotions import EMOTION_CLASSES, NEUTRAL, EmotionCondition, parse_emotion
+from moee.evaluation.probes import load_probes
 from moee.inference.conditions import EmotionTrack
 from moee.inference.pipeline import MoEEPipeline, load_stage_weights
 from moee.inference.sampling import SamplerSettings

@@ -30,8 +30,8 @@ from einops import rearrange
 from torch import Tensor, nn
 
 from moee.data.media import SAMPLES_PER_FRAME
-from moee.data.synth.probes import SynthEmoProbes
 from moee.emotions import EMOTION_CLASSES
+from moee.evaluation.probes import SynthEmoProbes
 from moee.metrics._utils import per_frame
 from moee.metrics.face import AverageEmotionDistance, AverageKeypointDistance
 from moee.metrics.frechet import FrechetInceptionDistance, FrechetVideoDistance
@@ -183,7 +183,7 @@ def synthemo_suite(
     The suite reads batches in [-1, 1] (``value_range=(-1, 1)``), as the network makes them.
 
     Args:
-        probes: trained SynthEmo probes (:func:`moee.data.synth.probes.load_probes`).
+        probes: trained SynthEmo probes (:func:`moee.evaluation.probes.load_probes`).
         fvd_frames: frames per FVD sample (clips are cut into pieces of this length).
         sync_max_offset: offsets tried by Sync-C/D, in frames (keep well below the clip length).
         sync_window: frames per sync window.

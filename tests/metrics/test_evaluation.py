@@ -25,8 +25,8 @@ from moee.data.batch import normalize_images
 from moee.data.datamodule import MoEEDataModule
 from moee.data.shards import read_manifest, shard_urls
 from moee.data.synth.generator import ClipConfig, generate_dataset
-from moee.data.synth.probes import SynthEmoProbes, load_probes, save_probes
 from moee.emotions import EMOTION_CLASSES
+from moee.evaluation.probes import SynthEmoProbes, load_probes, save_probes
 from moee.inference.sampling import SamplerSettings
 from moee.metrics.callbacks import EvaluationCallback
 from moee.metrics.evaluate import EvaluationModule, ModelEntry, SynthEmoMetrics, clip_condition
