@@ -97,7 +97,7 @@ def animate_held_out(people: int | None = None, seconds: float = 0.64, steps: in
 def read_held_out(made: list, probes) -> dict:
     """Score the made videos with the probes, print the figures, write the contact sheet."""
     from moee.data.synth.sheet import write_png
-    from moee.metrics.probe_judge import ProbeJudge
+    from moee.evaluation.probe_judge import ProbeJudge
     from moee.showcase import score_videos, showcase_sheet
 
     portraits = {video.person.identity: video.person.portrait for video, _ in made}

@@ -32,8 +32,8 @@ from moee.data.shards import Clip, ShardError, decode_clip, iter_raw_samples, sh
 from moee.data.synth.face import mouth_opening_from_landmarks
 from moee.data.synth.sheet import with_header
 from moee.emotions import BASIC_EMOTIONS, COMPOUND_EMOTIONS, NEUTRAL
+from moee.evaluation.probe_judge import ProbeJudge, lip_sync_correlation
 from moee.evaluation.probes import to_tensor
-from moee.metrics.probe_judge import ProbeJudge, lip_sync_correlation
 
 KINDS = ("basic", "compound", "text", "speech")
 """The condition kinds, in report order."""

@@ -49,7 +49,7 @@ def test_ground_truth_videos_score_and_still_portraits_do_not(monkeypatch):
     """score_videos counts a video only when the judge reads the asked emotion on the right
     person, and correlates mouths with the speech clip's ground truth."""
     from moee.data.synth.face import mouth_opening_from_landmarks
-    from moee.metrics.probe_judge import VideoReading
+    from moee.evaluation.probe_judge import VideoReading
     from moee.showcase import score_videos
 
     class TruthJudge:

@@ -4,6 +4,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
+from moee.evaluation.suites import MetricSuite
 from moee.metrics import (
     AUError,
     AverageEmotionDistance,
@@ -15,7 +16,6 @@ from moee.metrics import (
     IdentitySimilarity,
     LearnedPerceptualSimilarity,
     LipSync,
-    MetricSuite,
     RandomConvFeatures,
     RandomConvVideoFeatures,
 )
