@@ -8,13 +8,13 @@ per compared model: :class:`StandardMetrics` with the standard networks for real
 from __future__ import annotations
 
 import warnings
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import Literal
 
 import torch
 from torch import Tensor, nn
-from torchmetrics import Metric
+from torchmetrics import Metric, MetricCollection
 
 from moee.metrics import (
     AverageEmotionDistance,
@@ -29,8 +29,8 @@ from moee.metrics._utils import require_file
 IMAGE_KEYS = ("generated", "target", "reference")
 
 
-class MetricSuite(nn.Module):
-    """Updates every metric from one batch and returns the paper's columns as floats.
+class MetricSuite(MetricCollection):
+    """A ``MetricCollection`` fed from one batch dict that returns the paper's columns as floats.
 
     The batch is a dict with
         ``generated``: clips ``(b, f, 3, H, W)``, the model's frames;
@@ -44,11 +44,11 @@ class MetricSuite(nn.Module):
     (``input_keys``) and is skipped for batches that lack one of them, so the SynthEmo-only
     scores simply stay silent on real data. Every DDP rank must send batches with the same keys.
 
-    ``compute()`` returns a flat ``{name: float}``: a metric that computes a tensor is reported
-    under its key in ``metrics`` (use the paper's column names: ``FID``, ``FVD``, ``LPIPS``,
-    ``AKD``, ``AED``, ``AU-MAE``, ``ID-Sim``); one that computes a dict contributes its own keys
-    (``Sync-C``, ``Sync-D`` from :class:`LipSync`, ``Emotion-Acc`` and ``Emotion-Acc/<class>``
-    from :class:`EmotionAccuracy`). Metrics that never received a batch are left out.
+    ``compute()`` is the collection's flat dict, as floats, of the metrics that received a
+    batch: a metric that computes a tensor is reported under its name (use the paper's column
+    names: ``FID``, ``FVD``, ``LPIPS``, ``AKD``, ``AED``, ``AU-MAE``, ``ID-Sim``); one that
+    computes a dict contributes its own keys (``Sync-C``, ``Sync-D`` from :class:`LipSync`,
+    ``Emotion-Acc`` and ``Emotion-Acc/<class>`` from :class:`EmotionAccuracy`).
 
     From a Lightning callback: ``suite.update(batch)`` per test batch,
     ``pl_module.log_dict(suite.compute())`` and ``suite.reset()`` at epoch end; keep the suite
@@ -62,9 +62,16 @@ class MetricSuite(nn.Module):
     def __init__(
         self, metrics: Mapping[str, Metric], value_range: tuple[float, float] = (0.0, 1.0)
     ) -> None:
-        super().__init__()
-        self.metrics = nn.ModuleDict(metrics)
+        super().__init__(dict(metrics), compute_groups=False)
         self.value_range = value_range
+
+    def subset(self, keep: Callable[[Metric], bool]) -> MetricCollection:
+        """The metrics for which ``keep`` holds, as a collection of the same metric objects."""
+        return MetricCollection(
+            {name: metric for name, metric in self.items(keep_base=True, copy_state=False)
+             if keep(metric)},
+            compute_groups=False,
+        )
 
     def update(self, batch: Mapping[str, Tensor]) -> None:
         """Update every metric whose inputs are all in ``batch``."""
@@ -73,27 +80,12 @@ class MetricSuite(nn.Module):
             key: (value - low) / (high - low) if key in IMAGE_KEYS else value
             for key, value in batch.items()
         }
-        for metric in self.metrics.values():
-            if all(key in batch for key in metric.input_keys):
-                metric.update(**{key: batch[key] for key in metric.input_keys})
+        self.subset(lambda metric: set(metric.input_keys) <= batch.keys()).update(**batch)
 
     def compute(self) -> dict[str, float]:
         """Flat ``{column: value}`` of every metric that was updated (synced under DDP)."""
-        results = {}
-        for name, metric in self.metrics.items():
-            if not metric.update_called:
-                continue
-            value = metric.compute()
-            if isinstance(value, dict):
-                results.update({key: float(item) for key, item in value.items()})
-            else:
-                results[name] = float(value)
-        return results
-
-    def reset(self) -> None:
-        """Reset every metric."""
-        for metric in self.metrics.values():
-            metric.reset()
+        results = self.subset(lambda metric: metric.update_called).compute()
+        return {column: float(value) for column, value in results.items()}
 
 
 class SuiteFactory:
