@@ -37,8 +37,8 @@ from tqdm import tqdm  # noqa: E402
 
 from moee.data.sampling import MOTION_FRAMES, window_audio  # noqa: E402
 from moee.data.shards import Clip, decode_clip, iter_raw_samples, shard_urls  # noqa: E402
-from moee.data.synth.probes import to_tensor  # noqa: E402
 from moee.emotions import BASIC_EMOTIONS, NEUTRAL, parse_emotion  # noqa: E402
+from moee.evaluation.probes import to_tensor  # noqa: E402
 from moee.inference.animate import stage_weights  # noqa: E402
 from moee.inference.conditions import emotion_inputs  # noqa: E402
 from moee.inference.pipeline import MoEEPipeline  # noqa: E402

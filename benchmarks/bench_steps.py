@@ -2,7 +2,7 @@
 
 Scores one trained model (default: the quickstart's, ``runs/tiny/weights``) on held-out
 SynthEmo identities with every sampler (DPM-Solver++ 2M, DDIM, Euler) at 4, 8, 15, 25 and 40
-steps — one row per setting (:class:`~moee.metrics.evaluate.ModelEntry` ``sampler``), the
+steps — one row per setting (:class:`~moee.evaluation.lightning.ModelEntry` ``sampler``), the
 ground truth as the metrics' floor — and prints, per sampler, how far 8 steps are from 40 in
 probe emotion accuracy, FVD (probe features) and lip sync. The design's goal: 8 steps within 5 %
 of 40. Needs the SynthEmo probes (``python -m moee synth probes --size 64``).
@@ -21,9 +21,10 @@ import lightning as L  # noqa: E402
 from jsonargparse import CLI  # noqa: E402
 
 from moee.data.datamodule import MoEEDataModule  # noqa: E402
+from moee.evaluation.lightning import EvaluationModule, ModelEntry  # noqa: E402
+from moee.evaluation.synthemo import SynthEmoMetrics  # noqa: E402
 from moee.inference.animate import stage_weights  # noqa: E402
 from moee.inference.sampling import SamplerSettings  # noqa: E402
-from moee.metrics.evaluate import EvaluationModule, ModelEntry, SynthEmoMetrics  # noqa: E402
 from moee.models.moee_net import MoEENetConfig  # noqa: E402
 from moee.models.pretrained import WeightSources  # noqa: E402
 

@@ -25,13 +25,13 @@ import torch
 
 from moee.data.sampling import clip_audio, window_audio
 from moee.data.shards import ShardError
-from moee.data.synth.probes import load_probes
 from moee.data.synth.sheet import write_png
 from moee.emotions import BASIC_EMOTIONS, EMOTION_CLASSES, parse_emotion
+from moee.evaluation.probe_judge import ProbeJudge
+from moee.evaluation.probes import load_probes
 from moee.inference.conditions import emotion_inputs
 from moee.inference.pipeline import MoEEPipeline
 from moee.inference.sampling import Guidance, SamplerSettings
-from moee.metrics.probe_judge import ProbeJudge
 from moee.models.moee_net import MoEENetConfig
 from moee.models.weights import StageWeightsError
 from moee.showcase import Person, held_out_people, to_image_tensor

@@ -31,7 +31,8 @@ PROJECT_COMMANDS: dict[str, tuple[str, str]] = {}
 
 
 def register_command(name: str, module: str, description: str) -> None:
-    """Add a project subcommand served by ``module.main(argv)``."""
+    """Add a project subcommand served by ``module.main(argv)``; a two-word name such as
+    ``synth probes`` is served before the first word's own command."""
     PROJECT_COMMANDS[name] = (module, description)
 
 
@@ -44,7 +45,9 @@ register_command("animate", "moee.inference.animate",
 register_command("prepare", "moee.data.prepare",
                  "turn folders of real talking videos (MEAD, HDTF, ...) into shards")
 register_command("synth", "moee.data.synth.cli",
-                 "generate SynthEmo shards; 'synth probes' trains its probe networks")
+                 "generate SynthEmo shards; 'synth sheet' draws the contact sheet")
+register_command("synth probes", "moee.evaluation.probe_training",
+                 "train the SynthEmo probe networks (the metrics' stand-ins) and cache them")
 register_command("sweep", "moee.launch.sweep",
                  "run a grid of fit jobs on SLURM (job array) or locally; 'sweep status|collect'")
 register_command("data", "moee.data.health",
@@ -187,10 +190,11 @@ def main(argv: list[str] | None = None) -> None:
     if not argv or argv[0] in ("-h", "--help"):
         print(usage())
         return
-    command = argv[0]
+    words = 2 if " ".join(argv[:2]) in PROJECT_COMMANDS else 1
+    command = " ".join(argv[:words])
     if command in PROJECT_COMMANDS:
         module, _ = PROJECT_COMMANDS[command]
-        importlib.import_module(module).main(argv[1:])
+        importlib.import_module(module).main(argv[words:])
         return
     if command not in LIGHTNING_COMMANDS:
         sys.exit(f"moee: unknown command {command!r}\n\n{usage()}")

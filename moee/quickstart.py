@@ -99,7 +99,7 @@ def animate_held_out(people: int | None = None, seconds: float = 0.64, steps: in
 def read_held_out(made: list, probes) -> dict:
     """Score the made videos with the probes, print the figures, write the contact sheet."""
     from moee.data.synth.sheet import write_png
-    from moee.metrics.probe_judge import ProbeJudge
+    from moee.evaluation.probe_judge import ProbeJudge
     from moee.showcase import score_videos, showcase_sheet
 
     portraits = {video.person.identity: video.person.portrait for video, _ in made}
@@ -142,7 +142,8 @@ def quickstart(identities: int = 120, held_out: int = 8, frames: int = 24,
         Wall time in seconds per step.
     """
     from moee.cli import main as moee
-    from moee.data.synth.probes import cache_path, load_probes, train_probes
+    from moee.evaluation.probe_training import train_probes
+    from moee.evaluation.probes import cache_path, load_probes
 
     # Stages run in this process through the CLI's own entry point; Lightning warns about that.
     warnings.filterwarnings("ignore", message="LightningCLI's args parameter")

@@ -30,10 +30,10 @@ import torch
 from moee.data.media import SAMPLES_PER_FRAME
 from moee.data.shards import Clip, ShardError, decode_clip, iter_raw_samples, shard_urls
 from moee.data.synth.face import mouth_opening_from_landmarks
-from moee.data.synth.probes import to_tensor
 from moee.data.synth.sheet import with_header
 from moee.emotions import BASIC_EMOTIONS, COMPOUND_EMOTIONS, NEUTRAL
-from moee.metrics.probe_judge import ProbeJudge, lip_sync_correlation
+from moee.evaluation.probe_judge import ProbeJudge, lip_sync_correlation
+from moee.evaluation.probes import to_tensor
 
 KINDS = ("basic", "compound", "text", "speech")
 """The condition kinds, in report order."""

@@ -4,7 +4,8 @@ Paper columns: FID (:class:`FrechetInceptionDistance`), FVD (:class:`FrechetVide
 LPIPS (:class:`LearnedPerceptualSimilarity`), AKD (:class:`AverageKeypointDistance`),
 AED (:class:`AverageEmotionDistance`), Sync-C / Sync-D (:class:`LipSync`); SynthEmo scores:
 Emotion-Acc (:class:`EmotionAccuracy`), AU-MAE (:class:`AUError`), ID-Sim
-(:class:`IdentitySimilarity`). :class:`MetricSuite` runs them all from one batch.
+(:class:`IdentitySimilarity`). :class:`moee.evaluation.suites.MetricSuite` runs them all from
+one batch.
 
 Every network is injected; the standard ones load from local files only (``from_weights``)
 and a missing file is a one-line ``FileNotFoundError`` saying what to download.
@@ -27,7 +28,6 @@ from moee.metrics.frechet import (
 )
 from moee.metrics.perceptual import FeatureDistance, LearnedPerceptualSimilarity, LPIPSNetwork
 from moee.metrics.probe_scores import AUError, EmotionAccuracy, IdentitySimilarity
-from moee.metrics.suite import MetricSuite
 from moee.metrics.sync import LipSync, best_offset, offset_distances, sync_scores
 from moee.metrics.syncnet import SyncNet, SyncNetAudioEmbedder, SyncNetVideoEmbedder, mfcc
 
@@ -47,7 +47,6 @@ __all__ = [
     "LPIPSNetwork",
     "LearnedPerceptualSimilarity",
     "LipSync",
-    "MetricSuite",
     "RandomConvFeatures",
     "RandomConvVideoFeatures",
     "SyncNet",

@@ -1,8 +1,10 @@
 """Fréchet distances between feature Gaussians: FID over frames and FVD over clips.
 
-Both keep, per set, the float64 sum of features, the sum of their outer products and the
-count. These are sums, so DDP reduces them by summing (``dist_reduce_fx="sum"``) instead of
-gathering every feature vector, and two halves merge exactly into the whole.
+FID is torchmetrics' ``FrechetInceptionDistance`` with an injected feature network. FVD, which
+torchmetrics lacks, keeps per set the float64 sum of features, the sum of their outer products
+and the count (as torchmetrics' FID does). These are sums, so DDP reduces them by summing
+(``dist_reduce_fx="sum"``) instead of gathering every feature vector, and two halves merge
+exactly into the whole.
 """
 
 import warnings
@@ -12,6 +14,7 @@ import torch
 from einops import rearrange
 from torch import Tensor, nn
 from torchmetrics import Metric
+from torchmetrics.image.fid import FrechetInceptionDistance as TorchmetricsFID
 
 from moee.metrics._utils import Frozen, exists
 from moee.metrics.features import I3DFeatures, InceptionV3Features
@@ -121,22 +124,37 @@ class FrechetFeatureDistance(GaussianStatsMixin, Metric):
         return frechet_distance(*self.gaussian("generated"), *self.gaussian("target"))
 
 
-class FrechetInceptionDistance(FrechetFeatureDistance):
-    """FID over frames: every frame of every clip is one sample.
+class FrechetInceptionDistance(TorchmetricsFID):
+    """FID over frames: torchmetrics' FID on an injected network; every frame of a clip is a sample.
 
     ``update(generated, target)`` takes clips ``(b, f, 3, H, W)`` or images ``(b, 3, H, W)``
-    in [0, 1]. The extractor maps images ``(n, 3, H, W)`` in [0, 1] to ``(n, d)``; the
-    standard one is :class:`InceptionV3Features` (``from_weights``).
+    in [0, 1], either may be omitted; ``target`` is torchmetrics' real set, ``generated`` its
+    fake one. The extractor maps images ``(n, 3, H, W)`` in [0, 1] to ``(n, d)`` and runs frozen;
+    the standard one is :class:`InceptionV3Features` (``from_weights``).
+
+    Args:
+        feature_extractor: the network; torchmetrics reads its width from ``num_features`` (or
+            runs it once on a 299 px image).
     """
+
+    input_keys = ("generated", "target")
+
+    def __init__(self, feature_extractor: nn.Module, **kwargs: object) -> None:
+        feature = Frozen(feature_extractor)
+        if hasattr(feature_extractor, "num_features"):
+            feature.num_features = feature_extractor.num_features
+        super().__init__(feature=feature, normalize=True, **kwargs)
 
     @classmethod
     def from_weights(cls, weights: str | Path, **kwargs: object) -> "FrechetInceptionDistance":
         """FID with the standard FID Inception-v3 (torch-fidelity port) from a local file."""
         return cls(InceptionV3Features(weights), **kwargs)
 
-    def features(self, samples: Tensor) -> Tensor:
-        """Features ``(n, d)`` of every frame; ``n = b·f`` for clips."""
-        return self.feature_extractor(samples.flatten(0, -4))
+    def update(self, generated: Tensor | None = None, target: Tensor | None = None) -> None:
+        """Add the frames of generated and/or target clips (or images)."""
+        for samples, real in ((generated, False), (target, True)):
+            if exists(samples):
+                super().update(samples.flatten(0, -4), real=real)
 
 
 class FrechetVideoDistance(FrechetFeatureDistance):

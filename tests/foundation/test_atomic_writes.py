@@ -258,7 +258,7 @@ def test_written_files_and_folders_honour_the_umask(tmp_path, umask_022):
     """Teammates on a shared cluster folder can read what the project writes (mkstemp's 0600
     would survive the rename): atomic files and folders, safetensors (the probe cache, as every
     export: safetensors writes its own 0600 file over the temporary), an animation's frames."""
-    from moee.data.synth.probes import SynthEmoProbes, save_probes
+    from moee.evaluation.probes import SynthEmoProbes, save_probes
     from moee.inference.outputs import Animation
 
     written = [write_text(tmp_path / "notes.txt", "x"),

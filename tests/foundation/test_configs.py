@@ -44,7 +44,7 @@ def test_trainer_fragment_parses(fragment):
 def test_stage_config_parses(path):
     config = parse(path)
     assert config.model.class_path.startswith(
-        ("moee.stages.", "moee.inference.", "moee.metrics."))
+        ("moee.stages.", "moee.inference.", "moee.evaluation."))
     assert config.data.class_path in ("moee.data.datamodule.MoEEDataModule",
                                       "moee.inference.lightning.AnimationJobs")
     scales = config.model.init_args.get("lr_scales")

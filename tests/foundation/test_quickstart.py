@@ -49,7 +49,7 @@ def test_ground_truth_videos_score_and_still_portraits_do_not(monkeypatch):
     """score_videos counts a video only when the judge reads the asked emotion on the right
     person, and correlates mouths with the speech clip's ground truth."""
     from moee.data.synth.face import mouth_opening_from_landmarks
-    from moee.metrics.probe_judge import VideoReading
+    from moee.evaluation.probe_judge import VideoReading
     from moee.showcase import score_videos
 
     class TruthJudge:
@@ -104,7 +104,7 @@ def trained_runs(tmp_path, monkeypatch):
         for export in exports:
             (weights / export).touch()
     monkeypatch.setenv("MOEE_CACHE", str(tmp_path / "cache"))
-    from moee.data.synth.probes import cache_path
+    from moee.evaluation.probes import cache_path
 
     cache_path().parent.mkdir(parents=True)
     cache_path().touch()
@@ -124,7 +124,7 @@ def test_a_rerun_skips_finished_steps_and_keeps_their_times(trained_runs, monkey
                         lambda people, seconds, steps, strength: asked.update(
                             strength=strength) or [])
     monkeypatch.setattr(quickstart, "read_held_out", lambda made, probes: {"lip_sync_r": 0.7})
-    monkeypatch.setattr("moee.data.synth.probes.load_probes", lambda: None)
+    monkeypatch.setattr("moee.evaluation.probes.load_probes", lambda: None)
     timings = quickstart.quickstart(strength=0.5)
     assert set(timings) == {"backbone", "animate"} and timings["backbone"] == 280.0
     assert asked == {"strength": 0.5}

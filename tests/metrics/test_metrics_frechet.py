@@ -101,10 +101,36 @@ def test_fid_counts_every_frame_of_every_clip():
     metric = FrechetInceptionDistance(RandomConvFeatures(num_features=8))
     clips = textured_images(12).reshape(3, 4, 3, 32, 32)
     metric.update(generated=clips)
-    assert metric.generated_count.item() == 12
-    assert metric.target_count.item() == 0
-    with pytest.raises(RuntimeError, match="at least 2 target samples"):
+    assert metric.fake_features_num_samples.item() == 12
+    assert metric.real_features_num_samples.item() == 0
+    with pytest.raises(RuntimeError, match="More than one sample is required"):
         metric.compute()
+
+
+@pytest.fixture(scope="module")
+def inception_weights(tmp_path_factory):
+    """A weights file of the FID Inception's layout (random values: nothing is downloaded)."""
+    from torch_fidelity import feature_extractor_inceptionv3 as fidelity
+
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setattr(fidelity, "load_state_dict_from_url", lambda *args, **kwargs: {})
+        patch.setattr(fidelity.FeatureExtractorInceptionV3, "load_state_dict",
+                      lambda self, state: None)
+        network = fidelity.FeatureExtractorInceptionV3("inception-v3-compat", ["2048"])
+    path = tmp_path_factory.mktemp("inception") / "pt_inception-2015-12-05-6726825d.pth"
+    torch.save(network.state_dict(), path)
+    return path
+
+
+def test_fid_from_weights_is_torchmetrics_standard_fid(inception_weights):
+    clips = [textured_images(4, seed=seed).reshape(2, 2, 3, 32, 32) for seed in (6, 7)]
+    ours = FrechetInceptionDistance.from_weights(inception_weights)
+    ours.update(*clips)
+    reference = TorchmetricsFID(feature_extractor_weights_path=str(inception_weights),
+                                normalize=True)
+    reference.update(clips[0].flatten(0, 1), real=False)
+    reference.update(clips[1].flatten(0, 1), real=True)
+    assert ours.compute().item() == pytest.approx(reference.compute().item(), rel=1e-6)
 
 
 def test_split_updates_merged_equal_one_update():

@@ -5,7 +5,6 @@
 - :mod:`~moee.data.synth.audio`: speech and visemes (``synthesize_speech``)
 - :mod:`~moee.data.synth.text`: AU descriptions (``describe_aus``)
 - :mod:`~moee.data.synth.generator`: clips and shards (``make_clip``, ``generate_dataset``)
-- :mod:`~moee.data.synth.probes`: pixel probes for the metrics (``load_probes``, ``train_probes``)
 - :mod:`~moee.data.synth.sheet`: the contact sheet; :mod:`~moee.data.synth.cli`: ``moee synth``
 """
 

@@ -1,8 +1,9 @@
-"""``python -m moee synth``: generate SynthEmo shards, train the probes, draw the contact sheet.
+"""``python -m moee synth``: generate SynthEmo shards, draw the contact sheet.
 
     python -m moee synth --out DIR [--size 64 --frames 50 --train 40 --val 8 --test 8 ...]
-    python -m moee synth probes --size 64
     python -m moee synth sheet --out docs/synthemo_contact_sheet.png
+
+``python -m moee synth probes`` is :mod:`moee.evaluation.probe_training`.
 """
 
 from __future__ import annotations
@@ -45,30 +46,6 @@ def generate(out: str = "synthemo", seed: int = 0, size: int = 64, frames: int =
     print(f"SynthEmo shards written to {folder}")
 
 
-def probes(size: int = 64, seed: int = 0, cache_dir: str | None = None, threads: int = 1,
-           train_identities: int = 300, frames_per_identity: int = 32,
-           expression_steps: int = 1800, identity_steps: int = 300) -> None:
-    """Train the SynthEmo probe networks and cache them; prints held-out accuracy.
-
-    Args:
-        size: frame size the probes read (frames of other sizes are resized).
-        seed: seed of the probe identities and training.
-        cache_dir: cache folder (default $MOEE_CACHE or ~/.cache/moee).
-        threads: torch CPU threads (1 is fastest on a busy shared machine).
-        train_identities: identities rendered for training.
-        frames_per_identity: frames rendered per training identity.
-        expression_steps: optimiser steps of the expression probe.
-        identity_steps: optimiser steps of the identity probe.
-    """
-    from moee.data.synth.probes import train_probes
-
-    path, _ = train_probes(size=size, seed=seed, train_identities=train_identities,
-                           frames_per_identity=frames_per_identity,
-                           expression_steps=expression_steps, identity_steps=identity_steps,
-                           cache_dir=cache_dir, threads=threads)
-    print(f"probes saved to {path}")
-
-
 def sheet(out: str = "docs/synthemo_contact_sheet.png", identities: int = 8, size: int = 128,
           seed: int = 0) -> None:
     """Render the contact sheet: identities (rows) x the 11 emotion classes (columns).
@@ -84,11 +61,11 @@ def sheet(out: str = "docs/synthemo_contact_sheet.png", identities: int = 8, siz
     print(f"contact sheet written to {write_contact_sheet(out, identities, size, seed)}")
 
 
-_COMMANDS = {"probes": probes, "sheet": sheet}
+_COMMANDS = {"sheet": sheet}
 
 
 def main(argv: list[str] | None = None) -> None:
-    """Dispatch ``synth [probes|sheet] ...``; without a subcommand, generate shards."""
+    """Dispatch ``synth [sheet] ...``; without a subcommand, generate shards."""
     argv = list(sys.argv[1:] if argv is None else argv)
     if argv and argv[0] in _COMMANDS:
         CLI(_COMMANDS[argv[0]], args=argv[1:], prog="moee synth " + argv[0])

@@ -24,10 +24,10 @@ from tensorboard.compat.proto.summary_pb2 import Summary
 
 from moee.data.batch import normalize_images, to_numpy_frames
 from moee.data.media import AUDIO_RATE, VIDEO_FPS
+from moee.evaluation.generation import generate_clips, suite_inputs, window_speech
+from moee.evaluation.suites import MetricSuite, SuiteFactory
 from moee.inference.pipeline import MoEEPipeline
 from moee.inference.sampling import SamplerSettings
-from moee.metrics.evaluate import SuiteFactory, generate_clips, suite_inputs, window_speech
-from moee.metrics.suite import MetricSuite
 
 log = logging.getLogger(__name__)
 
@@ -56,7 +56,7 @@ class EvaluationCallback(L.Callback):
     that many) and the metrics are reduced over ranks. Rank 0 logs ``num_videos`` videos.
 
     Args:
-        metrics: the metric networks (e.g. :class:`~moee.metrics.evaluate.SynthEmoMetrics`).
+        metrics: the metric networks (e.g. :class:`~moee.evaluation.synthemo.SynthEmoMetrics`).
         every_n_steps: evaluate when the global step is a multiple of it (``None``: never).
         every_n_epochs: evaluate at the end of every n-th epoch (``None``: never).
         num_batches: validation batches generated per evaluation.

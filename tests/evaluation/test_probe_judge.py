@@ -6,8 +6,9 @@ import pytest
 
 from moee.data.synth.face import mouth_opening_from_landmarks
 from moee.data.synth.generator import ClipConfig, make_clip
-from moee.data.synth.probes import load_probes, train_probes
-from moee.metrics.probe_judge import ProbeJudge, lip_sync_correlation
+from moee.evaluation.probe_judge import ProbeJudge, lip_sync_correlation
+from moee.evaluation.probe_training import train_probes
+from moee.evaluation.probes import load_probes
 
 PEOPLE = range(100, 104)
 

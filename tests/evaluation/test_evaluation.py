@@ -25,11 +25,13 @@ from moee.data.batch import normalize_images
 from moee.data.datamodule import MoEEDataModule
 from moee.data.shards import read_manifest, shard_urls
 from moee.data.synth.generator import ClipConfig, generate_dataset
-from moee.data.synth.probes import SynthEmoProbes, load_probes, save_probes
 from moee.emotions import EMOTION_CLASSES
+from moee.evaluation.callbacks import EvaluationCallback
+from moee.evaluation.generation import clip_condition
+from moee.evaluation.lightning import EvaluationModule, ModelEntry
+from moee.evaluation.probes import SynthEmoProbes, load_probes, save_probes
+from moee.evaluation.synthemo import SynthEmoMetrics
 from moee.inference.sampling import SamplerSettings
-from moee.metrics.callbacks import EvaluationCallback
-from moee.metrics.evaluate import EvaluationModule, ModelEntry, SynthEmoMetrics, clip_condition
 from moee.metrics.tables import COLUMNS, markdown_table, wins_of
 from moee.models.emotion_moe import EmotionMoE, UniformGate
 from moee.models.moee_net import MoEENet, MoEENetConfig, parameter_groups
@@ -71,7 +73,7 @@ def run_test_command(workspace: Path, out: Path, test: Path | None = None,
         "model": {"init_args": {
             "net": {"preset": "tiny", "weights": {"vae": None}}, "models": models,
             "sampler": FAST_SAMPLER, "output_dir": str(out / "eval"),
-            "metrics": {"class_path": "moee.metrics.evaluate.SynthEmoMetrics",
+            "metrics": {"class_path": "moee.evaluation.synthemo.SynthEmoMetrics",
                         "init_args": {"probe_cache": str(workspace / "cache"), "fvd_frames": 4,
                                       "sync_max_offset": 2}}}},
         "data": {"init_args": {"test": str(test or workspace / "synthemo" / "test"),

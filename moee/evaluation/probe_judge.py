@@ -16,8 +16,8 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
-from moee.data.synth.probes import SynthEmoProbes, to_tensor
 from moee.emotions import EMOTION_CLASSES
+from moee.evaluation.probes import SynthEmoProbes, to_tensor
 
 FACE_THRESHOLD = 0.5
 """Mean face probability above which a video counts as showing a face."""

@@ -1,19 +1,13 @@
-"""Probe networks: small CNNs trained on SynthEmo renders that read labels back from pixels.
+"""Training of the SynthEmo probes: render labelled frames, fit both probes, score them on
+unseen identities and write the cache; ``python -m moee synth probes`` (:func:`main`).
 
-They stand in for the pretrained emotion, AU, landmark, SyncNet and identity models that the
-metrics use on real data. Two trunks: an *expression* probe (emotion class over
-``EMOTION_CLASSES``, 17 AU intensities, 68 landmarks, mouth opening) and an *identity* probe
-(an L2-normalised embedding trained with a cosine-softmax over training identities).
-
-``python -m moee synth probes --size 64`` trains both on identities that no data set split uses
-and reports held-out accuracy on unseen identities; :func:`load_probes` reads the cache file
-(safetensors, keyed by generator version and size).
+The expression probe also learns a face output on :func:`non_faces` made from its renders, so
+noise, blur, scrambles and crops read as no face at all.
 """
 
 from __future__ import annotations
 
 import functools
-import json
 import os
 import time
 from collections.abc import Callable
@@ -24,126 +18,17 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 from einops import rearrange
-from safetensors.torch import load_file, save_file
+from jsonargparse import CLI
 from torch import nn
 
 from moee.data.synth.face import combine_speech, mouth_opening_from_landmarks
-from moee.data.synth.generator import RENDERER_VERSION, apex_aus, head_motion, renderer
+from moee.data.synth.generator import apex_aus, head_motion, renderer
 from moee.emotions import EMOTION_CLASSES, NEUTRAL, NUM_ACTION_UNITS
-from moee.utils import atomic_path
+from moee.evaluation.probes import EMBEDDING_DIM, SynthEmoProbes, save_probes, to_tensor
 
 PROBE_IDENTITY_OFFSET = 1_000_000
 """Probe identities are drawn far from the data set's indices (train, then held-out)."""
-EMBEDDING_DIM = 64
 _NO_LABEL = -100
-
-
-PROBE_VERSION = 2
-"""Changes whenever the probes' outputs change (2: the face output)."""
-
-
-def cache_path(size: int = 64, cache_dir: str | os.PathLike | None = None) -> Path:
-    """Where the probes of ``size`` px live: ``$MOEE_CACHE`` or ``~/.cache/moee``."""
-    root = Path(cache_dir or os.environ.get("MOEE_CACHE") or Path.home() / ".cache" / "moee")
-    return root / f"synthemo_probes_{RENDERER_VERSION}_v{PROBE_VERSION}_{size}px.safetensors"
-
-
-def _trunk(widths: tuple[int, ...]) -> nn.Sequential:
-    """Conv-BN-ReLU blocks; every other block halves the resolution; ends at 4x4."""
-    layers, cin = [], 3
-    for i, cout in enumerate(widths):
-        layers += [nn.Conv2d(cin, cout, 3, 2 if i % 2 == 0 else 1, 1, bias=False),
-                   nn.BatchNorm2d(cout), nn.ReLU(inplace=True)]
-        cin = cout
-    layers += [nn.AdaptiveAvgPool2d(4), nn.Flatten(), nn.Linear(cin * 16, 256),
-               nn.ReLU(inplace=True)]
-    return nn.Sequential(*layers)
-
-
-_WIDTHS = (16, 24, 32, 48, 64, 96, 128)
-
-
-class ExpressionProbe(nn.Module):
-    """Emotion logits (11), AU intensities (17), landmarks (68x2), mouth opening and a face
-    logit (is this a whole, sharp enough SynthEmo face at all) from pixels."""
-
-    def __init__(self) -> None:
-        super().__init__()
-        self.trunk = _trunk(_WIDTHS)
-        self.head = nn.Linear(256, len(EMOTION_CLASSES) + NUM_ACTION_UNITS + 136 + 2)
-
-    def forward(self, x: torch.Tensor) -> dict[str, torch.Tensor]:
-        """x (b 3 h w) in [-1, 1] -> dict of emotion (b 11), aus (b 17) and their logits,
-        landmarks (b 68 2), mouth (b), face logit (b)."""
-        out = self.head(self.trunk(x))
-        e, a = len(EMOTION_CLASSES), NUM_ACTION_UNITS
-        return {
-            "emotion": out[:, :e],
-            "au_logits": out[:, e:e + a],
-            "aus": torch.sigmoid(out[:, e:e + a]),
-            "landmarks": (out[:, e + a:e + a + 136] + 0.5).view(-1, 68, 2),
-            "mouth": out[:, -2],
-            "face": out[:, -1],
-        }
-
-
-class IdentityProbe(nn.Module):
-    """An L2-normalised identity embedding (b, 64) from pixels."""
-
-    def __init__(self) -> None:
-        super().__init__()
-        self.trunk = _trunk(_WIDTHS)
-        self.embed = nn.Linear(256, EMBEDDING_DIM)
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        """x (b 3 h w) in [-1, 1] -> (b d) unit vectors."""
-        return F.normalize(self.embed(self.trunk(x)), dim=-1)
-
-
-class SynthEmoProbes(nn.Module):
-    """Both probes behind one interface; every method takes (N, 3, H, W) floats in [-1, 1]."""
-
-    def __init__(self, size: int = 64):
-        super().__init__()
-        self.size = size
-        self.expression = ExpressionProbe()
-        self.identity = IdentityProbe()
-
-    def _fit(self, frames: torch.Tensor) -> torch.Tensor:
-        if frames.shape[-2:] != (self.size, self.size):
-            frames = F.interpolate(frames, size=(self.size, self.size), mode="bilinear",
-                                   antialias=True, align_corners=False)
-        return frames
-
-    @torch.no_grad()
-    def _expr(self, frames: torch.Tensor) -> dict[str, torch.Tensor]:
-        return self.expression(self._fit(frames))
-
-    def emotion_logits(self, frames: torch.Tensor) -> torch.Tensor:
-        """(N, 11) logits over ``moee.emotions.EMOTION_CLASSES``."""
-        return self._expr(frames)["emotion"]
-
-    def action_units(self, frames: torch.Tensor) -> torch.Tensor:
-        """(N, 17) AU intensities in [0, 1] (order of ``ACTION_UNITS``)."""
-        return self._expr(frames)["aus"]
-
-    def landmarks(self, frames: torch.Tensor) -> torch.Tensor:
-        """(N, 68, 2) iBUG landmarks (x, y) in [0, 1] of the image."""
-        return self._expr(frames)["landmarks"]
-
-    def mouth_opening(self, frames: torch.Tensor) -> torch.Tensor:
-        """(N,) inner-lip gap over mouth width (see ``mouth_opening_from_landmarks``)."""
-        return self._expr(frames)["mouth"]
-
-    def face_probability(self, frames: torch.Tensor) -> torch.Tensor:
-        """(N,) probability that a frame is a face at all: noise, heavy blur, scrambled or
-        off-centre crops score near 0 (trained on such negatives of ground-truth renders)."""
-        return self._expr(frames)["face"].sigmoid()
-
-    @torch.no_grad()
-    def identity_embedding(self, frames: torch.Tensor) -> torch.Tensor:
-        """(N, 64) unit-length identity embeddings; cosine similarity compares people."""
-        return self.identity(self._fit(frames))
 
 
 @dataclass
@@ -191,11 +76,6 @@ def render_probe_data(seed: int, identities: range, per_identity: int, size: int
         mouth=mouth_opening_from_landmarks(landmarks).astype(np.float32),
         identity=np.array(out["identity"], np.int64),
     )
-
-
-def to_tensor(frames: np.ndarray) -> torch.Tensor:
-    """uint8 (N, H, W, 3) -> float (N, 3, H, W) in [-1, 1]."""
-    return torch.from_numpy(frames).permute(0, 3, 1, 2).float().div(127.5).sub(1)
 
 
 def _batches(n: int, batch: int, rng: np.random.Generator):
@@ -354,38 +234,29 @@ def train_probes(size: int = 64, seed: int = 0, train_identities: int = 300,
     return path, metrics
 
 
-def save_probes(probes: SynthEmoProbes, metrics: dict[str, float],
-                cache_dir: str | os.PathLike | None = None) -> Path:
-    """Write probes and their held-out metrics to the cache file (atomically); return its path."""
-    path = cache_path(probes.size, cache_dir)
-    with atomic_path(path) as tmp:
-        save_file(probes.state_dict(), str(tmp), metadata={
-            "renderer_version": RENDERER_VERSION, "size": str(probes.size),
-            "metrics": json.dumps(metrics)})
-    return path
+def probes_command(size: int = 64, seed: int = 0, cache_dir: str | None = None,
+                   threads: int = 1, train_identities: int = 300,
+                   frames_per_identity: int = 32, expression_steps: int = 1800,
+                   identity_steps: int = 300) -> None:
+    """Train the SynthEmo probe networks and cache them; prints held-out accuracy.
 
-
-def load_probes(size: int = 64, cache_dir: str | os.PathLike | None = None,
-                train_if_missing: bool = False) -> SynthEmoProbes:
-    """The trained probes for ``size`` px frames (eval mode), from the cache.
-
-    Raises FileNotFoundError naming the command to run when the cache is missing and
-    ``train_if_missing`` is false.
+    Args:
+        size: frame size the probes read (frames of other sizes are resized).
+        seed: seed of the probe identities and training.
+        cache_dir: cache folder (default $MOEE_CACHE or ~/.cache/moee).
+        threads: torch CPU threads (1 is fastest on a busy shared machine).
+        train_identities: identities rendered for training.
+        frames_per_identity: frames rendered per training identity.
+        expression_steps: optimiser steps of the expression probe.
+        identity_steps: optimiser steps of the identity probe.
     """
-    path = cache_path(size, cache_dir)
-    if not path.is_file():
-        if not train_if_missing:
-            raise FileNotFoundError(
-                f"no SynthEmo probes at {path}; run `python -m moee synth probes --size {size}`")
-        train_probes(size=size, cache_dir=cache_dir)
-    probes = SynthEmoProbes(size)
-    probes.load_state_dict(load_file(str(path)))
-    return probes.eval()
+    path, _ = train_probes(size=size, seed=seed, train_identities=train_identities,
+                           frames_per_identity=frames_per_identity,
+                           expression_steps=expression_steps, identity_steps=identity_steps,
+                           cache_dir=cache_dir, threads=threads)
+    print(f"probes saved to {path}")
 
 
-def probe_metrics(size: int = 64, cache_dir: str | os.PathLike | None = None) -> dict[str, float]:
-    """The held-out metrics stored with the cached probes."""
-    from safetensors import safe_open
-
-    with safe_open(str(cache_path(size, cache_dir)), "pt") as handle:
-        return json.loads(handle.metadata()["metrics"])
+def main(argv: list[str] | None = None) -> None:
+    """``python -m moee synth probes [--size 64 ...]``."""
+    CLI(probes_command, args=argv, prog="moee synth probes")

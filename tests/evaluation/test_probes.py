@@ -3,15 +3,14 @@
 import pytest
 import torch
 
-from moee.data.synth.probes import (
+from moee.evaluation.probe_training import render_probe_data, train_probes
+from moee.evaluation.probes import (
     SynthEmoProbes,
     cache_path,
     load_probes,
     probe_metrics,
-    render_probe_data,
     save_probes,
     to_tensor,
-    train_probes,
 )
 
 

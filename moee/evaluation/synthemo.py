@@ -30,14 +30,14 @@ from einops import rearrange
 from torch import Tensor, nn
 
 from moee.data.media import SAMPLES_PER_FRAME
-from moee.data.synth.probes import SynthEmoProbes
 from moee.emotions import EMOTION_CLASSES
+from moee.evaluation.probes import SynthEmoProbes, load_probes
+from moee.evaluation.suites import MetricSuite, SuiteFactory
 from moee.metrics._utils import per_frame
 from moee.metrics.face import AverageEmotionDistance, AverageKeypointDistance
 from moee.metrics.frechet import FrechetInceptionDistance, FrechetVideoDistance
 from moee.metrics.perceptual import FeatureDistance, LearnedPerceptualSimilarity
 from moee.metrics.probe_scores import AUError, EmotionAccuracy, IdentitySimilarity
-from moee.metrics.suite import MetricSuite
 from moee.metrics.sync import LipSync
 
 ProbeOutput = Literal[
@@ -183,7 +183,7 @@ def synthemo_suite(
     The suite reads batches in [-1, 1] (``value_range=(-1, 1)``), as the network makes them.
 
     Args:
-        probes: trained SynthEmo probes (:func:`moee.data.synth.probes.load_probes`).
+        probes: trained SynthEmo probes (:func:`moee.evaluation.probes.load_probes`).
         fvd_frames: frames per FVD sample (clips are cut into pieces of this length).
         sync_max_offset: offsets tried by Sync-C/D, in frames (keep well below the clip length).
         sync_window: frames per sync window.
@@ -210,3 +210,26 @@ def synthemo_suite(
         },
         value_range=(-1.0, 1.0),
     )
+
+
+class SynthEmoMetrics(SuiteFactory):
+    """Every column measured by the SynthEmo probes (see the module docstring).
+
+    Args:
+        probe_size: side of the frames the probes were trained on (``synth probes --size``).
+        probe_cache: cache folder of the probes (default ``$MOEE_CACHE`` or ``~/.cache/moee``).
+        fvd_frames: frames per FVD sample.
+        sync_max_offset: offsets tried by Sync-C/D, in frames.
+    """
+
+    def __init__(self, probe_size: int = 64, probe_cache: str | None = None,
+                 fvd_frames: int = 8, sync_max_offset: int = 5) -> None:
+        self.probe_size = probe_size
+        self.probe_cache = probe_cache
+        self.fvd_frames = fvd_frames
+        self.sync_max_offset = sync_max_offset
+
+    def build(self) -> MetricSuite:
+        """The SynthEmo suite on the cached probes (a missing cache names the command)."""
+        probes = load_probes(self.probe_size, self.probe_cache)
+        return synthemo_suite(probes, self.fvd_frames, self.sync_max_offset)

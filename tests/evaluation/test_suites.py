@@ -4,6 +4,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
+from moee.evaluation.suites import MetricSuite
 from moee.metrics import (
     AUError,
     AverageEmotionDistance,
@@ -15,7 +16,6 @@ from moee.metrics import (
     IdentitySimilarity,
     LearnedPerceptualSimilarity,
     LipSync,
-    MetricSuite,
     RandomConvFeatures,
     RandomConvVideoFeatures,
 )
@@ -99,7 +99,7 @@ def test_suite_maps_the_value_range_to_unit():
         key: value * 2 - 1 if key in ("generated", "target", "reference") else value
         for key, value in batch.items()
     }
-    unit_suite, signed_suite = make_suite(), MetricSuite(make_suite().metrics, value_range=(-1, 1))
+    unit_suite, signed_suite = make_suite(), MetricSuite(make_suite(), value_range=(-1, 1))
     unit_suite.update(batch)
     signed_suite.update(signed)
     assert signed_suite.compute() == pytest.approx(unit_suite.compute(), rel=1e-5)
