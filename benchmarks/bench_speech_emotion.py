@@ -2,13 +2,13 @@
 speed perturbation.
 
 Trains the tiny preset's speech-emotion recogniser (``SpeechEmotionModule``: a random
-``HubertModel``, the class the real configuration loads as ``superb/hubert-base-superb-er``,
-and a 6-way linear head) on the speech windows (``speech_window``, 0.64 s) of SynthEmo's
-basic-emotion training clips, then reads the centred window of every basic clip of the held-out (val and test) identities, whose
-voices it never heard. The same training runs twice, side by side, from the same seed: plain
-windows, then windows played at a speed drawn log-uniformly in ``[1 / (1 + s), 1 + s]``
-(``SamplingOptions.speech_speed``). Prints held-out accuracy every ``every`` steps (chance: 1/6).
-Needs SynthEmo shards (``python -m moee quickstart`` writes them).
+``HubertModel``, the class the real configuration loads as ``superb/hubert-base-superb-er``, and
+a 6-way linear head) on the speech windows (``speech_window``, 0.64 s) of SynthEmo's basic-
+emotion training clips, then reads the centred window of every basic clip of the held-out (val
+and test) identities, whose voices it never heard. The same training runs twice, side by side,
+from the same seed: plain windows, then windows played at a speed drawn log-uniformly in ``[1 /
+(1 + s), 1 + s]`` (``SamplingOptions.speech_speed``). Prints held-out accuracy every ``every``
+steps (chance: 1/6). Needs SynthEmo shards (``python -m moee quickstart`` writes them).
 
     python benchmarks/bench_speech_emotion.py [--steps 1000] [--speed 0.15]
 """
