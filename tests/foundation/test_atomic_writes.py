@@ -18,7 +18,7 @@ import webdataset as wds
 from safetensors import SafetensorError
 
 import moee.data.media
-import moee.stages.base
+import moee.models.weights
 from moee.data.media import read_video, write_mp4
 from moee.data.shards import ShardWriter
 from moee.launch.checkpoints import AtomicCheckpointIO
@@ -79,7 +79,7 @@ def test_export_that_fails_keeps_the_previous_export(tmp_path, monkeypatch):
         raise SafetensorError("Error while serializing: I/O error: No space left on device "
                               "(os error 28)")
 
-    monkeypatch.setattr(moee.stages.base, "save_file", failing_save_file)
+    monkeypatch.setattr(moee.models.weights, "save_file", failing_save_file)
     with pytest.raises(WriteError) as info:
         stage.export(path)
     assert_one_line(info.value, path, "No space left on device")
