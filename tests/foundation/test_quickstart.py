@@ -17,7 +17,7 @@ def test_every_stage_config_exists_and_exports_every_expert():
     exports = [e for _, exports, _ in STAGES for e in exports]
     assert exports == ["backbone_image.safetensors", "backbone.safetensors",
                        *(f"expert_{e}.safetensors" for e in BASIC_EMOTIONS),
-                       "gating.safetensors"]
+                       "speech_emotion.safetensors", "gating.safetensors"]
 
 
 def person(identity: str = "synth00053") -> Person:
