@@ -134,7 +134,7 @@ def test_experts_that_disagree_are_one_clear_line(tmp_path):
     assert missing.startswith("error: checkpoint not found: 'runs/tiny/weights/backbone.")
     weights = tmp_path / "runs" / "tiny" / "weights"
     weights.mkdir(parents=True)
-    for stage in ("backbone", "gating"):
+    for stage in ("backbone", "speech_emotion", "gating"):
         save_file({"x": torch.zeros(1)}, weights / f"{stage}.safetensors")
     for index, emotion in enumerate(BASIC_EMOTIONS):
         save_file({"emotion_to_latents.null_latent": torch.full((2, 3), float(index))},

@@ -46,6 +46,7 @@ def test_stage_config_parses(path):
     assert config.model.class_path.startswith(
         ("moee.stages.", "moee.inference.", "moee.evaluation."))
     assert config.data.class_path in ("moee.data.datamodule.MoEEDataModule",
+                                      "moee.data.speech_emotion.SpeechEmotionDataModule",
                                       "moee.inference.lightning.AnimationJobs")
     scales = config.model.init_args.get("lr_scales")
     if scales:  # the stage checks its groups only when built: check them here
