@@ -56,7 +56,7 @@ def read_voices(folder: str) -> list[Voice]:
 
 def centred_windows(voices: list[Voice]) -> tuple[torch.Tensor, torch.Tensor]:
     """Each clip's middle speech window (n s) and its emotion (n,): the evaluation set."""
-    windows = [speech_window(v.audio, (v.num_frames - SPEECH_FRAMES) // 2, SPEECH_FRAMES)
+    windows = [speech_window(v.audio, max(0, (v.num_frames - SPEECH_FRAMES) // 2), SPEECH_FRAMES)
                for v in voices]
     return (torch.from_numpy(np.stack(windows)),
             torch.tensor([v.emotion for v in voices]))
@@ -73,9 +73,10 @@ class RandomWindows(torch.utils.data.IterableDataset):
         rng = np.random.default_rng(self.seed)
         while True:
             picks = [self.voices[i] for i in rng.integers(len(self.voices), size=self.batch_size)]
-            windows = [speech_window(v.audio, int(rng.integers(v.num_frames - SPEECH_FRAMES + 1)),
-                                     SPEECH_FRAMES, draw_speech_speed(rng, self.speed))
-                       for v in picks]
+            starts = [int(rng.integers(max(1, v.num_frames - SPEECH_FRAMES + 1))) for v in picks]
+            windows = [speech_window(v.audio, start, SPEECH_FRAMES,
+                                     draw_speech_speed(rng, self.speed))
+                       for v, start in zip(picks, starts)]
             yield (torch.from_numpy(np.stack(windows)), torch.tensor([v.emotion for v in picks]))
 
 

@@ -82,3 +82,12 @@ def test_a_sample_without_readable_speech_is_a_one_line_error(shards, tmp_path):
     with pytest.raises(ShardError, match="no basic-emotion clips"):
         read_voices(str(write_test_shards(tmp_path / "neutral", emotions=("neutral",),
                                           num_frames=20, size=32)))
+
+
+def test_clips_shorter_than_a_speech_window_are_heard_whole():
+    from moee.data.speech_emotion import Voice
+
+    short = [Voice(np.ones(8 * 640, dtype=np.float32), 3, 8)]  # 8 frames < SPEECH_FRAMES
+    windows, emotions = next(iter(RandomWindows(short, 2, speed=0.0, seed=0)))
+    assert windows.shape == (2, SPEECH_FRAMES * 640) and emotions.tolist() == [3, 3]
+    assert centred_windows(short)[0].shape == (1, SPEECH_FRAMES * 640)
