@@ -13,6 +13,7 @@ from moee.emotions import BASIC_EMOTIONS, NUM_EXPERTS
 from moee.models.emotion_latents import MODALITIES, EmotionInputs
 from moee.models.emotion_moe import EmotionMoE
 from moee.models.moee_net import SPEECH_ENCODER
+from moee.models.weights import export_metadata
 from moee.stages.base import DiffusionStage, emotion_inputs, emotion_shares
 
 log = logging.getLogger(__name__)
@@ -70,6 +71,11 @@ class GatingModule(DiffusionStage):
         self.routing_weight = routing_weight
         self.alignment_weight = alignment_weight
         self.alignment_warmup = alignment_warmup
+        exports = {export_metadata(p).get("stage") for p in kwargs.get("init_weights") or []}
+        if self._stand_in_speech_encoder() and "SpeechEmotionModule" not in exports:
+            log.warning("freeze_speech_encoder keeps a random speech-emotion encoder: add the "
+                        "SpeechEmotionModule export (configs/tiny/speech_emotion.yaml) to "
+                        "init_weights")
         if prototype_margin is not None:
             self.route_by_prototypes(prototype_margin)
         self._gate_sums: dict[str, torch.Tensor] = {}
