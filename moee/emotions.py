@@ -163,6 +163,16 @@ class EmotionCondition:
         """Basic-emotion weights times intensity: the label encoder's input (neutral = 0)."""
         return [w * self.intensity for w in self.weights]
 
+    def compound_parts(self) -> tuple[EmotionCondition, ...]:
+        """A compound's basic emotions as basic conditions at its intensity, the main emotion
+        (the larger share) first: ``happily surprised`` → ``(surprised, happy)``."""
+        if self.kind != "compound":
+            raise ValueError(f"{self.name!r} is not a compound emotion")
+        names = sorted(self.components, key=self.components.get, reverse=True)
+        return tuple(EmotionCondition(kind="basic", name=name, weights=_weights_tuple({name: 1.0}),
+                                      intensity=self.intensity, components={name: 1.0})
+                     for name in names)
+
     def au_vector(self) -> list[float]:
         """AU intensities: the given ones, or the prototype blend expected for a label."""
         if self.aus is not None:

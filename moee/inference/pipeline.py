@@ -10,6 +10,7 @@ Clip-wise sampling::
         z ~ N(0, I) (1 f c h w); for each scheduler step:
             ε_u, ε_a, ε_full = MoEENet([z, z, z], drop = [audio+emotion, emotion, none])  ONE call
             ε = ε_u + s_a (ε_a − ε_u) + s_e (ε_full − ε_a)
+              (a composed compound: one full branch per emotion, ε_full → Σ_k λ_k ε_k)
             z = scheduler.step(ε, t, z)
         motion latents ← z[:, −2:]   (float latents, never through a codec)
         frames += VAE.decode(z)
@@ -60,6 +61,21 @@ def load_stage_weights(net: MoEENet, paths: list[str | os.PathLike]) -> None:
     check_parallel_exports(paths)
     for path in paths:
         load_net_weights(net, path, hint=": train the stages first or fix the weights paths")
+
+
+def branch_emotions(branches: list[dict], count: int) -> dict:
+    """The emotion arguments of ``MoEENet.forward`` for the guidance branches, in order: each
+    branch's part (:meth:`MoEEPipeline.emotion_parts`) for its ``count`` videos, stacked."""
+    latents = torch.cat([branch["emotion_latents"] for branch in branches])
+    experts = [branch["expert"] for branch in branches]
+    if experts[0] is None or (isinstance(experts[0], int) and len(set(experts)) == 1):
+        expert = experts[0]  # the learned gates or an explicit mixture, or one expert for all
+    else:  # per sample: (b,) experts or (b e) shares
+        expert = torch.cat([torch.full((count,), e, device=latents.device)
+                            if isinstance(e, int) else e for e in experts])
+    weights = [branch["weights"] for branch in branches]
+    return {"emotion_latents": latents, "expert": expert,
+            "weights": None if weights[0] is None else torch.cat(weights)}
 
 
 class MoEEPipeline:
@@ -227,14 +243,13 @@ class MoEEPipeline:
                 start = k * f
                 window = torch.from_numpy(np.stack([window_audio(a, start, f) for a in audio]))
                 speech = torch.from_numpy(np.stack([speech_window(a, start, f) for a in audio]))
-                emotions, routings = zip(*(
+                parts = self.emotion_parts([
                     self.clip_emotion(track, (start + f / 2) / VIDEO_FPS, speech[i : i + 1], cache)
-                    for i, (track, cache) in enumerate(zip(tracks, caches))))
+                    for i, (track, cache) in enumerate(zip(tracks, caches))])
                 conditions = {
                     "reference": net.encode_reference(image, motion, reference_latent=latent),
                     "audio_tokens": net.encode_audio(window.to(self.device, self.dtype)),
-                    "emotion_latents": torch.cat(emotions),
-                    **batch_routing(routings, self.device),
+                    "parts": parts,
                 }
                 latents = self.denoise(conditions, f, latent, generators, bar, (k + 1, clips))
                 motion = latents[:, -MOTION_FRAMES:]
@@ -246,22 +261,41 @@ class MoEEPipeline:
         track: EmotionTrack,
         seconds: float,
         speech: torch.Tensor,
-        cache: dict[int, torch.Tensor],
-    ) -> tuple[torch.Tensor, Routing]:
-        """Emotion latents (1 m c) and routing of the clip centred at ``seconds``.
+        cache: dict[tuple[int, int], torch.Tensor],
+    ) -> list[tuple[torch.Tensor, Routing]]:
+        """Emotion latents (1 m c) and routing of each emotion part of the clip centred at
+        ``seconds``: one part, or a composed compound's two basic emotions (main first) when
+        ``compose_compounds`` is set.
 
         ``speech`` is the clip's audio (1, f * 640); latents of conditions that do not depend on
-        it are kept in ``cache`` (entry index → latents) across clips.
+        it are kept in ``cache`` ((entry index, part) → latents) across clips.
         """
         blend = track.blend(seconds)
-        latents = 0
-        for index, share in blend:
-            condition = track.entries[index][1]
-            if index not in cache or condition.kind == "speech":
-                inputs = emotion_inputs(condition, speech.to(self.dtype), self.device)
-                cache[index] = self.net.encode_emotion(inputs)
-            latents = latents + share * cache[index]
-        return latents, track.routing(blend)
+        routing = track.routing(blend)
+        composed = self.settings.compose_compounds is not None and routing.kind == "shares"
+        parts = []
+        for part in range(2 if composed else 1):
+            latents = 0
+            for index, share in blend:
+                condition = track.entries[index][1]
+                if composed:  # every entry is a compound of the same two emotions
+                    condition = condition.compound_parts()[part]
+                if (index, part) not in cache or condition.kind == "speech":
+                    inputs = emotion_inputs(condition, speech.to(self.dtype), self.device)
+                    cache[index, part] = self.net.encode_emotion(inputs)
+                latents = latents + share * cache[index, part]
+            parts.append((latents, Routing.of(condition) if composed else routing))
+        return parts
+
+    def emotion_parts(self, videos: list[list[tuple[torch.Tensor, Routing]]]) -> list[dict]:
+        """The ``emotion_latents``, ``expert`` and ``weights`` of ``MoEENet.forward`` for each
+        emotion part of a batch of videos (see :meth:`clip_emotion`)."""
+        if len({len(parts) for parts in videos}) != 1:
+            raise ValueError("videos sampled together must all be composed compounds or none: "
+                             "sample compounds in their own batches")
+        return [{"emotion_latents": torch.cat([parts[p][0] for parts in videos]),
+                 **batch_routing([parts[p][1] for parts in videos], self.device)}
+                for p in range(len(videos[0]))]
 
     def denoise(
         self,
@@ -275,24 +309,23 @@ class MoEEPipeline:
         """Run the sampler on fresh noise for one clip of ``n`` videos; returns clean latents
         (n f c h w).
 
-        ``conditions`` holds the videos' ``reference``, ``audio_tokens``, ``emotion_latents``,
-        ``expert`` and ``weights``; every guidance branch of every video runs in one batched
-        network call. ``reference_latent`` (n c h w) is where sampling starts when ``strength``
+        ``conditions`` holds the videos' ``reference``, ``audio_tokens`` and emotion ``parts``
+        (:meth:`emotion_parts`); every guidance branch of every video runs in one batched
+        network call, two emotion parts with composed guidance
+        (:attr:`SamplerSettings.compound_guidance`). ``reference_latent`` (n c h w) is where sampling starts when ``strength``
         < 1; video ``i``'s noise comes from ``generators[i]``. ``clip`` is ``(number, count)``
         of this clip (1-based), reported to ``on_step``.
         """
-        guidance = self.settings.guidance
+        parts = conditions["parts"]
+        settings = self.settings
+        guidance = settings.guidance if len(parts) == 1 else settings.compound_guidance
         count = len(generators)
         branches = torch.tensor(guidance.branches, device=self.device)  # n 2
         n = len(branches)
-        weights, expert = conditions["weights"], conditions["expert"]
         batched = {
             "reference": conditions["reference"].repeat(n),
             "audio_tokens": conditions["audio_tokens"].repeat(n, 1, 1, 1),
-            "emotion_latents": conditions["emotion_latents"].repeat(n, 1, 1),
-            "expert": expert.repeat(n, *(1,) * (expert.dim() - 1))  # (b,) or (b e) shares
-            if isinstance(expert, torch.Tensor) else expert,
-            "weights": None if weights is None else weights.repeat(n, 1),
+            **branch_emotions([parts[p] for p in guidance.branch_parts], count),
             "drop_audio": branches[:, 0].repeat_interleave(count),
             "drop_emotion": branches[:, 1].repeat_interleave(count),
         }

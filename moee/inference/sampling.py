@@ -62,22 +62,38 @@ class Guidance:
     ``ε = ε_u + audio (ε_a − ε_u) + emotion (ε_full − ε_a)`` with ε_u (no audio, no emotion),
     ε_a (audio only) and ε_full. Only the branches the scales need are run: all three, two when
     the scales are equal (``ε_u + s (ε_full − ε_u)``), one when both are 1.
+
+    With ``parts`` (λ_1 … λ_K), the emotion is composed of K parts, each with its own full
+    branch ε_k (its own emotion latents and expert), as in composable diffusion (Liu et al.,
+    2022): ``ε = ε_u + audio (ε_a − ε_u) + emotion Σ_k λ_k (ε_k − ε_a)``.
     """
 
     audio: float = 3.5
     emotion: float = 2.5
+    parts: tuple[float, ...] = ()
 
     @property
     def branches(self) -> tuple[tuple[bool, bool], ...]:
         """``(drop_audio, drop_emotion)`` of each branch, in batch order."""
+        if self.parts:
+            return (UNCONDITIONAL, AUDIO_ONLY) + (FULL,) * len(self.parts)
         if self.audio == self.emotion == 1.0:
             return (FULL,)
         if self.audio == self.emotion:
             return (UNCONDITIONAL, FULL)
         return (UNCONDITIONAL, AUDIO_ONLY, FULL)
 
+    @property
+    def branch_parts(self) -> tuple[int, ...]:
+        """The emotion part each branch is conditioned on (the first where it is dropped)."""
+        return (0, 0, *range(len(self.parts))) if self.parts else (0,) * len(self.branches)
+
     def combine(self, predictions: torch.Tensor) -> torch.Tensor:
         """predictions (n b ...) in :attr:`branches` order → the guided prediction (b ...)."""
+        if self.parts:
+            uncond, audio, *full = predictions
+            emotion = sum(weight * (part - audio) for weight, part in zip(self.parts, full))
+            return uncond + self.audio * (audio - uncond) + self.emotion * emotion
         if len(predictions) == 1:
             return predictions[0]
         if len(predictions) == 2:
@@ -104,6 +120,12 @@ class SamplerSettings:
             the reference then anchors identity and colours, which small or briefly trained
             models cannot rebuild from noise.
         seed: seed of the noise (a job may give its own).
+        compose_compounds: how a compound (``"happily surprised"``) is sampled. ``None`` (the
+            paper): as one condition, its label through its two experts at its shares. A
+            weight ``w``: composed guidance (:class:`Guidance` ``parts``), each of its two
+            emotions guided as its own basic label through its own expert, the main emotion
+            (``surprised``) at weight 1 and the adverb's (``happy``) at ``w``; one more
+            network branch per step.
     """
 
     sampler: SamplerName = "dpmpp"
@@ -114,8 +136,18 @@ class SamplerSettings:
     transition: float = 1.0
     strength: float = 1.0
     seed: int = 0
+    compose_compounds: float | None = None
 
     @property
     def guidance(self) -> Guidance:
         """The guidance scales as a :class:`Guidance`."""
         return Guidance(self.audio_guidance, self.emotion_guidance)
+
+    @property
+    def compound_guidance(self) -> Guidance:
+        """The guidance of a compound's clips: composed of its two emotions' branches when
+        ``compose_compounds`` is set, else :attr:`guidance`."""
+        if self.compose_compounds is None:
+            return self.guidance
+        return Guidance(self.audio_guidance, self.emotion_guidance,
+                        (1.0, self.compose_compounds))

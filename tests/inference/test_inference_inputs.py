@@ -192,6 +192,20 @@ def test_guidance_combines_and_skips_unneeded_branches():
     assert SamplerSettings(audio_guidance=2, emotion_guidance=3).guidance == Guidance(2, 3)
 
 
+def test_composed_guidance_sums_each_parts_emotion_direction():
+    uncond, audio, main, adverb = 1.0, 2.0, 4.0, 7.0
+    composed = SamplerSettings(audio_guidance=3, emotion_guidance=2,
+                               compose_compounds=1.5).compound_guidance
+    assert composed == Guidance(3.0, 2.0, (1.0, 1.5))
+    assert composed.combine(torch.tensor([uncond, audio, main, adverb])) == pytest.approx(
+        1 + 3 * (2 - 1) + 2 * (1 * (4 - 2) + 1.5 * (7 - 2)))
+    assert composed.branches == ((True, True), (False, True), (False, False), (False, False))
+    assert composed.branch_parts == (0, 0, 0, 1)  # the unconditional branches use the main part
+    # equal scales keep both composed branches: a part cannot share the unconditional one
+    assert len(Guidance(2.0, 2.0, (1.0, 1.0)).branches) == 4
+    assert SamplerSettings().compound_guidance == SamplerSettings().guidance  # off by default
+
+
 # ---- jobs files ----------------------------------------------------------------------------
 
 

@@ -185,6 +185,42 @@ def test_compound_label_runs_its_two_experts_at_its_shares_without_gates(net, sp
     assert not spy.modules_run["global_gate"]
 
 
+def test_composed_compound_guides_each_emotion_through_its_own_expert(net, spy):
+    spy.watch("label", net.emotion_to_latents.to_queries["label"])
+    pipeline = make_pipeline(net, audio_guidance=2.0, emotion_guidance=3.0, compose_compounds=1.5)
+    run(pipeline, "sadly surprised@0.5", 0.16)
+    (call,) = spy.calls
+    assert call["batch"] == 4  # unconditional, audio only, surprised, sad
+    assert call["drop_audio"].tolist() == [True, False, False, False]
+    assert call["drop_emotion"].tolist() == [True, True, False, False]
+    assert call["expert"].tolist() == [5, 5, 5, 4]  # surprised (the main emotion), then sad
+    assert call["weights"] is None
+    surprised, sad = spy.modules_run["label"]  # each a basic label at the compound's intensity
+    torch.testing.assert_close(surprised, torch.tensor([[0, 0, 0, 0, 0, 0.5]]))
+    torch.testing.assert_close(sad, torch.tensor([[0, 0, 0, 0, 0.5, 0]]))
+    assert spy.experts_run == {4, 5}
+
+
+def test_composed_compound_with_no_adverb_weight_samples_its_main_emotion(net):
+    """λ = (1, 0) leaves ε_u + a (ε_a − ε_u) + e (ε_surprised − ε_a): the basic label's video."""
+    settings = dict(steps=2, audio_guidance=2.0, emotion_guidance=3.0)
+    composed = run(make_pipeline(net, compose_compounds=0.0, **settings), "sadly surprised@0.7",
+                   0.3)
+    main = run(make_pipeline(net, **settings), "surprised@0.7", 0.3)
+    assert np.abs(composed.astype(int) - main.astype(int)).max() <= 1
+    adverb = run(make_pipeline(net, compose_compounds=1.0, **settings), "sadly surprised@0.7",
+                 0.3)
+    assert not np.array_equal(adverb, composed)
+
+
+def test_composed_compounds_sample_apart_from_other_conditions(net):
+    pipeline = make_pipeline(net, compose_compounds=1.0)
+    with pytest.raises(ValueError, match="composed compounds or none"):
+        pipeline.generate_many(torch.zeros(3, SIZE, SIZE), [speech(0.2)] * 2,
+                               [EmotionTrack.parse("happily surprised"),
+                                EmotionTrack.parse("happy")])
+
+
 def test_conditions_that_name_no_emotion_use_the_learned_gates(net, spy):
     moe = next(m for m in net.denoiser.modules() if isinstance(m, EmotionMoE))
     spy.watch("global_gate", moe.global_gate)
@@ -247,10 +283,12 @@ def test_timeline_transition_mixes_expert_weights(net, spy):
                                         ("happy:0.5,sad:0.5", "angry:0.7,fear:0.3"),
                                         ("happily surprised", "sadly fearful"),
                                         ("text:a broad smile", "AU6:0.8,AU12:1")])
-def test_videos_sampled_together_equal_each_sampled_alone(net, conditions):
+@pytest.mark.parametrize("compose", [None, 1.5])
+def test_videos_sampled_together_equal_each_sampled_alone(net, conditions, compose):
     """generate_many: one batched network call per step, each video from its own noise, the
     same frames (to float tolerance) as one generate call per video; guidance on, 2 clips."""
-    pipeline = make_pipeline(net, steps=2, audio_guidance=2.0, emotion_guidance=3.0)
+    pipeline = make_pipeline(net, steps=2, audio_guidance=2.0, emotion_guidance=3.0,
+                             compose_compounds=compose)
     reference = torch.rand(3, SIZE, SIZE, generator=torch.Generator().manual_seed(1)) * 2 - 1
     audios = [speech(0.3) * (1 + i) for i in range(len(conditions))]
     tracks = [EmotionTrack.parse(c) for c in conditions]
