@@ -165,7 +165,8 @@ class Handlers:
                                    audio_guidance=audio_guidance,
                                    emotion_guidance=emotion_guidance,
                                    clip_frames=int(clip_frames), transition=transition,
-                                   strength=strength)
+                                   strength=strength,
+                                   compose_compounds=self.model.defaults.compose_compounds)
         job = Request(image, audio, emotion or "", sampling, paste_back, detect)
         try:
             result = self.model.generate(job, self.files.folder(session), on_step)

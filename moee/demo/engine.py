@@ -37,9 +37,9 @@ MAKE_WEIGHTS: dict[str, str] = {
 """The command that makes each preset's weights, named when they are missing."""
 
 PRESET_SAMPLING: dict[str, SamplerSettings] = {
-    # configs/tiny/predict.yaml: the tiny model starts from the noised portrait
-    "tiny": SamplerSettings(steps=8, audio_guidance=2.0, emotion_guidance=2.0, clip_frames=8,
-                            strength=0.7),
+    # configs/tiny/predict.yaml: the quickstart's sampling, from pure noise
+    "tiny": SamplerSettings(steps=8, audio_guidance=3.5, emotion_guidance=3.5, clip_frames=8,
+                            compose_compounds=1.5),
     "sd15": SamplerSettings(),
 }
 """The page's default sampling options per network preset."""
