@@ -1,6 +1,6 @@
 """DDP scaling on CPU: training samples/s of the tiny backbone with 1 and 2 processes (gloo).
 
-Writes procedural 32 px shards (moee.data.testclips), then runs the tiny video backbone stage
+Writes procedural 32 px shards (tests/clips.py), then runs the tiny video backbone stage
 (``configs/tiny/backbone.yaml``'s model, random weights) through ``Trainer.fit`` with 1 process
 and with ``strategy=ddp`` on 2 processes, each with the same per-process batch, and times the
 steps after ``--warmup`` (samples/s counts the samples of all processes). Prints both and the
@@ -23,10 +23,10 @@ from pathlib import Path
 
 import lightning as L
 import torch
+from clips import write_test_shards
 from lightning.pytorch.strategies import DDPStrategy
 
 from moee.data.datamodule import MoEEDataModule
-from moee.data.testclips import write_test_shards
 from moee.stages import BackboneModule
 from moee.stages.losses import MoEELoss
 

@@ -1,6 +1,6 @@
 """Loader throughput: decoded clips/s and training samples/s per worker, at 64 and 512 px.
 
-Writes procedural shards (moee.data.testclips) into a temporary folder, then times full passes
+Writes procedural shards (tests/clips.py) into a temporary folder, then times full passes
 of ``MoEEDataModule.train_dataloader`` (MNS and jitter on, as in expert training) after one
 warm-up pass that starts the workers. Prints one line per (size, workers).
 
@@ -13,8 +13,9 @@ import argparse
 import tempfile
 import time
 
+from clips import write_test_shards
+
 from moee.data.datamodule import MoEEDataModule
-from moee.data.testclips import write_test_shards
 
 
 def measure(folder: str, workers: int, num_frames: int, windows: int, batch_size: int,

@@ -45,9 +45,8 @@ def run_one(case: dict) -> dict:
     """Build and run one configuration in this process; returns its memory figures."""
     import numpy as np
     import torch
+    from clips import make_batch, make_test_clip
 
-    from moee.data.batch import make_batch
-    from moee.data.testclips import make_test_clip
     from moee.inference.conditions import EmotionTrack
     from moee.inference.pipeline import MoEEPipeline
     from moee.inference.sampling import SamplerSettings

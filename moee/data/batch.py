@@ -1,10 +1,10 @@
-"""The training batch: its layout, the collate function, and ``make_batch`` for tests.
+"""The training batch: its layout and the collate function.
 
 Every stage reads the same keys (``b`` batch, ``f`` frames per window, ``H = W`` image side).
 Loader workers keep the three image tensors uint8 (4× less to convert and to pass between
 processes); ``MoEEDataModule.on_after_batch_transfer`` turns them into float32 in [-1, 1] on
 the device, so a LightningModule always sees the layout below. Outside Lightning, call
-:func:`normalize_images` on a loader batch; :func:`make_batch` returns it normalised::
+:func:`normalize_images` on a loader batch::
 
     frames               (b, f, 3, H, W) float32 in [-1, 1]
     reference            (b, 3, H, W)    float32 in [-1, 1], mouth masked where reference_is_masked
@@ -30,14 +30,10 @@ the device, so a LightningModule always sees the layout below. Outside Lightning
 
 from __future__ import annotations
 
-from collections.abc import Iterable
 from typing import Any
 
 import numpy as np
 import torch
-
-from moee.data.sampling import ClipSampler, SamplingOptions
-from moee.data.shards import Clip
 
 STRING_KEYS = ("emotion_name", "identity", "key")
 SCALAR_DTYPES = {
@@ -87,27 +83,6 @@ def normalize_images(batch: dict[str, Any]) -> dict[str, Any]:
     batch["reference"].masked_fill_(masked, 0.0)
     batch["motion_frames"].masked_fill_(masked[:, None], 0.0)
     return batch
-
-
-def make_batch(
-    clips: Clip | Iterable[Clip],
-    num_frames: int = 16,
-    options: SamplingOptions | None = None,
-    seed: int = 0,
-) -> dict[str, Any]:
-    """Build a batch from decoded clips, one window each (evaluation sampling by default).
-
-    For tests and tools: ``make_batch(decode_clip(raw), num_frames=8)``. Pass ``options``
-    (e.g. with ``mns_prob``/``jitter_prob``) for training-style random sampling.
-    """
-    clips = [clips] if isinstance(clips, Clip) else list(clips)
-    options = options or SamplingOptions.evaluation(num_frames)
-    sampler = ClipSampler(options, seed=seed)
-    samples = [s for clip in clips for s in sampler(clip)]
-    if not samples:
-        lengths = [len(c.frames) for c in clips]
-        raise ValueError(f"no clip is long enough for {options.num_frames} frames: {lengths}")
-    return normalize_images(collate(samples))
 
 
 def to_numpy_frames(images: torch.Tensor) -> np.ndarray:

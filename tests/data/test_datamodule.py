@@ -19,7 +19,7 @@ from moee.data.datamodule import (
 from moee.data.media import SAMPLES_PER_FRAME
 from moee.data.sampling import ClipSampler, SamplingOptions
 from moee.data.shards import read_manifest, shard_urls
-from moee.data.testclips import decode_audio_index, decode_frame_index, write_test_shards
+from tests.clips import decode_audio_index, decode_frame_index, write_test_shards
 
 NUM_FRAMES = 6
 

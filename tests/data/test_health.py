@@ -18,7 +18,7 @@ from moee.data.datamodule import MoEEDataModule
 from moee.data.health import DamagedDataError
 from moee.data.health import main as data_main
 from moee.data.shards import read_manifest, shard_urls
-from moee.data.testclips import write_test_shards
+from tests.clips import write_test_shards
 from tests.data.damage import (
     damage_video,
     keys_by_shard,

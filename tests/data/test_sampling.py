@@ -4,7 +4,7 @@ import numpy as np
 import pytest
 import torch
 
-from moee.data.batch import collate, make_batch, normalize_images
+from moee.data.batch import collate, normalize_images
 from moee.data.faces import mouth_mask
 from moee.data.media import SAMPLES_PER_FRAME
 from moee.data.sampling import (
@@ -17,13 +17,14 @@ from moee.data.sampling import (
     speech_window,
     window_audio,
 )
-from moee.data.testclips import (
+from moee.emotions import ACTION_UNITS, BASIC_EMOTIONS
+from tests.clips import (
     decode_audio_index,
     decode_frame_index,
     face_template,
+    make_batch,
     make_test_clip,
 )
-from moee.emotions import ACTION_UNITS, BASIC_EMOTIONS
 
 
 @pytest.fixture(scope="module")

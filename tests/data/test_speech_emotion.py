@@ -16,8 +16,8 @@ from moee.data.speech_emotion import (
     centred_windows,
     read_voices,
 )
-from moee.data.testclips import write_test_shards
 from moee.emotions import BASIC_EMOTIONS
+from tests.clips import write_test_shards
 
 
 @pytest.fixture(scope="module")

@@ -219,7 +219,7 @@ def test_a_full_disk_during_fit_is_one_error_line_and_keeps_the_last_checkpoint(
     import yaml
 
     from moee.cli import main as moee_main
-    from moee.data.testclips import write_test_shards
+    from tests.clips import write_test_shards
     from tests.data.test_health import fit_config
 
     shards = write_test_shards(tmp_path / "shards", num_frames=12, size=32)

@@ -80,8 +80,8 @@ def test_ground_truth_videos_score_and_still_portraits_do_not(monkeypatch):
 
 def test_a_split_without_complete_identities_is_one_clear_line(tmp_path):
     from moee.data.shards import ShardError
-    from moee.data.testclips import write_test_shards
     from moee.showcase import held_out_people
+    from tests.clips import write_test_shards
 
     folder = write_test_shards(tmp_path / "test", num_frames=8, size=32)
     with pytest.raises(ShardError, match="every emotion class") as error:

@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pytest
 
-from moee.data.testclips import write_test_shards
+from tests.clips import write_test_shards
 from tests.processes import (
     TOKEN_VARIABLE,
     describe,

@@ -1,7 +1,9 @@
 """DDP and FSDP2 on CPU (gloo): equivalence with one process, disjoint data, sharded checkpoints.
 
-Run as a script (``python test_distributed.py OUT STRATEGY DEVICES SHARDS``) it is the worker
-of the equivalence test: Lightning's launcher starts the second rank by running it again.
+Run as a module from the repository root (``python -m tests.launch.test_distributed OUT
+STRATEGY DEVICES SHARDS``) it is the worker of the equivalence test: Lightning's launcher starts
+the second rank by running it again. (As a module, so that ``tests`` is this checkout's test
+package: torch-fidelity installs a ``tests`` package of its own.)
 """
 
 from __future__ import annotations
@@ -16,20 +18,14 @@ import torch
 from lightning.pytorch.strategies import DDPStrategy
 from torch.distributed.tensor import DTensor
 
-from moee.data.batch import make_batch
 from moee.data.datamodule import MoEEDataModule
-from moee.data.testclips import make_test_clip
 from moee.launch.fsdp import FSDP2Strategy
 from moee.models.sharding import shard_network
 from moee.stages import ExpertModule
 from moee.stages.losses import MoEELoss
-
-try:  # as a test module (package import) or as the worker script
-    from tests.processes import run_to_end
-
-    from .conftest import REPO, moee_env, run_moee, tiny_fit_args
-except ImportError:
-    REPO = Path(__file__).resolve().parents[2]
+from tests.clips import make_batch, make_test_clip
+from tests.launch.conftest import REPO, moee_env, run_moee, tiny_fit_args
+from tests.processes import run_to_end
 
 SAMPLES = 4
 """Samples of the equivalence step: one batch of 4 in one process, 2 × 2 in two."""
@@ -97,8 +93,8 @@ def worker(out: Path, strategy: str, devices: int, shards: Path) -> None:
 def run_worker(out: Path, strategy: str, devices: int, shards: Path) -> None:
     """Run :func:`worker` in a fresh process (its ranks in fresh processes too, all ended with
     it)."""
-    result = run_to_end([sys.executable, __file__, str(out), strategy, str(devices),
-                         str(shards)], 600, cwd=REPO, env=moee_env())
+    result = run_to_end([sys.executable, "-m", "tests.launch.test_distributed", str(out),
+                         strategy, str(devices), str(shards)], 600, cwd=REPO, env=moee_env())
     assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
 
 

@@ -8,11 +8,10 @@ import torch
 from safetensors import safe_open
 from safetensors.torch import load_file, save_file
 
-from moee.data.batch import make_batch
-from moee.data.testclips import make_test_clip
 from moee.emotions import BASIC_EMOTIONS
 from moee.stages import BackboneModule, ExpertModule, GatingModule
 from moee.stages.losses import MoEELoss
+from tests.clips import make_batch, make_test_clip
 
 
 def loss():

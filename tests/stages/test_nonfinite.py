@@ -7,11 +7,10 @@ import lightning as L
 import pytest
 import torch
 
-from moee.data.batch import make_batch
-from moee.data.testclips import make_test_clip
 from moee.stages import ExpertModule
 from moee.stages.guard import NonFiniteTrainingError, NonFiniteWeightsError
 from moee.stages.losses import MoEELoss
+from tests.clips import make_batch, make_test_clip
 
 
 def stage(max_nonfinite_steps: int) -> ExpertModule:

@@ -9,14 +9,13 @@ import torch.nn.functional as F
 from safetensors.torch import load_file, save_file
 from torchvision.models import vgg19
 
-from moee.data.batch import make_batch
-from moee.data.testclips import make_test_clip
 from moee.inference.pipeline import MoEEPipeline
 from moee.inference.sampling import make_scheduler
 from moee.models.objective import DiffusionObjective
 from moee.models.weights import ExportsDisagreeError, MissingCheckpointError, trained_objective
 from moee.stages import BackboneModule, ExpertModule, GatingModule
 from moee.stages.losses import CHEEKS, EXPRESSION_LANDMARKS, MoEELoss, expression_weight_map
+from tests.clips import make_batch, make_test_clip
 
 
 def light_loss():

@@ -1,22 +1,28 @@
-"""Procedural clips whose frames and audio say which frame they are, for tests and benchmarks.
+"""Test fixtures: procedural clips whose frames and audio say which frame they are, and batches.
 
 Frame ``k`` of a test clip carries ``k`` twice, so alignment can be checked exactly after
 H.264 and PCM coding: in two flat grey blocks in its top corners (:func:`decode_frame_index`)
 and in the amplitude of its 1 kHz tone (:func:`decode_audio_index`). The middle of each frame
 shows a schematic face drawn from :func:`face_template` landmarks, so mouth masks have a
-mouth to cover. :func:`write_test_shards` writes such clips into a shard folder with a manifest.
+mouth to cover. :func:`write_test_shards` writes such clips into a shard folder with a manifest;
+:func:`make_batch` turns decoded clips into a training batch.
+
+The package does not ship these: the test suite and the benchmarks import them from here.
 """
 
 from __future__ import annotations
 
 import os
+from collections.abc import Iterable
 from pathlib import Path
+from typing import Any
 
 import cv2
 import numpy as np
 
+from moee.data.batch import collate, normalize_images
 from moee.data.media import AUDIO_RATE, SAMPLES_PER_FRAME
-from moee.data.sampling import MNS_LANDMARKS, MNS_REFERENCE
+from moee.data.sampling import MNS_LANDMARKS, MNS_REFERENCE, ClipSampler, SamplingOptions
 from moee.data.shards import Clip, ClipMeta, ShardWriter, sample_key, write_manifest
 from moee.emotions import NEUTRAL, parse_emotion
 
@@ -121,7 +127,7 @@ def make_test_clip(
     meta = ClipMeta(
         identity=identity, emotion=condition.name, weights=list(condition.weights),
         intensity=condition.intensity, num_frames=num_frames, size=size, text=text,
-        source="moee.data.testclips", extra={"au_source": "prototype"},
+        source="tests.clips", extra={"au_source": "prototype"},
     )
     extras = {}
     if mns_refs:
@@ -160,3 +166,24 @@ def write_test_shards(
                     ))
     write_manifest(folder, writer.infos)
     return folder
+
+
+def make_batch(
+    clips: Clip | Iterable[Clip],
+    num_frames: int = 16,
+    options: SamplingOptions | None = None,
+    seed: int = 0,
+) -> dict[str, Any]:
+    """Build a batch from decoded clips, one window each (evaluation sampling by default).
+
+    E.g. ``make_batch(make_test_clip(), num_frames=8)``. Pass ``options``
+    (e.g. with ``mns_prob``/``jitter_prob``) for training-style random sampling.
+    """
+    clips = [clips] if isinstance(clips, Clip) else list(clips)
+    options = options or SamplingOptions.evaluation(num_frames)
+    sampler = ClipSampler(options, seed=seed)
+    samples = [s for clip in clips for s in sampler(clip)]
+    if not samples:
+        lengths = [len(c.frames) for c in clips]
+        raise ValueError(f"no clip is long enough for {options.num_frames} frames: {lengths}")
+    return normalize_images(collate(samples))
