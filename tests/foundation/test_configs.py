@@ -73,6 +73,51 @@ def test_every_expert_has_a_config_at_both_scales():
             f"expert_{e}" for e in BASIC_EMOTIONS}
 
 
+def flat(config) -> dict:
+    """A parsed config as {dotted key: value}, without the include bookkeeping."""
+    items = config.clone()
+    items.pop("config", None)
+    return {key: value for key, value in items.items() if "__path__" not in key}
+
+
+@pytest.mark.parametrize("folder", ["", "tiny"], ids=["paper", "tiny"])
+def test_each_expert_config_is_the_shared_one_with_its_own_emotion(folder):
+    """expert_<emotion>.yaml includes common/expert.yaml and sets only its emotion, run folder
+    and export file; resolved, it is the shared config with those (and the data's emotion)."""
+    from moee.emotions import BASIC_EMOTIONS
+
+    root = CONFIGS / folder
+    runs = "runs/tiny" if folder else "runs"
+    shared = flat(parse(root / "common" / "expert.yaml"))
+    for emotion in BASIC_EMOTIONS:
+        path = root / f"expert_{emotion}.yaml"
+        own = {"trainer.default_root_dir": f"{runs}/expert_{emotion}",
+               "model.init_args.emotion": emotion,
+               "model.init_args.export_path": f"{runs}/weights/expert_{emotion}.safetensors"}
+        assert yaml.safe_load(path.read_text()) == {"config": "common/expert.yaml", **own}
+        expected = {**shared, **own, "data.init_args.emotions": [emotion]}
+        assert flat(parse(path)) == expected, path.name
+
+
+def test_paper_scale_training_stages_share_one_trainer():
+    """The nine paper-scale training configs include common/trainer.yaml and set only their
+    run folder and step count over it."""
+    from moee.emotions import BASIC_EMOTIONS
+
+    shared = flat(parse(CONFIGS / "common" / "trainer.yaml",
+                        model="lightning.pytorch.demos.boring_classes.BoringModel"))
+    shared = {k: v for k, v in shared.items() if k.startswith("trainer.")}
+    steps = {"backbone_image": 30000, "backbone": 30000, "gating": 10000,
+             **{f"expert_{e}": 10000 for e in BASIC_EMOTIONS}}
+    for name, max_steps in steps.items():
+        text = (CONFIGS / f"{name}.yaml").read_text()
+        assert "\ntrainer:" not in text  # no trainer block of its own
+        trainer = {k: v for k, v in flat(parse(CONFIGS / f"{name}.yaml")).items()
+                   if k.startswith("trainer.")}
+        assert trainer == {**shared, "trainer.default_root_dir": f"runs/{name}",
+                           "trainer.max_steps": max_steps}, name
+
+
 def test_paper_scale_network_builds_on_meta():
     import torch
 
