@@ -4,9 +4,10 @@ It generates SynthEmo shards, trains the SynthEmo probes (once; they are cached)
 stage of the tiny model with the configs in ``configs/tiny/`` (the backbone, the six experts,
 the gates), animates every held-out identity from a neutral portrait, from pure noise, under
 basic, compound, text and speech conditions (:mod:`moee.showcase`), and ends with what the
-probes read in those videos: emotion per condition kind, identity and lip sync. Everything goes
-under ``runs/`` of the current folder (the repository root, where the configs' relative paths
-point); finished steps are skipped on a rerun.
+probes read in those videos: emotion per condition kind, identity and lip sync. It runs from
+any folder: the configs ship with the package (:data:`CONFIGS`), and everything goes under
+``runs/`` of the current folder, where the configs' relative ``runs/...`` paths point too;
+finished steps are skipped on a rerun.
 """
 
 from __future__ import annotations
@@ -23,7 +24,8 @@ from jsonargparse import CLI
 
 from moee.emotions import BASIC_EMOTIONS, parse_emotion
 
-CONFIGS = Path(__file__).resolve().parents[1] / "configs"
+CONFIGS = Path(__file__).resolve().parent / "configs"
+"""The stage configs, package data (in a checkout, a link to the repository's ``configs/``)."""
 RUNS = Path("runs")
 SYNTHEMO = RUNS / "synthemo"
 WEIGHTS = RUNS / "tiny" / "weights"

@@ -118,6 +118,16 @@ def test_paper_scale_training_stages_share_one_trainer():
                            "trainer.max_steps": max_steps}, name
 
 
+def test_the_configs_ship_with_the_package():
+    """moee/configs, the package data pyproject declares, is this configs/ folder."""
+    import moee
+
+    tomllib = pytest.importorskip("tomllib")
+    pyproject = tomllib.loads((CONFIGS.parent / "pyproject.toml").read_text())
+    assert "configs/**/*" in pyproject["tool"]["setuptools"]["package-data"]["moee"]
+    assert (Path(moee.__file__).parent / "configs").resolve() == CONFIGS.resolve()
+
+
 def test_paper_scale_network_builds_on_meta():
     import torch
 

@@ -20,6 +20,46 @@ def test_every_stage_config_exists_and_exports_every_expert():
                        "speech_emotion.safetensors", "gating.safetensors"]
 
 
+def test_the_quickstart_runs_from_any_folder(tmp_path, monkeypatch):
+    """Run from a folder that is not the repository, the quickstart trains every stage with
+    the configs shipped in the package (their includes found beside them), and everything the
+    stages read and write is under runs/ of that folder."""
+    from pathlib import Path
+
+    import moee
+    from moee import quickstart
+    from moee.evaluation.probes import cache_path
+    from tests.foundation.test_configs import parse
+
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "runs/synthemo/test").mkdir(parents=True)
+    (tmp_path / "runs/synthemo/test/manifest.json").write_text("{}")
+    monkeypatch.setenv("MOEE_CACHE", str(tmp_path / "cache"))
+    cache_path().parent.mkdir(parents=True)
+    cache_path().touch()
+    trained = {}
+
+    def fit(argv):  # the CLI, parsing only (and making the run's folder, as the trainer does)
+        assert argv[:2] == ["fit", "--config"]
+        config = Path(argv[2])
+        assert config.is_relative_to(Path(moee.__file__).resolve().parent)
+        trained[config.name] = parse(config)
+        Path(trained[config.name].trainer.default_root_dir).mkdir(parents=True)
+
+    monkeypatch.setattr("moee.cli.main", fit)
+    monkeypatch.setattr(quickstart, "animate_held_out", lambda *args: [])
+    monkeypatch.setattr(quickstart, "read_held_out", lambda made, probes: {})
+    monkeypatch.setattr("moee.evaluation.probes.load_probes", lambda: None)
+    quickstart.quickstart()
+    assert list(trained) == [Path(config).name for _, _, config in STAGES]
+    for config in trained.values():
+        init = config.model.init_args
+        for path in (config.trainer.default_root_dir, init.export_path, config.data.init_args.train,
+                     *(init.get("init_weights") or [])):
+            assert path.startswith("runs/"), path
+    assert (tmp_path / "runs/tiny/quickstart.json").is_file()
+
+
 def person(identity: str = "synth00053") -> Person:
     from moee.data.synth.generator import ClipConfig, make_clip
 
