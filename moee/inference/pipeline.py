@@ -312,9 +312,10 @@ class MoEEPipeline:
         ``conditions`` holds the videos' ``reference``, ``audio_tokens`` and emotion ``parts``
         (:meth:`emotion_parts`); every guidance branch of every video runs in one batched
         network call, two emotion parts with composed guidance
-        (:attr:`SamplerSettings.compound_guidance`). ``reference_latent`` (n c h w) is where sampling starts when ``strength``
-        < 1; video ``i``'s noise comes from ``generators[i]``. ``clip`` is ``(number, count)``
-        of this clip (1-based), reported to ``on_step``.
+        (:attr:`SamplerSettings.compound_guidance`). ``reference_latent`` (n c h w) is where
+        sampling starts when ``strength`` < 1; video ``i``'s noise comes from
+        ``generators[i]``. ``clip`` is ``(number, count)`` of this clip (1-based), reported to
+        ``on_step``.
         """
         parts = conditions["parts"]
         settings = self.settings
