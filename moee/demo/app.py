@@ -166,7 +166,9 @@ class Handlers:
                                    emotion_guidance=emotion_guidance,
                                    clip_frames=int(clip_frames), transition=transition,
                                    strength=strength,
-                                   compose_compounds=self.model.defaults.compose_compounds)
+                                   compose_compounds=self.model.defaults.compose_compounds,
+                                   compound_audio_guidance=self.model.defaults
+                                   .compound_audio_guidance)
         job = Request(image, audio, emotion or "", sampling, paste_back, detect)
         try:
             result = self.model.generate(job, self.files.folder(session), on_step)

@@ -39,7 +39,7 @@ MAKE_WEIGHTS: dict[str, str] = {
 PRESET_SAMPLING: dict[str, SamplerSettings] = {
     # configs/tiny/predict.yaml: the quickstart's sampling, from pure noise
     "tiny": SamplerSettings(steps=8, audio_guidance=3.5, emotion_guidance=3.5, clip_frames=8,
-                            compose_compounds=1.5),
+                            compose_compounds=1.5, compound_audio_guidance=5.0),
     "sd15": SamplerSettings(),
 }
 """The page's default sampling options per network preset."""

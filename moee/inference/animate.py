@@ -65,6 +65,7 @@ def animate(
     strength: float = 1.0,
     seed: int = 0,
     compose_compounds: float | None = None,
+    compound_audio_guidance: float | None = None,
     size: int | None = None,
     detect: bool = True,
     detector: DetectorName = "mediapipe",
@@ -98,6 +99,8 @@ def animate(
             to that share of the schedule (see ``SamplerSettings.strength``).
         compose_compounds: guide a compound's two emotions each through its own expert, the
             adverb's at this weight (``SamplerSettings.compose_compounds``; the tiny model: 1.5).
+        compound_audio_guidance: audio guidance of composed compounds (default: audio_guidance;
+            the tiny model: 5).
         seed: seed of the noise.
         size: face crop side in pixels (default: the network's image size).
         detect: find the face; false takes the image's centre square (already a face crop).
@@ -113,7 +116,8 @@ def animate(
     settings = SamplerSettings(sampler=sampler, steps=steps, audio_guidance=audio_guidance,
                                emotion_guidance=emotion_guidance, clip_frames=clip_frames,
                                transition=transition, strength=strength, seed=seed,
-                               compose_compounds=compose_compounds)
+                               compose_compounds=compose_compounds,
+                               compound_audio_guidance=compound_audio_guidance)
     portrait = PortraitSettings(detect=detect, detector=detector, margin=margin,
                                 paste_back=paste_back, feather=feather)
     size = size or PRESETS[net_preset].image_size

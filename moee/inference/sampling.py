@@ -126,6 +126,9 @@ class SamplerSettings:
             emotions guided as its own basic label through its own expert, the main emotion
             (``surprised``) at weight 1 and the adverb's (``happy``) at ``w``; one more
             network branch per step.
+        compound_audio_guidance: the audio guidance scale of composed compounds (``None``:
+            ``audio_guidance``). Their two emotion terms outweigh the audio's, and the mouth
+            follows the speech less; a larger scale restores it.
     """
 
     sampler: SamplerName = "dpmpp"
@@ -137,6 +140,7 @@ class SamplerSettings:
     strength: float = 1.0
     seed: int = 0
     compose_compounds: float | None = None
+    compound_audio_guidance: float | None = None
 
     @property
     def guidance(self) -> Guidance:
@@ -149,5 +153,6 @@ class SamplerSettings:
         ``compose_compounds`` is set, else :attr:`guidance`."""
         if self.compose_compounds is None:
             return self.guidance
-        return Guidance(self.audio_guidance, self.emotion_guidance,
-                        (1.0, self.compose_compounds))
+        audio = self.audio_guidance if self.compound_audio_guidance is None \
+            else self.compound_audio_guidance
+        return Guidance(audio, self.emotion_guidance, (1.0, self.compose_compounds))

@@ -204,6 +204,8 @@ def test_composed_guidance_sums_each_parts_emotion_direction():
     # equal scales keep both composed branches: a part cannot share the unconditional one
     assert len(Guidance(2.0, 2.0, (1.0, 1.0)).branches) == 4
     assert SamplerSettings().compound_guidance == SamplerSettings().guidance  # off by default
+    louder = SamplerSettings(audio_guidance=3, compose_compounds=1.5, compound_audio_guidance=5)
+    assert louder.compound_guidance.audio == 5 and louder.guidance.audio == 3
 
 
 # ---- jobs files ----------------------------------------------------------------------------
