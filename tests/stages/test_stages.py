@@ -361,6 +361,11 @@ def test_ema_shadows_the_trained_weights_and_validation_measures_them(batch):
     module.on_validation_epoch_end()  # and checkpoints and training see the live ones again
     assert all(torch.equal(params[name], live[name]) for name in params)
     torch.testing.assert_close(module.ema.shadow, expected)
+    module.to(torch.float64)  # the shadows follow the stage, as they follow it to the GPU
+    assert all(t.dtype == torch.float64 for t in module.ema.shadow.values())
+    module.on_train_batch_end(None, batch, 0)
+    torch.testing.assert_close(module.ema.shadow, {
+        n: 0.5 * expected[n].double() + 0.5 * live[n].double() for n in expected})
 
 
 def test_ema_is_torchs_averaged_model_and_resumes_from_a_checkpoint(tmp_path, batch):
