@@ -21,7 +21,7 @@ import torch
 from lightning.pytorch.cli import LRSchedulerCallable, OptimizerCallable
 from torch.distributed.fsdp import FSDPModule, MixedPrecisionPolicy
 from torch.distributed.tensor import DTensor
-from torch.optim.swa_utils import get_ema_multi_avg_fn
+from torch.optim.swa_utils import AveragedModel, get_ema_multi_avg_fn
 
 from moee.models.emotion_latents import EmotionInputs
 from moee.models.moee_net import PARAMETER_GROUPS, MoEENet, MoEENetConfig, parameter_groups
@@ -56,19 +56,41 @@ class ConditionDropout:
         }
 
 
-class ExponentialMovingAverage:
-    """EMA shadows of the trainable parameters only (frozen ones never change), updated by
-    torch's own EMA function (``torch.optim.swa_utils.get_ema_multi_avg_fn``)."""
+class ExponentialMovingAverage(torch.nn.Module):
+    """EMA of the trainable parameters only (frozen ones never change): torch's
+    ``AveragedModel`` with ``get_ema_multi_avg_fn``, over a list of those parameters rather
+    than the whole network (which holds the frozen VAE and encoders).
+
+    A submodule of the stage, so it moves with it to the device; its shadows are frozen
+    copies, so optimizers and DDP leave them alone. ``W_0^EMA = W_0``, then each
+    :meth:`update` is ``shadow ← decay·shadow + (1 − decay)·param``.
+    """
 
     def __init__(self, parameters: dict[str, torch.nn.Parameter], decay: float) -> None:
-        self.shadow = {name: p.detach().clone() for name, p in parameters.items()}
-        self._average = get_ema_multi_avg_fn(decay)
+        super().__init__()
+        self.names = list(parameters)
+        live = torch.nn.ParameterList(parameters.values())
+        self.average = AveragedModel(live, multi_avg_fn=get_ema_multi_avg_fn(decay))
+        self.average.requires_grad_(False)
+        self.average.update_parameters(live)  # the first update copies: W_0^EMA = W_0
+
+    @property
+    def shadow(self) -> dict[str, torch.Tensor]:
+        """{MoEENet name: EMA weight}."""
+        return {name: p.detach() for name, p in zip(self.names, self.average.module)}
+
+    @shadow.setter
+    def shadow(self, weights: dict[str, torch.Tensor]) -> None:
+        """Restore shadows (from a checkpoint), on the device and dtype they live on."""
+        with torch.no_grad():
+            for name, shadow in self.shadow.items():
+                shadow.copy_(weights[name])
 
     @torch.no_grad()
     def update(self, parameters: dict[str, torch.nn.Parameter]) -> None:
         """shadow ← decay·shadow + (1 − decay)·param."""
-        self._average(list(self.shadow.values()),
-                      [parameters[name].detach() for name in self.shadow], None)
+        self.average.update_parameters(torch.nn.ParameterList(
+            parameters[name] for name in self.names))
 
     @torch.no_grad()
     def swap(self, parameters: dict[str, torch.nn.Parameter]) -> None:

@@ -2,6 +2,7 @@
 
 from pathlib import Path
 
+import av
 import cv2
 import numpy as np
 import pytest
@@ -81,6 +82,38 @@ def test_videos_are_resampled_to_25_fps_from_the_nearest_frames(fps, frames, exp
     source = np.abs(out.mean((1, 2, 3))[:, None] - grey[None]).argmin(1)  # which frame shows
     starts = np.floor(np.arange(frames) * 25 / fps + 0.5)
     assert source.tolist() == (np.searchsorted(starts, np.arange(expected), "right") - 1).tolist()
+
+
+def _nearest_frame_loop(path: str) -> np.ndarray:
+    """The hand-written resampling that FFmpeg's fps filter replaced (as it was), kept here
+    as the reference: each 25 fps output instant shows the source frame nearest to it."""
+    step, buffer, emitted, previous = 1.0 / 25, [], 0, None
+    with av.open(path) as container:
+        stream = container.streams.video[0]
+        half = 0.5 / float(stream.average_rate or 25)
+        for frame in container.decode(stream):
+            now = float(frame.time if frame.time is not None else emitted * step)
+            if previous is not None:
+                boundary = (previous[0] + now) / 2
+                while emitted * step < boundary:
+                    buffer.append(previous[1])
+                    emitted += 1
+            previous = (now, frame.to_ndarray(format="rgb24"))
+        while emitted * step < previous[0] + half or not emitted:
+            buffer.append(previous[1])
+            emitted += 1
+    return np.stack(buffer)
+
+
+@pytest.mark.parametrize(("fps", "frames"), [(30, 30), (30, 47), (30, 90), (50, 41)])
+def test_the_fps_filter_reads_30_and_50_fps_clips_as_the_old_loop_did(fps, frames, tmp_path):
+    """Same frame count and the same frames, pixel for pixel. (At 10, 24 or 60 fps the two
+    differ by a frame at a tie or at the end; the test above pins the filter's rule.)"""
+    rng = np.random.default_rng(fps + frames)
+    video = str(write_video(tmp_path / "v.mp4", rng.integers(0, 255, (frames, 48, 48, 3),
+                                                             dtype=np.uint8), fps=fps))
+    np.testing.assert_array_equal(np.concatenate(list(stream_frames(video, chunk=8))),
+                                  _nearest_frame_loop(video))
 
 
 def test_layouts_are_discovered(tmp_path):

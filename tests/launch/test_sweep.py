@@ -77,6 +77,32 @@ def test_collect_tabulates_finished_jobs(tmp_path):
     assert [r["state"] for r in status(sweep)] == ["done", "done", "not finished"]
 
 
+@pytest.mark.parametrize(("executor", "states"), [
+    ("slurm", ["done", "running", "pending"]),
+    ("local", ["done", "not finished", "stopped (resumable)"])])
+def test_status_asks_squeue_about_slurm_jobs_only(executor, states, tmp_path, monkeypatch):
+    """SLURM's state of a job still queued; a local sweep's job ids are process ids, which
+    squeue must not be asked about."""
+    bin_dir = tmp_path / "bin"
+    bin_dir.mkdir()
+    (bin_dir / "squeue").write_text('#!/bin/sh\necho "$@" > "$(dirname "$0")/asked"\n'
+                                    'echo "101 RUNNING"\necho "102 PENDING"\n')
+    (bin_dir / "squeue").chmod(0o755)
+    monkeypatch.setenv("PATH", f"{bin_dir}{os.pathsep}{os.environ['PATH']}")
+    sweep = Sweep(name="t", configs=["c.yaml"], grid={"model.init_args.x": [1, 2, 3]},
+                  root=str(tmp_path / "{name}"))
+    jobs = sweep.expand()
+    Path(jobs[0].job_dir).mkdir(parents=True)
+    jobs[0].metrics_path.write_text(json.dumps({"global_step": 4, "epoch": 0, "metrics": {}}))
+    (Path(jobs[2].job_dir) / "checkpoints").mkdir(parents=True)
+    (Path(jobs[2].job_dir) / "checkpoints" / "last.ckpt").touch()
+    records = [{"name": j.name, "job_id": str(100 + i)} for i, j in enumerate(jobs)]
+    (sweep.folder / "sweep.json").write_text(json.dumps({"executor": executor,
+                                                         "jobs": records}))
+    assert [r["state"] for r in status(sweep)] == states
+    assert (bin_dir / "asked").exists() == (executor == "slurm")
+
+
 def test_collect_over_failed_jobs_reports_them_and_exits_1(tmp_path, capsys):
     sweep_file = tmp_path / "sweep.yaml"
     sweep_file.write_text(yaml.safe_dump({

@@ -361,6 +361,47 @@ def test_ema_shadows_the_trained_weights_and_validation_measures_them(batch):
     module.on_validation_epoch_end()  # and checkpoints and training see the live ones again
     assert all(torch.equal(params[name], live[name]) for name in params)
     torch.testing.assert_close(module.ema.shadow, expected)
+    module.to(torch.float64)  # the shadows follow the stage, as they follow it to the GPU
+    assert all(t.dtype == torch.float64 for t in module.ema.shadow.values())
+    module.on_train_batch_end(None, batch, 0)
+    torch.testing.assert_close(module.ema.shadow, {
+        n: 0.5 * expected[n].double() + 0.5 * live[n].double() for n in expected})
+
+
+def test_ema_is_torchs_averaged_model_and_resumes_from_a_checkpoint(tmp_path, batch):
+    """The EMA after a few optimizer steps is decay·ema + (1 − decay)·param from the initial
+    weights; a checkpoint carries it by parameter name, and a resumed run continues it."""
+    decay = 0.75
+    data = torch.utils.data.DataLoader([batch] * 4, batch_size=None)
+    expected = {}
+
+    class Reference(L.Callback):
+        def on_train_batch_end(self, trainer, module, *args):
+            for name, p in module.trained_parameters().items():
+                expected[name] = decay * expected[name] + (1 - decay) * p.detach()
+
+    def trainer(max_steps):
+        return L.Trainer(max_steps=max_steps, accelerator="cpu", logger=False,
+                         enable_progress_bar=False, enable_model_summary=False,
+                         default_root_dir=tmp_path, enable_checkpointing=False,
+                         callbacks=[Reference()])
+
+    first = ExpertModule(emotion="sad", loss=light_loss(), ema_decay=decay)
+    assert isinstance(first.ema.average, torch.optim.swa_utils.AveragedModel)
+    assert not any(p.requires_grad for p in first.ema.parameters())
+    expected.update({n: p.detach().clone() for n, p in first.trained_parameters().items()})
+    run = trainer(2)
+    run.fit(first, train_dataloaders=data)
+    torch.testing.assert_close(first.ema.shadow, expected)
+    run.save_checkpoint(tmp_path / "step2.ckpt")
+    checkpoint = torch.load(tmp_path / "step2.ckpt", weights_only=True)
+    torch.testing.assert_close(checkpoint["ema"], expected)
+    assert not any(k.startswith("ema.") for k in checkpoint["state_dict"])
+
+    resumed = ExpertModule(emotion="sad", loss=light_loss(), ema_decay=decay)
+    trainer(4).fit(resumed, train_dataloaders=data, ckpt_path=tmp_path / "step2.ckpt")
+    torch.testing.assert_close(resumed.ema.shadow, expected)
+    torch.testing.assert_close({n: resumed.exported_weights()[n] for n in expected}, expected)
 
 
 def test_validation_in_a_run_measures_the_ema_and_checkpoints_see_the_live_weights(batch):

@@ -13,14 +13,25 @@ from moee.reports import BatchReport
 from moee.utils import csv_text, write_text
 
 
+def _manifest(sweep: Sweep) -> dict[str, Any]:
+    """``sweep.json`` (empty before a submit)."""
+    path = sweep.folder / MANIFEST
+    return json.loads(path.read_text()) if path.is_file() else {}
+
+
 def _records(sweep: Sweep) -> dict[str, dict[str, Any]]:
     """{job name: its record in ``sweep.json``} (empty before a submit)."""
-    path = sweep.folder / MANIFEST
-    return {r["name"]: r for r in json.loads(path.read_text())["jobs"]} if path.is_file() else {}
+    return {r["name"]: r for r in _manifest(sweep).get("jobs", [])}
 
 
 def _slurm_states(job_ids: list[str]) -> dict[str, str]:
-    """{job id: SLURM state} of the jobs SLURM still knows (``squeue``)."""
+    """{job id: SLURM state} of the jobs SLURM still knows (``squeue``).
+
+    Not submitit's ``SlurmJob.state``: submitit reads states with ``sacct``, which needs
+    SLURM accounting; without it (``AccountingStorageType=accounting_storage/none``, as in the
+    test SLURM and on many small clusters) every job would read ``UNKNOWN``. ``squeue`` asks
+    the controller itself.
+    """
     if not job_ids or not shutil.which("squeue"):
         return {}
     out = subprocess.run(["squeue", "-h", "-r", "-o", "%i %T", "-j", ",".join(job_ids)],
@@ -31,8 +42,10 @@ def _slurm_states(job_ids: list[str]) -> dict[str, str]:
 def status(sweep: Sweep) -> list[dict[str, Any]]:
     """One row per job: state (``done``, a SLURM state, ``stopped`` with a checkpoint, or
     ``not finished``), global step reached, job id."""
-    ids = {name: record["job_id"] for name, record in _records(sweep).items()}
-    states = _slurm_states([i for i in ids.values() if i])
+    manifest = _manifest(sweep)
+    ids = {record["name"]: record["job_id"] for record in manifest.get("jobs", [])}
+    slurm = manifest.get("executor", "slurm") == "slurm"  # local job ids are process ids
+    states = _slurm_states([i for i in ids.values() if i]) if slurm else {}
     rows = []
     for job in sweep.expand():
         result, job_id = job.result(), ids.get(job.name)
