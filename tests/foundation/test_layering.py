@@ -1,5 +1,7 @@
-"""Package layering: models/data/metrics <- stages <- inference <- evaluation <- cli; a package
-imports nothing above it (module-level or inside a function alike)."""
+"""Package layering (docs/ARCHITECTURE.md): models, data and metrics at the bottom; stages
+(training) and inference side by side above them, neither importing the other; evaluation
+above inference; the CLI, quickstart, demo and launchers on top. A package imports nothing
+above it (module-level or inside a function alike)."""
 
 import ast
 from pathlib import Path
@@ -11,6 +13,11 @@ TOP = ("moee.cli", "moee.quickstart", "moee.showcase", "moee.demo", "moee.launch
 ABOVE = {
     "data": ("moee.stages", "moee.inference", "moee.evaluation", "moee.metrics", *TOP),
     "metrics": ("moee.stages", "moee.inference", "moee.evaluation", *TOP),
+    "models": ("moee.data", "moee.metrics", "moee.stages", "moee.inference", "moee.evaluation",
+               *TOP),
+    "stages": ("moee.inference", "moee.evaluation", *TOP),
+    "inference": ("moee.stages", "moee.evaluation", *TOP),
+    "evaluation": ("moee.stages", *TOP),
 }
 """package -> the modules it must not import (the SynthEmo probes live in moee.evaluation)."""
 

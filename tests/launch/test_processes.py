@@ -6,6 +6,7 @@ from __future__ import annotations
 import os
 import subprocess
 import sys
+import time
 
 from tests.processes import (
     TOKEN_VARIABLE,
@@ -23,11 +24,21 @@ def alive(pid: int) -> bool:
     return True
 
 
+def found_within(seconds: float, token: str) -> list[int]:
+    """The marked processes, polled for up to ``seconds``: Popen returns when the child's exec
+    closes its close-on-exec pipe, a moment before the kernel maps the new environment, and on a
+    loaded machine /proc/PID/environ can still read empty then."""
+    deadline = time.monotonic() + seconds
+    while not (found := processes_with_env(TOKEN_VARIABLE, token)) and time.monotonic() < deadline:
+        time.sleep(0.05)
+    return found
+
+
 def test_a_process_that_left_the_test_session_is_found_by_its_mark_and_killed():
     token = os.environ[TOKEN_VARIABLE]  # set for this test by the autouse fixture
     escaped = subprocess.Popen(["sleep", "60"], start_new_session=True)
     try:
-        assert processes_with_env(TOKEN_VARIABLE, token) == [escaped.pid]
+        assert found_within(5, token) == [escaped.pid]
         assert kill_and_wait([escaped.pid]) == []
     finally:
         escaped.kill()
