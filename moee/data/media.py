@@ -106,18 +106,28 @@ def _write_mp4(handle, frames, fps, audio, sample_rate, crf) -> None:
             container.mux(sound.encode())
 
 
+def _video_stream(container: av.container.InputContainer, source: Source) -> av.VideoStream:
+    """The first video stream, decoded with threads; a MediaError where there is none."""
+    if not container.streams.video:
+        raise MediaError(f"{_name(source)} has no video stream")
+    stream = container.streams.video[0]
+    stream.thread_type = "AUTO"
+    return stream
+
+
+def _frame_rate(stream: av.VideoStream) -> float:
+    return float(stream.average_rate or stream.guessed_rate or VIDEO_FPS)
+
+
 def read_video(source: Source) -> tuple[np.ndarray, float]:
     """Decode all frames of a video: ``(T, H, W, 3) uint8`` and its frame rate."""
     with _open(source) as container:
-        if not container.streams.video:
-            raise MediaError(f"{_name(source)} has no video stream")
-        stream = container.streams.video[0]
-        stream.thread_type = "AUTO"
+        stream = _video_stream(container, source)
         try:
             frames = [f.to_ndarray(format="rgb24") for f in container.decode(stream)]
         except av.error.FFmpegError as error:
             raise MediaError(f"corrupt video in {_name(source)}: {error}") from None
-        fps = float(stream.average_rate or stream.guessed_rate or VIDEO_FPS)
+        fps = _frame_rate(stream)
     if not frames:
         raise MediaError(f"{_name(source)} has no decodable video frames")
     return np.stack(frames), fps
@@ -127,10 +137,7 @@ def probe_rates(source: Source) -> tuple[float | None, int | None]:
     """(video frame rate, audio sample rate) of a media file, ``None`` for a missing stream;
     nothing is decoded."""
     with _open(source) as container:
-        fps = None
-        if container.streams.video:
-            stream = container.streams.video[0]
-            fps = float(stream.average_rate or stream.guessed_rate or VIDEO_FPS)
+        fps = _frame_rate(container.streams.video[0]) if container.streams.video else None
         rate = container.streams.audio[0].sample_rate if container.streams.audio else None
     return fps, rate
 
@@ -141,10 +148,7 @@ def stream_frames(source: Source, chunk: int, fps: int = VIDEO_FPS) -> Iterator[
     one may be shorter)."""
     buffer: list[np.ndarray] = []
     with _open(source) as container:
-        if not container.streams.video:
-            raise MediaError(f"{_name(source)} has no video stream")
-        stream = container.streams.video[0]
-        stream.thread_type = "AUTO"
+        stream = _video_stream(container, source)
         try:
             graph = av.filter.Graph()
             graph.link_nodes(graph.add_buffer(template=stream), graph.add("fps", f"fps={fps}"),
