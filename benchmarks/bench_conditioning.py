@@ -35,10 +35,10 @@ import torch  # noqa: E402
 from jsonargparse import CLI  # noqa: E402
 from tqdm import tqdm  # noqa: E402
 
+from moee.data.batch import from_numpy_frames  # noqa: E402
 from moee.data.sampling import MOTION_FRAMES, window_audio  # noqa: E402
 from moee.data.shards import Clip, decode_clip, iter_raw_samples, shard_urls  # noqa: E402
 from moee.emotions import BASIC_EMOTIONS, NEUTRAL, parse_emotion  # noqa: E402
-from moee.evaluation.probes import to_tensor  # noqa: E402
 from moee.inference.animate import stage_weights  # noqa: E402
 from moee.inference.conditions import emotion_inputs  # noqa: E402
 from moee.inference.pipeline import MoEEPipeline  # noqa: E402
@@ -68,7 +68,7 @@ class ConditionSwaps:
 
     def reference(self, frame: np.ndarray):
         """Reference features of one frame, which is also the motion frames (first clip)."""
-        image = to_tensor(frame[None])
+        image = from_numpy_frames(frame[None])
         latent = self.net.vae.encode(image[:, None], sample=False)
         return self.net.encode_reference(image, latent.repeat(1, MOTION_FRAMES, 1, 1, 1),
                                          reference_latent=latent[:, 0])
@@ -149,7 +149,7 @@ def main(weights: str = "runs/tiny/weights", data: str = "runs/synthemo/test",
         conditions = swaps.conditions(
             clip, clips[(person, NEUTRAL)].frames[start], clips[(stranger, NEUTRAL)].frames[start],
             clips[(stranger, NEUTRAL)], emotion, start)
-        latents = swaps.net.vae.encode(to_tensor(clip.frames[start:start + frames])[None],
+        latents = swaps.net.vae.encode(from_numpy_frames(clip.frames[start:start + frames])[None],
                                        sample=False)
         for name, loss in swaps.losses(latents, conditions, steps, generator).items():
             totals[name] = totals.get(name, 0) + loss

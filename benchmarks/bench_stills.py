@@ -23,6 +23,7 @@ import sys
 import numpy as np
 import torch
 
+from moee.data.batch import from_numpy_frames
 from moee.data.sampling import clip_audio, window_audio
 from moee.data.shards import ShardError
 from moee.data.synth.sheet import write_png
@@ -34,7 +35,7 @@ from moee.inference.pipeline import MoEEPipeline
 from moee.inference.sampling import Guidance, SamplerSettings
 from moee.models.moee_net import MoEENetConfig
 from moee.models.weights import StageWeightsError
-from moee.showcase import Person, held_out_people, to_image_tensor
+from moee.showcase import Person, held_out_people
 
 
 @torch.no_grad()
@@ -90,7 +91,7 @@ def read_stills(args: argparse.Namespace) -> None:
         rows: list[list[np.ndarray]] = [[p.portrait for p in people]]
         rows += [[] for _ in BASIC_EMOTIONS]
         for person in people:
-            stills = draw_stills(pipeline, to_image_tensor(person.portrait), latents,
+            stills = draw_stills(pipeline, from_numpy_frames(person.portrait), latents,
                                  apex_audio(person), guidance)
             for i, emotion in enumerate(BASIC_EMOTIONS):
                 reading = judge.read(stills[i:i + 1], person.identity)

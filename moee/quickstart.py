@@ -70,6 +70,7 @@ def animate_held_out(people: int | None = None, seconds: float = 0.64, steps: in
     frames)]``."""
     from tqdm import tqdm
 
+    from moee.data.batch import from_numpy_frames
     from moee.data.media import VIDEO_FPS
     from moee.inference.animate import stage_weights
     from moee.inference.conditions import EmotionTrack, Routing
@@ -77,7 +78,7 @@ def animate_held_out(people: int | None = None, seconds: float = 0.64, steps: in
     from moee.inference.pipeline import MoEEPipeline
     from moee.inference.sampling import SamplerSettings
     from moee.models.moee_net import MoEENetConfig
-    from moee.showcase import KINDS, held_out_people, plan_videos, speech_of, to_image_tensor
+    from moee.showcase import KINDS, held_out_people, plan_videos, speech_of
 
     pipeline = MoEEPipeline.from_weights(
         MoEENetConfig(preset="tiny"), stage_weights([str(WEIGHTS)]), progress=False,
@@ -98,7 +99,7 @@ def animate_held_out(people: int | None = None, seconds: float = 0.64, steps: in
                        for i in range(0, len(group), batch)):
             audios = [speech_of(video, frames)[0] for video in videos]
             generated = pipeline.generate_many(
-                to_image_tensor(videos[0].person.portrait), audios,
+                from_numpy_frames(videos[0].person.portrait), audios,
                 [EmotionTrack.parse(video.condition) for video in videos],
                 [torch.Generator().manual_seed(0) for _ in videos])
             for video, audio, video_frames in zip(videos, audios, generated):

@@ -25,7 +25,6 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
-import torch
 
 from moee.data.media import SAMPLES_PER_FRAME
 from moee.data.shards import Clip, ShardError, decode_clip, iter_raw_samples, shard_urls
@@ -33,7 +32,6 @@ from moee.data.synth.face import mouth_opening_from_landmarks
 from moee.data.synth.sheet import with_header
 from moee.emotions import BASIC_EMOTIONS, COMPOUND_EMOTIONS, NEUTRAL
 from moee.evaluation.probe_judge import ProbeJudge, lip_sync_correlation
-from moee.evaluation.probes import to_tensor
 
 KINDS = ("basic", "compound", "text", "speech")
 """The condition kinds, in report order."""
@@ -187,8 +185,3 @@ def showcase_sheet(made: list[tuple[PlannedVideo, np.ndarray]], identities: int 
                                                               else emotion], 84)
         labels[row * size: row * size + label.shape[0]] = label
     return np.concatenate([labels, grid], 1)
-
-
-def to_image_tensor(frame: np.ndarray) -> torch.Tensor:
-    """``(H, W, 3) uint8`` → ``(3, H, W)`` float in [-1, 1]."""
-    return to_tensor(frame[None])[0]

@@ -85,6 +85,12 @@ def normalize_images(batch: dict[str, Any]) -> dict[str, Any]:
     return batch
 
 
+def from_numpy_frames(frames: np.ndarray) -> torch.Tensor:
+    """``(..., H, W, 3) uint8`` → ``(..., 3, H, W)`` float32 in [-1, 1] (the model's images; the
+    inverse of :func:`to_numpy_frames`)."""
+    return torch.from_numpy(frames).movedim(-1, -3).float().div(127.5).sub(1.0)
+
+
 def to_numpy_frames(images: torch.Tensor) -> np.ndarray:
     """``(..., 3, H, W)`` in [-1, 1] → ``(..., H, W, 3) uint8`` (for writing or viewing)."""
     array = images.detach().cpu().movedim(-3, -1).add(1.0).mul(127.5).round().clamp(0, 255)

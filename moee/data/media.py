@@ -8,8 +8,10 @@ Every reader returns plain NumPy arrays — frames ``(T, H, W, 3) uint8`` and mo
 from __future__ import annotations
 
 import io
+import itertools
 import os
 import wave
+from collections.abc import Iterator
 from pathlib import Path
 from typing import BinaryIO
 
@@ -104,21 +106,72 @@ def _write_mp4(handle, frames, fps, audio, sample_rate, crf) -> None:
             container.mux(sound.encode())
 
 
+def _video_stream(container: av.container.InputContainer, source: Source) -> av.VideoStream:
+    """The first video stream, decoded with threads; a MediaError where there is none."""
+    if not container.streams.video:
+        raise MediaError(f"{_name(source)} has no video stream")
+    stream = container.streams.video[0]
+    stream.thread_type = "AUTO"
+    return stream
+
+
+def _frame_rate(stream: av.VideoStream) -> float:
+    return float(stream.average_rate or stream.guessed_rate or VIDEO_FPS)
+
+
 def read_video(source: Source) -> tuple[np.ndarray, float]:
     """Decode all frames of a video: ``(T, H, W, 3) uint8`` and its frame rate."""
     with _open(source) as container:
-        if not container.streams.video:
-            raise MediaError(f"{_name(source)} has no video stream")
-        stream = container.streams.video[0]
-        stream.thread_type = "AUTO"
+        stream = _video_stream(container, source)
         try:
             frames = [f.to_ndarray(format="rgb24") for f in container.decode(stream)]
         except av.error.FFmpegError as error:
             raise MediaError(f"corrupt video in {_name(source)}: {error}") from None
-        fps = float(stream.average_rate or stream.guessed_rate or VIDEO_FPS)
+        fps = _frame_rate(stream)
     if not frames:
         raise MediaError(f"{_name(source)} has no decodable video frames")
     return np.stack(frames), fps
+
+
+def probe_rates(source: Source) -> tuple[float | None, int | None]:
+    """(video frame rate, audio sample rate) of a media file, ``None`` for a missing stream;
+    nothing is decoded."""
+    with _open(source) as container:
+        fps = _frame_rate(container.streams.video[0]) if container.streams.video else None
+        rate = container.streams.audio[0].sample_rate if container.streams.audio else None
+    return fps, rate
+
+
+def stream_frames(source: Source, chunk: int, fps: int = VIDEO_FPS) -> Iterator[np.ndarray]:
+    """Decode a video resampled to ``fps`` by FFmpeg's ``fps`` filter (the nearest frame to each
+    output instant, duplicated or dropped), as ``(chunk, H, W, 3) uint8`` RGB chunks (the last
+    one may be shorter)."""
+    buffer: list[np.ndarray] = []
+    with _open(source) as container:
+        stream = _video_stream(container, source)
+        try:
+            graph = av.filter.Graph()
+            graph.link_nodes(graph.add_buffer(template=stream), graph.add("fps", f"fps={fps}"),
+                             graph.add("format", "rgb24"), graph.add("buffersink")).configure()
+            for frame in itertools.chain(container.decode(stream), [None]):  # None: flush
+                graph.vpush(frame)
+                while (resampled := _pulled(graph)) is not None:
+                    buffer.append(resampled.to_ndarray())
+                    if len(buffer) == chunk:
+                        yield np.stack(buffer)
+                        buffer = []
+        except av.error.FFmpegError as error:
+            raise MediaError(f"corrupt video in {_name(source)}: {error}") from None
+    if buffer:
+        yield np.stack(buffer)
+
+
+def _pulled(graph: av.filter.Graph) -> av.VideoFrame | None:
+    """The filter graph's next output frame, or ``None`` until more input (or at the end)."""
+    try:
+        return graph.vpull()
+    except (av.error.BlockingIOError, av.error.EOFError):
+        return None
 
 
 def read_audio(source: Source, sample_rate: int = AUDIO_RATE) -> np.ndarray:

@@ -16,8 +16,9 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
+from moee.data.batch import from_numpy_frames
 from moee.emotions import EMOTION_CLASSES
-from moee.evaluation.probes import SynthEmoProbes, to_tensor
+from moee.evaluation.probes import SynthEmoProbes
 
 FACE_THRESHOLD = 0.5
 """Mean face probability above which a video counts as showing a face."""
@@ -63,12 +64,13 @@ class ProbeJudge:
     def __init__(self, probes: SynthEmoProbes, portraits: dict[str, np.ndarray]) -> None:
         self.probes = probes.eval()
         self.names = list(portraits)
-        self.embeddings = probes.identity_embedding(to_tensor(np.stack(list(portraits.values()))))
+        portrait_images = from_numpy_frames(np.stack(list(portraits.values())))
+        self.embeddings = probes.identity_embedding(portrait_images)
 
     @torch.no_grad()
     def read(self, frames: np.ndarray, portrait: str) -> VideoReading:
         """Read a video ``(T, H, W, 3) uint8`` made from the portrait of ``portrait``."""
-        images = to_tensor(frames)
+        images = from_numpy_frames(frames)
         embedding = torch.nn.functional.normalize(
             self.probes.identity_embedding(images).mean(0), dim=0)
         similarities = self.embeddings @ embedding

@@ -21,10 +21,11 @@ from einops import rearrange
 from jsonargparse import CLI
 from torch import nn
 
+from moee.data.batch import from_numpy_frames
 from moee.data.synth.face import combine_speech, mouth_opening_from_landmarks
 from moee.data.synth.generator import apex_aus, head_motion, renderer
 from moee.emotions import EMOTION_CLASSES, NEUTRAL, NUM_ACTION_UNITS
-from moee.evaluation.probes import EMBEDDING_DIM, SynthEmoProbes, save_probes, to_tensor
+from moee.evaluation.probes import EMBEDDING_DIM, SynthEmoProbes, save_probes
 
 PROBE_IDENTITY_OFFSET = 1_000_000
 """Probe identities are drawn far from the data set's indices (train, then held-out)."""
@@ -154,7 +155,7 @@ def evaluate_probes(probes: SynthEmoProbes, data: ProbeData) -> dict[str, float]
     """Held-out scores: emotion accuracy (apex frames), AU MAE, landmark error (fraction of
     image size), mouth-opening MAE, identity nearest-neighbour accuracy, and the face output's
     accuracy on the renders and on :func:`non_faces` made from them."""
-    x = to_tensor(data.frames)
+    x = from_numpy_frames(data.frames)
     out = {k: [] for k in ("emotion", "aus", "landmarks", "mouth", "face")}
     embeds, negatives = [], []
     generator = torch.Generator().manual_seed(0)
@@ -198,7 +199,7 @@ def train_probes(size: int = 64, seed: int = 0, train_identities: int = 300,
                              20, size)
     log(f"rendered {len(train.frames)} train + {len(held.frames)} held-out frames "
         f"({time.perf_counter() - begin:.0f}s)")
-    x = to_tensor(train.frames)
+    x = from_numpy_frames(train.frames)
     labels = {k: torch.from_numpy(getattr(train, k)) for k in
               ("emotion", "aus", "landmarks", "mouth", "identity")}
     probes = SynthEmoProbes(size)

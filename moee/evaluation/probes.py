@@ -15,7 +15,6 @@ import json
 import os
 from pathlib import Path
 
-import numpy as np
 import torch
 import torch.nn.functional as F
 from safetensors import safe_open
@@ -133,11 +132,6 @@ class SynthEmoProbes(nn.Module):
     def identity_embedding(self, frames: torch.Tensor) -> torch.Tensor:
         """(N, 64) unit-length identity embeddings; cosine similarity compares people."""
         return self.identity(self._fit(frames))
-
-
-def to_tensor(frames: np.ndarray) -> torch.Tensor:
-    """uint8 (N, H, W, 3) -> float (N, 3, H, W) in [-1, 1]."""
-    return torch.from_numpy(frames).permute(0, 3, 1, 2).float().div(127.5).sub(1)
 
 
 def save_probes(probes: SynthEmoProbes, metrics: dict[str, float],

@@ -18,6 +18,7 @@ import numpy as np
 import torch
 from PIL import Image, ImageOps, UnidentifiedImageError
 
+from moee.data.batch import from_numpy_frames
 from moee.data.faces import (
     DetectorName,
     FaceDetector,
@@ -127,7 +128,7 @@ class Portrait:
 
     def reference(self) -> torch.Tensor:
         """The crop as the model's reference image, ``(3, size, size)`` in [-1, 1]."""
-        return torch.from_numpy(self.crop).permute(2, 0, 1).float() / 127.5 - 1.0
+        return from_numpy_frames(self.crop)
 
     def paste(self, frames: np.ndarray, feather: float = 0.1) -> np.ndarray:
         """Blend generated crops ``(T, size, size, 3)`` into the photo: ``(T, H', W', 3) uint8``.

@@ -2,14 +2,15 @@
 
 Tables 2–4 compare methods on one data set each; Table 5 compares ablations of the full model.
 :func:`write_tables` writes the same table as Markdown (for reading), JSON (every value,
-including per-class accuracies) and CSV (for spreadsheets).
+including per-class accuracies) and CSV (for spreadsheets). Other tables of the project (a
+sweep's results) are written by the same pieces: :func:`table_texts` and :func:`write_texts`.
 """
 
 from __future__ import annotations
 
 import json
 import math
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from pathlib import Path
 
 from moee.utils import csv_text, write_text
@@ -67,18 +68,38 @@ def markdown_table(results: Results, title: str, exclude: Sequence[str] = (),
     columns = [c for c in COLUMNS if any(c in row for row in results.values())]
     best = best_rows(results, exclude)
     arrows = [f"{c} {'↑' if COLUMNS[c] else '↓'}" for c in columns]
-    lines = [f"### {title}", "", "| Method | " + " | ".join(arrows) + " |",
-             "|---|" + "---:|" * len(columns)]
+    rows = []
     for name, row in results.items():
-        cells = []
+        cells = [f"{name} *(reference)*" if name in exclude else name]
         for column in columns:
             cell = format_value(column, row.get(column))
             cells.append(f"**{cell}**" if name in best.get(column, ()) else cell)
-        shown = f"{name} *(reference)*" if name in exclude else name
-        lines.append(f"| {shown} | " + " | ".join(cells) + " |")
-    if note:
-        lines += ["", note]
+        rows.append(cells)
+    table = markdown_grid(["Method", *arrows], rows, right_from=1)
+    return f"### {title}\n\n{table}" + (f"\n{note}\n" if note else "")
+
+
+def markdown_grid(header: Sequence[str], rows: Iterable[Sequence[str]],
+                  right_from: int | None = None) -> str:
+    """A Markdown table of text cells: the header, the rule, one line per row. Columns from
+    index ``right_from`` on are right-aligned (numbers); by default none is."""
+    rule = ["---:" if right_from is not None and i >= right_from else "---"
+            for i in range(len(header))]
+    lines = ["| " + " | ".join(header) + " |", "|" + "".join(f"{r}|" for r in rule)]
+    lines += ["| " + " | ".join(cells) + " |" for cells in rows]
     return "\n".join(lines) + "\n"
+
+
+def table_texts(header: Sequence[str], rows: Sequence[Sequence[str]]) -> dict[str, str]:
+    """A plain table of text cells as ``{"md": Markdown, "csv": CSV}`` (for :func:`write_texts`)."""
+    return {"md": markdown_grid(header, rows),
+            "csv": csv_text(list(header), [list(cells) for cells in rows])}
+
+
+def write_texts(folder: str | Path, name: str, texts: Mapping[str, str]) -> dict[str, Path]:
+    """Write ``folder/name.<suffix>`` for each ``{suffix: text}``; returns the paths by suffix."""
+    return {suffix: write_text(Path(folder) / f"{name}.{suffix}", text)
+            for suffix, text in texts.items()}
 
 
 def write_tables(results: Results, folder: str | Path, name: str, title: str,
@@ -89,14 +110,13 @@ def write_tables(results: Results, folder: str | Path, name: str, title: str,
     The CSV and JSON hold every value of every row (the Markdown only :data:`COLUMNS`); the
     JSON also the ``title``, the excluded rows and ``meta`` (e.g. the data set and clip count).
     """
-    folder = Path(folder)
     keys = [c for c in COLUMNS if any(c in row for row in results.values())]
     keys += sorted({k for row in results.values() for k in row} - set(keys))
-    paths = {suffix: folder / f"{name}.{suffix}" for suffix in ("md", "json", "csv")}
-    write_text(paths["md"], markdown_table(results, title, exclude, note))
     document = {"title": title, "columns": keys, "reference_rows": list(exclude),
                 **(meta or {}), "rows": [{"model": n, **row} for n, row in results.items()]}
-    write_text(paths["json"], json.dumps(document, indent=2))
-    write_text(paths["csv"], csv_text(["model", *keys], [
-        [model, *(row.get(k, "") for k in keys)] for model, row in results.items()]))
-    return paths
+    return write_texts(folder, name, {
+        "md": markdown_table(results, title, exclude, note),
+        "json": json.dumps(document, indent=2),
+        "csv": csv_text(["model", *keys], [[model, *(row.get(k, "") for k in keys)]
+                                           for model, row in results.items()]),
+    })

@@ -5,10 +5,11 @@ import logging
 import shutil
 import tarfile
 
+import numpy as np
 import pytest
 import torch
 
-from moee.data.batch import normalize_images, to_numpy_frames
+from moee.data.batch import from_numpy_frames, normalize_images, to_numpy_frames
 from moee.data.datamodule import (
     ClipFilter,
     MoEEDataModule,
@@ -50,6 +51,17 @@ def test_eval_batches_are_aligned_after_decoding(shards):
             chunks = batch["audio"][i].numpy().reshape(-1, SAMPLES_PER_FRAME)
             audio = [decode_audio_index(c) for c in chunks]
             assert audio == list(range(start - 2, start + NUM_FRAMES + 2))
+
+
+def test_numpy_frames_round_trip():
+    """uint8 frames → the model's [-1, 1] images (as normalize_images) → the same uint8 frames."""
+    frames = np.random.default_rng(0).integers(0, 256, (2, 5, 8, 6, 3), dtype=np.uint8)
+    images = from_numpy_frames(frames)
+    assert images.shape == (2, 5, 3, 8, 6) and images.dtype == torch.float32
+    torch.testing.assert_close(images, torch.from_numpy(frames).permute(0, 1, 4, 2, 3).float()
+                               .div_(127.5).sub_(1.0), rtol=0, atol=0)
+    np.testing.assert_array_equal(to_numpy_frames(images), frames)
+    assert from_numpy_frames(frames[0, 0]).shape == (3, 8, 6)
 
 
 def test_train_loader_with_two_workers_has_fixed_epochs(shards):

@@ -10,10 +10,10 @@ import torch
 
 from moee.data.annotate import TorchScriptAUExtractor, describe_emotion
 from moee.data.faces import HaarFaceDetector, MediaPipeFaceDetector
-from moee.data.media import encode_wav, write_mp4
+from moee.data.media import encode_wav, stream_frames, write_mp4
 from moee.data.prepare import main, prepare_dataset
 from moee.data.prepare.layouts import discover
-from moee.data.prepare.process import PrepareConfig, stream_frames
+from moee.data.prepare.process import PrepareConfig
 from moee.data.shards import decode_clip, iter_raw_samples, read_manifest, shard_urls
 from moee.emotions import ACTION_UNITS
 

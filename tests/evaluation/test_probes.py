@@ -3,6 +3,7 @@
 import pytest
 import torch
 
+from moee.data.batch import from_numpy_frames
 from moee.evaluation.probe_training import render_probe_data, train_probes
 from moee.evaluation.probes import (
     SynthEmoProbes,
@@ -10,7 +11,6 @@ from moee.evaluation.probes import (
     load_probes,
     probe_metrics,
     save_probes,
-    to_tensor,
 )
 
 
@@ -26,7 +26,7 @@ def test_cached_probes_load_with_their_interface(tmp_path):
     assert probe_metrics(32, tmp_path) == {"emotion_accuracy": 0.5}
     probes = load_probes(size=32, cache_dir=tmp_path)
     data = render_probe_data(0, range(900, 901), 3, 64)
-    frames = to_tensor(data.frames)  # 64 px frames are resized to the probes' 32 px
+    frames = from_numpy_frames(data.frames)  # 64 px frames are resized to the probes' 32 px
     assert probes.emotion_logits(frames).shape == (3, 11)
     torch.testing.assert_close(probes.emotion_logits(frames), saved.emotion_logits(frames))
     aus = probes.action_units(frames)

@@ -11,8 +11,10 @@ from moee.data.media import (
     check_speech,
     encode_mp4,
     encode_wav,
+    probe_rates,
     read_audio,
     read_video,
+    stream_frames,
     write_mp4,
 )
 from moee.data.shards import (
@@ -82,6 +84,21 @@ def test_bad_media_is_one_clear_line(tmp_path):
         check_speech(np.zeros(16000, np.float32))
     with pytest.raises(MediaError, match="even"):
         encode_mp4(np.zeros((2, 31, 31, 3), np.uint8))
+
+
+def test_probe_rates_and_streamed_frames(tmp_path):
+    frames = smooth_frames(12)
+    assert probe_rates(encode_mp4(frames, audio=tone(12))) == (25.0, 16000)
+    assert probe_rates(encode_mp4(frames)) == (25.0, None)
+    assert probe_rates(encode_wav(tone(), 22050)) == (None, 22050)
+    chunks = list(stream_frames(write_mp4(tmp_path / "v.mp4", frames), chunk=5))
+    assert [len(c) for c in chunks] == [5, 5, 2]
+    np.testing.assert_array_equal(np.concatenate(chunks), read_video(tmp_path / "v.mp4")[0])
+    for bad in (probe_rates, lambda source: list(stream_frames(source, 4))):
+        with pytest.raises(MediaError, match="cannot read"):
+            bad(b"not a video at all")
+    with pytest.raises(MediaError, match="no video stream"):
+        list(stream_frames(encode_wav(tone()), 4))
 
 
 def test_failed_write_leaves_no_file(tmp_path):

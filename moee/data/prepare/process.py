@@ -1,15 +1,14 @@
 """One source video → clips: decode at 25 fps, cut, load the audio, find and crop the face,
-landmarks, AUs, a description; bad inputs are skipped with a counted reason (:class:`Skip`)."""
+landmarks, AUs, a description; bad inputs are skipped with a counted reason (:class:`Skip`).
+The media I/O (PyAV) is :mod:`moee.data.media`'s."""
 
 from __future__ import annotations
 
-import itertools
 import logging
 from collections import Counter
 from collections.abc import Iterator
 from dataclasses import asdict, dataclass, field
 
-import av
 import numpy as np
 
 from moee.data.annotate import (
@@ -33,7 +32,9 @@ from moee.data.media import (
     VIDEO_FPS,
     MediaError,
     check_speech,
+    probe_rates,
     read_audio,
+    stream_frames,
 )
 from moee.data.prepare.layouts import SourceVideo
 from moee.data.sampling import NO_SOURCE
@@ -74,48 +75,20 @@ class PrepareConfig:
 def _probe(path: str) -> tuple[float, int | None]:
     """(video frame rate, audio sample rate or None) of a media file."""
     try:
-        with av.open(path) as container:
-            if not container.streams.video:
-                raise Skip("unreadable video", f"{path}: no video stream")
-            stream = container.streams.video[0]
-            fps = float(stream.average_rate or stream.guessed_rate or VIDEO_FPS)
-            rate = container.streams.audio[0].sample_rate if container.streams.audio else None
-        return fps, rate
-    except (av.error.FFmpegError, OSError) as error:
-        raise Skip("unreadable video", f"{path}: {error}") from None
+        fps, rate = probe_rates(path)
+    except MediaError as error:
+        raise Skip("unreadable video", str(error)) from None
+    if fps is None:
+        raise Skip("unreadable video", f"{path}: no video stream")
+    return fps, rate
 
 
-def stream_frames(path: str, chunk: int) -> Iterator[np.ndarray]:
-    """Decode a video resampled to 25 fps by FFmpeg's ``fps`` filter (the nearest frame to each
-    output instant, duplicated or dropped), as RGB, in chunks of ``chunk`` frames."""
-    buffer: list[np.ndarray] = []
+def _frames(path: str, chunk: int) -> Iterator[np.ndarray]:
+    """:func:`moee.data.media.stream_frames` at 25 fps; an unreadable video is a :class:`Skip`."""
     try:
-        with av.open(path) as container:
-            stream = container.streams.video[0]
-            stream.thread_type = "AUTO"
-            graph = av.filter.Graph()
-            graph.link_nodes(graph.add_buffer(template=stream),
-                             graph.add("fps", f"fps={VIDEO_FPS}"),
-                             graph.add("format", "rgb24"), graph.add("buffersink")).configure()
-            for frame in itertools.chain(container.decode(stream), [None]):  # None: flush
-                graph.vpush(frame)
-                while (resampled := _pulled(graph)) is not None:
-                    buffer.append(resampled.to_ndarray())
-                    if len(buffer) == chunk:
-                        yield np.stack(buffer)
-                        buffer = []
-    except av.error.FFmpegError as error:
-        raise Skip("unreadable video", f"{path}: {error}") from None
-    if buffer:
-        yield np.stack(buffer)
-
-
-def _pulled(graph: av.filter.Graph) -> av.VideoFrame | None:
-    """The filter graph's next output frame, or ``None`` until more input (or at the end)."""
-    try:
-        return graph.vpull()
-    except (av.error.BlockingIOError, av.error.EOFError):
-        return None
+        yield from stream_frames(path, chunk)
+    except MediaError as error:
+        raise Skip("unreadable video", str(error)) from None
 
 
 @dataclass
@@ -153,7 +126,7 @@ class VideoProcessor:
             outcome.notes[f"video resampled from {fps:g} fps"] += 1
         audio = self._audio(source, rate, outcome)
         max_frames = max(int(cfg.max_seconds * VIDEO_FPS), cfg.min_frames)
-        for index, frames in enumerate(stream_frames(source.video, max_frames)):
+        for index, frames in enumerate(_frames(source.video, max_frames)):
             start = index * max_frames
             usable = min(len(frames), len(audio) // SAMPLES_PER_FRAME - start)
             try:
@@ -175,7 +148,7 @@ class VideoProcessor:
         path = source.audio or source.video
         if source.audio is not None:
             try:
-                rate = _probe_audio_rate(source.audio)
+                rate = _audio_rate(source.audio)
             except MediaError as error:
                 raise Skip("no audio", str(error)) from None
         elif rate is None:
@@ -227,11 +200,9 @@ class VideoProcessor:
                     landmarks=landmarks, extras={})
 
 
-def _probe_audio_rate(path: str) -> int:
-    try:
-        with av.open(path) as container:
-            if not container.streams.audio:
-                raise MediaError(f"{path!r} has no audio stream")
-            return container.streams.audio[0].sample_rate
-    except (av.error.FFmpegError, OSError) as error:
-        raise MediaError(f"cannot read {path!r}: {error}") from None
+def _audio_rate(path: str) -> int:
+    """The sample rate of a separate audio file; a MediaError when it has no audio stream."""
+    rate = probe_rates(path)[1]
+    if rate is None:
+        raise MediaError(f"{path!r} has no audio stream")
+    return rate

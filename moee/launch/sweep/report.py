@@ -9,8 +9,8 @@ from pathlib import Path
 from typing import Any
 
 from moee.launch.sweep.spec import MANIFEST, Sweep
+from moee.metrics.tables import table_texts, write_texts
 from moee.reports import BatchReport
-from moee.utils import csv_text, write_text
 
 
 def _manifest(sweep: Sweep) -> dict[str, Any]:
@@ -74,14 +74,9 @@ def collect(sweep: Sweep) -> tuple[list[dict[str, Any]], str, str]:
             rows.append({"job": job.name, "step": result["global_step"], **result["metrics"]})
     names = sweep.metrics or sorted({k for row in rows for k in row} - {"job", "step"})
     columns = ["job", "step", *names]
-    table = [[_cell(row.get(c, "")) for c in columns] for row in rows]
-    markdown = "\n".join(["| " + " | ".join(columns) + " |",
-                          "|" + "---|" * len(columns),
-                          *("| " + " | ".join(cells) + " |" for cells in table)]) + "\n"
-    text = csv_text(columns, table)
-    write_text(sweep.folder / "results.md", markdown)
-    write_text(sweep.folder / "results.csv", text)
-    return rows, markdown, text
+    texts = table_texts(columns, [[_cell(row.get(c, "")) for c in columns] for row in rows])
+    write_texts(sweep.folder, "results", texts)
+    return rows, texts["md"], texts["csv"]
 
 
 def collect_report(sweep: Sweep) -> BatchReport:
