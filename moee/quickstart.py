@@ -17,6 +17,7 @@ import sys
 import time
 import warnings
 from collections.abc import Callable
+from dataclasses import replace
 from pathlib import Path
 
 import torch
@@ -31,12 +32,6 @@ SYNTHEMO = RUNS / "synthemo"
 WEIGHTS = RUNS / "tiny" / "weights"
 VIDEOS = RUNS / "tiny" / "videos"
 SHEET = RUNS / "tiny" / "quickstart_sheet.png"
-COMPOUND_ADVERB_WEIGHT = 1.5
-"""Composed guidance of compounds (``SamplerSettings.compose_compounds``), chosen on the
-validation people: compounds read 8/32 at adverb weight 1, 15/32 at 1.5, 11/32 at 2."""
-COMPOUND_AUDIO_GUIDANCE = 5.0
-"""Audio guidance of composed compounds (``SamplerSettings.compound_audio_guidance``): on the
-validation people, 5 reads compounds 16/32 at lip sync r 0.28, against 15/32 at r 0.07 for 3.5."""
 
 STAGES: tuple[tuple[str, tuple[str, ...], str], ...] = (
     ("backbone_image", ("backbone_image.safetensors",), "tiny/backbone_image.yaml"),
@@ -59,10 +54,9 @@ def _timed(timings: dict[str, float], name: str, step: Callable[[], object]) -> 
 
 
 def animate_held_out(people: int | None = None, seconds: float = 0.64, steps: int = 8,
-                     strength: float = 1.0, guidance: float = 3.5, batch: int = 8,
-                     compose_compounds: float | None = COMPOUND_ADVERB_WEIGHT,
-                     compound_audio_guidance: float | None = COMPOUND_AUDIO_GUIDANCE) -> list:
-    """Animate the held-out identities' neutral portraits (see :mod:`moee.showcase`): every
+                     strength: float = 1.0, batch: int = 8) -> list:
+    """Animate the held-out identities' neutral portraits (see :mod:`moee.showcase`) with the
+    tiny preset's sampling (``PRESET_SAMPLING["tiny"]`` at ``steps`` and ``strength``): every
     basic label on every identity, the other kinds on the first ``people``. Up to ``batch``
     videos of one portrait that route the Emotion MoE alike sample together
     (:meth:`~moee.inference.pipeline.MoEEPipeline.generate_many`), each from its own seed-0
@@ -76,16 +70,13 @@ def animate_held_out(people: int | None = None, seconds: float = 0.64, steps: in
     from moee.inference.conditions import EmotionTrack, Routing
     from moee.inference.outputs import Animation
     from moee.inference.pipeline import MoEEPipeline
-    from moee.inference.sampling import SamplerSettings
+    from moee.inference.sampling import PRESET_SAMPLING
     from moee.models.moee_net import MoEENetConfig
     from moee.showcase import KINDS, held_out_people, plan_videos, speech_of
 
     pipeline = MoEEPipeline.from_weights(
         MoEENetConfig(preset="tiny"), stage_weights([str(WEIGHTS)]), progress=False,
-        settings=SamplerSettings(steps=steps, clip_frames=8, strength=strength,
-                                 audio_guidance=guidance, emotion_guidance=guidance,
-                                 compose_compounds=compose_compounds,
-                                 compound_audio_guidance=compound_audio_guidance))
+        settings=replace(PRESET_SAMPLING["tiny"], steps=steps, strength=strength))
     frames = round(seconds * VIDEO_FPS)
     everyone = held_out_people(SYNTHEMO / "test")
     plan = plan_videos(everyone, KINDS[:1]) + plan_videos(everyone[:people], KINDS[1:])

@@ -14,7 +14,7 @@ import os
 import shutil
 import tempfile
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from functools import partial
 from pathlib import Path
 
@@ -25,7 +25,7 @@ from moee.demo.engine import DemoModel, Request, SessionFiles
 from moee.demo.examples import Example, write_examples
 from moee.emotions import ACTION_UNITS, BASIC_EMOTIONS, EmotionSpecError
 from moee.errors import MoEEError
-from moee.inference.sampling import SamplerSettings, StepProgress
+from moee.inference.sampling import StepProgress
 
 log = logging.getLogger(__name__)
 
@@ -161,14 +161,10 @@ class Handlers:
             progress(where.fraction, desc=f"clip {where.clip}/{where.clips} · "
                                           f"step {where.step}/{where.steps}")
 
-        sampling = SamplerSettings(sampler=sampler, steps=int(steps), seed=int(seed or 0),
-                                   audio_guidance=audio_guidance,
-                                   emotion_guidance=emotion_guidance,
-                                   clip_frames=int(clip_frames), transition=transition,
-                                   strength=strength,
-                                   compose_compounds=self.model.defaults.compose_compounds,
-                                   compound_audio_guidance=self.model.defaults
-                                   .compound_audio_guidance)
+        sampling = replace(self.model.defaults, sampler=sampler, steps=int(steps),
+                           seed=int(seed or 0), audio_guidance=audio_guidance,
+                           emotion_guidance=emotion_guidance, clip_frames=int(clip_frames),
+                           transition=transition, strength=strength)  # the rest: the preset's
         job = Request(image, audio, emotion or "", sampling, paste_back, detect)
         try:
             result = self.model.generate(job, self.files.folder(session), on_step)

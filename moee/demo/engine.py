@@ -22,7 +22,12 @@ from moee.inference.animate import load_pipeline, stage_weights
 from moee.inference.inputs import prepare_inputs
 from moee.inference.pipeline import MoEEPipeline
 from moee.inference.portrait import InputError, PortraitSettings
-from moee.inference.sampling import ProgressCallback, SamplerSettings, StepProgress
+from moee.inference.sampling import (
+    PRESET_SAMPLING,
+    ProgressCallback,
+    SamplerSettings,
+    StepProgress,
+)
 from moee.models.pretrained import Preset
 from moee.utils import atomic_path
 
@@ -35,14 +40,6 @@ MAKE_WEIGHTS: dict[str, str] = {
             "configs/expert_<emotion>.yaml and configs/gating.yaml",
 }
 """The command that makes each preset's weights, named when they are missing."""
-
-PRESET_SAMPLING: dict[str, SamplerSettings] = {
-    # configs/tiny/predict.yaml: the quickstart's sampling, from pure noise
-    "tiny": SamplerSettings(steps=8, audio_guidance=3.5, emotion_guidance=3.5, clip_frames=8,
-                            compose_compounds=1.5, compound_audio_guidance=5.0),
-    "sd15": SamplerSettings(),
-}
-"""The page's default sampling options per network preset."""
 
 STRIP_FRAMES = 8
 STRIP_HEIGHT = 128

@@ -153,3 +153,15 @@ def test_ablation_overlays_parse_with_their_base_configs():
                                 "--data", str(ablations / "data_expert_no_mns.yaml")],
                           run=False).config
     assert no_mns.data.init_args.mns_prob == 0
+
+
+@pytest.mark.parametrize("name", ["predict.yaml", "test.yaml"])
+def test_tiny_sampling_configs_sample_as_the_quickstart(name):
+    """configs/tiny/{predict,test}.yaml score and animate what the quickstart measured."""
+    from dataclasses import asdict
+
+    from moee.inference.sampling import PRESET_SAMPLING
+
+    sampler = parse(CONFIGS / "tiny" / name).model.init_args.sampler
+    preset = asdict(PRESET_SAMPLING["tiny"])
+    assert {key: sampler[key] for key in preset} == preset
