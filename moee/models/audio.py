@@ -3,8 +3,9 @@
 Contract: a clip of ``f`` video frames at 25 fps comes with the 16 kHz waveform of the clip plus
 ``context_frames`` (2) frames on each side, ``(b, (f + 4) * 640)`` samples. wav2vec2 runs at
 50 Hz (two tokens per video frame); the window of video frame ``i`` is the tokens of frames
-``i - 2 .. i + 2`` (10 tokens), from all hidden states (embeddings + every layer).
-:class:`AudioProjection` maps each window to a few context tokens for the audio cross-attention.
+``i - 2 .. i + 2`` (10 tokens), from all hidden states (embeddings + every layer), optionally
+with each token's loudness. :class:`AudioProjection` maps each window to a few context tokens
+for the audio cross-attention.
 """
 
 from __future__ import annotations
@@ -28,15 +29,26 @@ def normalize_waveform(waveform: torch.Tensor) -> torch.Tensor:
     return (waveform - mean) / (waveform.var(-1, keepdim=True, unbiased=False) + 1e-7).sqrt()
 
 
+def token_loudness(waveform: torch.Tensor, hop: int) -> torch.Tensor:
+    """log RMS of each ``hop``-sample stretch of a normalised waveform: (b s) -> (b s/hop)."""
+    return waveform.unflatten(-1, (-1, hop)).pow(2).mean(-1).add(1e-4).log()
+
+
 class AudioEncoder(nn.Module):
     """A ``Wav2Vec2Model`` whose hidden states of every layer are cut into per-frame windows.
 
     Args:
         model: the wav2vec2 model (its total conv stride must be 320 samples, 50 Hz).
         context_frames: video frames of context on each side of a frame (window ``2c + 1``).
+        loudness: also give every token the log RMS of its 320 samples. wav2vec2's first
+            normalisation removes how loud a stretch is, which is what the jaw follows; a
+            pretrained model makes up for it with phonetics, a random stand-in cannot (on
+            SynthEmo a probe on the tiny random encoder's windows predicts held-out mouth
+            opening at r 0.3, on the loudness alone at 0.8).
     """
 
-    def __init__(self, model: Wav2Vec2Model, context_frames: int = 2) -> None:
+    def __init__(self, model: Wav2Vec2Model, context_frames: int = 2,
+                 loudness: bool = False) -> None:
         super().__init__()
         config = model.config
         stride = math.prod(config.conv_stride)
@@ -47,6 +59,8 @@ class AudioEncoder(nn.Module):
         )
         self.model = model
         self.context_frames = context_frames
+        self.loudness = loudness
+        self.stride = stride
         self.tokens_per_frame = SAMPLES_PER_FRAME // stride
         # padding that makes a (f + 2c) * 640 sample input give exactly 2 tokens per frame
         self.pad = (receptive - stride) // 2
@@ -57,14 +71,11 @@ class AudioEncoder(nn.Module):
         return (2 * self.context_frames + 1) * self.tokens_per_frame
 
     @property
-    def num_layers(self) -> int:
-        """Hidden states used per token (embedding output + every transformer layer)."""
-        return self.model.config.num_hidden_layers + 1
-
-    @property
-    def hidden_size(self) -> int:
-        """Width of one wav2vec2 hidden state."""
-        return self.model.config.hidden_size
+    def token_features(self) -> int:
+        """Features per token: the hidden states of the embedding output and every transformer
+        layer, plus the loudness when it is on."""
+        config = self.model.config
+        return (config.num_hidden_layers + 1) * config.hidden_size + self.loudness
 
     def num_frames(self, num_samples: int) -> int:
         """Video frames ``f`` covered by a waveform of ``(f + 2c) * 640`` samples."""
@@ -77,29 +88,33 @@ class AudioEncoder(nn.Module):
         return frames - 2 * self.context_frames
 
     def forward(self, waveform: torch.Tensor) -> torch.Tensor:
-        """waveform (b, (f + 2c) * 640) at 16 kHz -> windows (b f w l c).
+        """waveform (b, (f + 2c) * 640) at 16 kHz -> windows (b f w d).
 
-        ``w`` tokens per window, ``l`` hidden states per token, ``c`` wav2vec2 width.
+        ``w`` tokens per window, ``d`` :attr:`token_features` per token: the ``l`` hidden
+        states of ``c`` channels (layer-major), then the loudness when it is on.
         """
         frames = self.num_frames(waveform.shape[-1])
-        waveform = F.pad(normalize_waveform(waveform), (self.pad, self.pad))
-        hidden = self.model(waveform, output_hidden_states=True).hidden_states
-        tokens = torch.stack(hidden, 2)  # b t l c, t = (f + 2c) * tokens_per_frame
-        windows = tokens.unfold(1, self.window, self.tokens_per_frame)  # b f' l c w
-        return rearrange(windows[:, :frames], "b f l c w -> b f w l c")
+        waveform = normalize_waveform(waveform)
+        hidden = self.model(F.pad(waveform, (self.pad, self.pad)),
+                            output_hidden_states=True).hidden_states
+        tokens = rearrange(torch.stack(hidden, 2), "b t l c -> b t (l c)")
+        if self.loudness:
+            loudness = token_loudness(waveform, self.stride).to(tokens.dtype)
+            tokens = torch.cat([tokens, loudness[..., None]], -1)
+        windows = tokens.unfold(1, self.window, self.tokens_per_frame)  # b f' d w
+        return rearrange(windows[:, :frames], "b f d w -> b f w d")
 
 
 class AudioProjection(nn.Module):
     """MLP from one frame's window of wav2vec2 states to ``num_tokens`` audio context tokens.
 
-    (b f w l c) -> (b f t d), ``t = num_tokens``, ``d = out_dim``.
+    (b f w d) -> (b f t o), ``d = token_features``, ``t = num_tokens``, ``o = out_dim``.
     """
 
     def __init__(
         self,
         window: int,
-        num_layers: int,
-        channels: int,
+        token_features: int,
         hidden_dim: int = 512,
         out_dim: int = 768,
         num_tokens: int = 32,
@@ -107,7 +122,7 @@ class AudioProjection(nn.Module):
         super().__init__()
         self.num_tokens = num_tokens
         self.mlp = nn.Sequential(
-            nn.Linear(window * num_layers * channels, hidden_dim),
+            nn.Linear(window * token_features, hidden_dim),
             nn.SiLU(),
             nn.Linear(hidden_dim, hidden_dim),
             nn.SiLU(),
@@ -116,6 +131,6 @@ class AudioProjection(nn.Module):
         self.norm = nn.LayerNorm(out_dim)
 
     def forward(self, windows: torch.Tensor) -> torch.Tensor:
-        """windows (b f w l c) -> tokens (b f t d)."""
-        tokens = self.mlp(rearrange(windows, "b f w l c -> b f (w l c)"))
+        """windows (b f w d) -> tokens (b f t o)."""
+        tokens = self.mlp(rearrange(windows, "b f w d -> b f (w d)"))
         return self.norm(rearrange(tokens, "b f (t d) -> b f t d", t=self.num_tokens))

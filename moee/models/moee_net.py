@@ -138,11 +138,11 @@ class MoEENet(nn.Module):
             concat_reference=arch.concat_reference,
             reference_skip=arch.reference_skip,
         )
-        self.audio_encoder = AudioEncoder(pretrained.build_audio_encoder(arch, src.audio_encoder))
+        self.audio_encoder = AudioEncoder(pretrained.build_audio_encoder(arch, src.audio_encoder),
+                                          loudness=arch.audio_loudness)
         self.audio_projection = AudioProjection(
             self.audio_encoder.window,
-            self.audio_encoder.num_layers,
-            self.audio_encoder.hidden_size,
+            self.audio_encoder.token_features,
             arch.audio_hidden,
             unet_dim,
             arch.audio_tokens,

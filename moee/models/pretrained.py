@@ -116,6 +116,10 @@ class Architecture:
     concat_reference: bool = False
     """Also feed the denoiser the reference latent beside each noisy frame (see
     :class:`~moee.models.unet.Denoiser`)."""
+    audio_loudness: bool = False
+    """Give the audio projection each wav2vec2 token's loudness too (see
+    :class:`~moee.models.audio.AudioEncoder`): the tiny preset's random audio encoder does not
+    carry it."""
     reference_skip: bool = False
     """Add the reference latent to the denoiser's output: with the x0 objective it predicts
     the frame's change from the portrait (see :class:`~moee.models.unet.Denoiser`)."""
@@ -167,6 +171,7 @@ PRESETS: dict[str, Architecture] = {
         patch_size=_TINY_PATCH,
         concat_reference=True,
         reference_skip=True,
+        audio_loudness=True,
         image_encoder=dict(
             hidden_size=32,
             intermediate_size=64,

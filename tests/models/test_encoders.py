@@ -14,25 +14,41 @@ from tests.models.conftest import CHANNELS, DIM
 
 def test_audio_windows_follow_frames(tiny_net):
     encoder = tiny_net.audio_encoder
+    assert encoder.loudness  # the tiny preset's stand-in carries loudness
     frames = 6
     wave = torch.randn(2, (frames + 4) * 640)
     with torch.no_grad():
         windows = encoder(wave)
+        normalised = (wave - wave.mean(-1, keepdim=True)) / wave.std(-1, unbiased=False,
+                                                                      keepdim=True)
         hidden = torch.stack(
             encoder.model(
-                torch.nn.functional.pad(
-                    (wave - wave.mean(-1, keepdim=True))
-                    / wave.std(-1, unbiased=False, keepdim=True),
-                    (encoder.pad, encoder.pad),
-                ),
+                torch.nn.functional.pad(normalised, (encoder.pad, encoder.pad)),
                 output_hidden_states=True,
             ).hidden_states,
             2,
-        )
+        ).flatten(2)
+    loudness = normalised.reshape(2, -1, 320).pow(2).mean(-1).add(1e-4).log()
     assert hidden.shape[1] == (frames + 4) * 2  # 50 Hz: exactly 2 tokens per video frame
-    assert windows.shape == (2, frames, 10, encoder.num_layers, encoder.hidden_size)
+    assert windows.shape == (2, frames, 10, encoder.token_features)
+    assert encoder.token_features == hidden.shape[-1] + 1
     for i in range(frames):  # frame i sees frames i-2 .. i+2 of the clip
-        torch.testing.assert_close(windows[:, i], hidden[:, 2 * i : 2 * i + 10], atol=1e-4, rtol=0)
+        torch.testing.assert_close(windows[:, i, :, :-1], hidden[:, 2 * i : 2 * i + 10],
+                                   atol=1e-4, rtol=0)
+        torch.testing.assert_close(windows[:, i, :, -1], loudness[:, 2 * i : 2 * i + 10])
+
+
+def test_audio_loudness_tells_a_loud_frame_from_a_quiet_one(tiny_net):
+    """What the jaw follows: the centre token of a loud frame is louder than of a quiet one,
+    whatever the clip's overall gain."""
+    frames = 4
+    wave = torch.randn(1, (frames + 4) * 640) * 0.01
+    wave[:, 3 * 640 : 4 * 640] *= 50  # frame 1 of the clip (after 2 frames of context) is loud
+    with torch.no_grad():
+        quiet_gain = tiny_net.audio_encoder(wave)[0, :, 4, -1]
+        loud_gain = tiny_net.audio_encoder(wave * 20)[0, :, 4, -1]
+    torch.testing.assert_close(quiet_gain, loud_gain)
+    assert quiet_gain[1] > quiet_gain[[0, 2, 3]].max() + 3
 
 
 @torch.no_grad()
