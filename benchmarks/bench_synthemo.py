@@ -94,7 +94,7 @@ class Bench:
             experts[variant] = [
                 self.fit(f"expert_{e}_{tag}", f"expert_{e}.yaml", self.steps["expert"],
                          f"--model.init_args.init_weights=[{backbone}]",
-                         f"--data.init_args.mns_prob={mns}")
+                         f"--data.init_args.sampling.mns_prob={mns}")
                 for e in BASIC_EMOTIONS]
         experts[NO_GLOBAL] = experts[FULL]
         weights = {}
@@ -112,7 +112,7 @@ class Bench:
             6 * self.steps["expert"] + self.steps["gating"],
             f"--model.init_args.init_weights=[{backbone}]",
             "--model.init_args.net.num_experts", "1",
-            f"--data.init_args.emotions={json.dumps(EMOTIONAL)}")
+            f"--data.init_args.clips.emotions={json.dumps(EMOTIONAL)}")
         weights[NO_MOE] = [backbone, single]
         return self.evaluate(weights, test_batches, sample_steps)
 
@@ -132,7 +132,7 @@ class Bench:
                 "models": models, "ablation": True, "table": "table5",
                 "output_dir": str(self.out), "sampler": {"steps": sample_steps}}},
             "data": {"init_args": {"test": str(self.data / "test"), "num_workers": 1,
-                                   "num_frames": 16}},
+                                   "sampling": {"num_frames": 16}}},
         }
         path = self.out / "test_overrides.yaml"
         path.write_text(yaml.safe_dump(overrides))
