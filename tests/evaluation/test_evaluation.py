@@ -78,7 +78,7 @@ def run_test_command(workspace: Path, out: Path, test: Path | None = None,
                         "init_args": {"probe_cache": str(workspace / "cache"), "fvd_frames": 4,
                                       "sync_max_offset": 2}}}},
         "data": {"init_args": {"test": str(test or workspace / "synthemo" / "test"),
-                               "num_frames": 8,
+                               "sampling": {"num_frames": 8},
                                "num_workers": 0, "val_batch_size": 2}},
     }
     extra = out / "overrides.yaml"
