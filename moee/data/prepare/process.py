@@ -52,7 +52,7 @@ class Skip(Exception):
         self.reason = reason
 
 
-@dataclass
+@dataclass(frozen=True)
 class PrepareConfig:
     """How :func:`~moee.data.prepare.prepare` turns videos into clips and shards.
 
