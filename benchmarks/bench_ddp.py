@@ -27,6 +27,7 @@ from clips import write_test_shards
 from lightning.pytorch.strategies import DDPStrategy
 
 from moee.data.datamodule import MoEEDataModule
+from moee.data.sampling import SamplingOptions
 from moee.stages import BackboneModule
 from moee.stages.losses import MoEELoss
 
@@ -56,8 +57,8 @@ def worker(args: argparse.Namespace) -> None:
     model = BackboneModule(loss=MoEELoss(pixel_weight=0.1, perceptual_weights="random",
                                          perceptual_depth=2))
     data = MoEEDataModule(train=args.shards, batch_size=args.batch_size, num_workers=1,
-                          num_frames=4, windows_per_clip=2, samples_per_epoch=10_000,
-                          shuffle_buffer=8)
+                          sampling=SamplingOptions(num_frames=4, windows_per_clip=2),
+                          samples_per_epoch=10_000, shuffle_buffer=8)
     timer = StepTimer(args.warmup)
     strategy = DDPStrategy(find_unused_parameters=True) if args.devices > 1 else "auto"
     trainer = L.Trainer(accelerator="cpu", devices=args.devices, strategy=strategy,

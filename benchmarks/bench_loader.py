@@ -16,6 +16,7 @@ import time
 from clips import write_test_shards
 
 from moee.data.datamodule import MoEEDataModule
+from moee.data.sampling import SamplingOptions
 
 
 def measure(folder: str, workers: int, num_frames: int, windows: int, batch_size: int,
@@ -23,8 +24,9 @@ def measure(folder: str, workers: int, num_frames: int, windows: int, batch_size
     """(clips/s, samples/s) of the whole loader with ``workers`` processes."""
     samples = clips * windows
     dm = MoEEDataModule(train=folder, batch_size=batch_size, num_workers=workers,
-                        num_frames=num_frames, windows_per_clip=windows, mns_prob=0.3,
-                        jitter_prob=0.3, samples_per_epoch=samples, shuffle_buffer=8)
+                        sampling=SamplingOptions(num_frames=num_frames, windows_per_clip=windows,
+                                                 mns_prob=0.3, jitter_prob=0.3),
+                        samples_per_epoch=samples, shuffle_buffer=8)
     loader = dm.train_dataloader()
     for _ in loader:  # warm-up: worker start and first shard opens
         pass

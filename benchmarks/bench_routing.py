@@ -18,7 +18,8 @@ import sys
 
 import torch
 
-from moee.data.datamodule import MoEEDataModule
+from moee.data.datamodule import ClipFilter, MoEEDataModule
+from moee.data.sampling import SamplingOptions
 from moee.data.shards import ShardError
 from moee.emotions import BASIC_EMOTIONS, COMPOUND_EMOTIONS, parse_emotion
 from moee.models.emotion_latents import MODALITIES
@@ -42,9 +43,11 @@ def gated_module(weights: str) -> GatingModule:
 @torch.no_grad()
 def routing_table(module: GatingModule, shards: str, batches: int) -> dict:
     """{(modality, kind): [clips, top-1 hits, summed cross-entropy, summed g]}."""
-    data = MoEEDataModule(train=shards, batch_size=16, num_workers=0, num_frames=4,
-                          emotions=[*BASIC_EMOTIONS, *COMPOUND_EMOTIONS], mns_prob=0.8,
-                          apex_fraction=0.8, modalities=list(MODALITIES), modality_dropout=0.0)
+    data = MoEEDataModule(train=shards, batch_size=16, num_workers=0,
+                          clips=ClipFilter(emotions=[*BASIC_EMOTIONS, *COMPOUND_EMOTIONS]),
+                          sampling=SamplingOptions(num_frames=4, mns_prob=0.8, apex_fraction=0.8,
+                                                   modalities=list(MODALITIES),
+                                                   modality_dropout=0.0))
     data.setup("fit")
     gates: list[torch.Tensor] = []
     for layer in module.net.modules():

@@ -21,6 +21,7 @@ import lightning as L  # noqa: E402
 from jsonargparse import CLI  # noqa: E402
 
 from moee.data.datamodule import MoEEDataModule  # noqa: E402
+from moee.data.sampling import SamplingOptions  # noqa: E402
 from moee.evaluation.lightning import EvaluationModule, ModelEntry  # noqa: E402
 from moee.evaluation.synthemo import SynthEmoMetrics  # noqa: E402
 from moee.inference.animate import stage_weights  # noqa: E402
@@ -61,7 +62,8 @@ def main(weights: str = "runs/tiny/weights", test: str = "runs/synthemo/test",
         models=rows, metrics=SynthEmoMetrics(fvd_frames=8, sync_max_offset=5),
         net=MoEENetConfig(preset="tiny", weights=WeightSources(vae=os.path.join(weights, "vae"))),
         output_dir=out, table="steps")
-    data = MoEEDataModule(test=test, val_batch_size=4, num_workers=1, num_frames=frames)
+    data = MoEEDataModule(test=test, val_batch_size=4, num_workers=1,
+                          sampling=SamplingOptions(num_frames=frames))
     trainer = L.Trainer(accelerator="cpu", devices=1, limit_test_batches=batches, logger=False,
                         default_root_dir=out, enable_checkpointing=False)
     trainer.test(module, datamodule=data)

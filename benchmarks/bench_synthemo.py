@@ -9,10 +9,10 @@ four variants with the same number of optimiser steps each:
 ==================  =========================================================================
 variant             emotion stages (E steps per expert, G gating steps)
 ==================  =========================================================================
-MoEE (full)         6 experts x E with MNS (``mns_prob`` 0.3), then gating x G
+MoEE (full)         6 experts x E with MNS (``sampling.mns_prob`` 0.3), then gating x G
 w/o MoE             one cross-attention (``net.num_experts: 1``) x (6E + G) on every emotion
 w/o global gate     the full model's experts, then gating x G with ``net.global_gate: false``
-w/o MNS             6 experts x E with ``mns_prob: 0``, then gating x G
+w/o MNS             6 experts x E with ``sampling.mns_prob: 0``, then gating x G
 ==================  =========================================================================
 
 The one cross-attention of "w/o MoE" is the parameter group ``expert_0``, so ``ExpertModule``
@@ -94,7 +94,7 @@ class Bench:
             experts[variant] = [
                 self.fit(f"expert_{e}_{tag}", f"expert_{e}.yaml", self.steps["expert"],
                          f"--model.init_args.init_weights=[{backbone}]",
-                         f"--data.init_args.mns_prob={mns}")
+                         f"--data.init_args.sampling.mns_prob={mns}")
                 for e in BASIC_EMOTIONS]
         experts[NO_GLOBAL] = experts[FULL]
         weights = {}
@@ -112,7 +112,7 @@ class Bench:
             6 * self.steps["expert"] + self.steps["gating"],
             f"--model.init_args.init_weights=[{backbone}]",
             "--model.init_args.net.num_experts", "1",
-            f"--data.init_args.emotions={json.dumps(EMOTIONAL)}")
+            f"--data.init_args.clips.emotions={json.dumps(EMOTIONAL)}")
         weights[NO_MOE] = [backbone, single]
         return self.evaluate(weights, test_batches, sample_steps)
 
@@ -132,7 +132,7 @@ class Bench:
                 "models": models, "ablation": True, "table": "table5",
                 "output_dir": str(self.out), "sampler": {"steps": sample_steps}}},
             "data": {"init_args": {"test": str(self.data / "test"), "num_workers": 1,
-                                   "num_frames": 16}},
+                                   "sampling": {"num_frames": 16}}},
         }
         path = self.out / "test_overrides.yaml"
         path.write_text(yaml.safe_dump(overrides))

@@ -115,9 +115,9 @@ class MoEECLI(LightningCLI):
         config = self._subcommand_config()
         model, data = config.get("model"), config.get("data")
         if (model and data and str(model.get("class_path", "")).endswith("ExpertModule")
-                and "emotions" in data.get("init_args", {})
-                and data.init_args.emotions is None):
-            data.init_args.emotions = [model.init_args.emotion]
+                and "clips.emotions" in data.get("init_args", {})
+                and data.init_args.clips.emotions is None):
+            data.init_args.clips.emotions = [model.init_args.emotion]
 
 
 def _is_hub_id(source: str) -> bool:

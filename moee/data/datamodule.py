@@ -17,6 +17,7 @@ MNS and jitter.
 
 from __future__ import annotations
 
+import dataclasses
 import functools
 import glob
 import json
@@ -95,13 +96,15 @@ def _worker_seed(rank: int) -> int:
     return rank * 1000 + (info.id if info is not None else 0)
 
 
-@dataclass
+@dataclass(frozen=True)
 class ClipFilter:
     """Which clips a stage sees, decided on the ``json`` metadata before decoding.
 
     Attributes:
-        emotions: canonical or alias names (``[sad]``, ``[neutral, happy]``); ``None``: all.
-        compound_only: keep only clips whose condition mixes several basic emotions.
+        emotions: keep only clips of these emotions, canonical or alias names (``[sad]`` for
+            ``expert_sad``, ``[neutral, happy]``); ``None``: all (an expert stage then takes
+            its own emotion).
+        compound_only: keep only clips whose condition mixes several basic emotions (gating).
         identities: keep only these people; ``None``: all.
         min_intensity: keep clips with at least this intensity (neutral has intensity 0).
     """
@@ -113,7 +116,8 @@ class ClipFilter:
 
     def __post_init__(self) -> None:
         if self.emotions is not None:
-            self.emotions = [canonical_emotion_name(name) for name in self.emotions]
+            object.__setattr__(self, "emotions",
+                               [canonical_emotion_name(name) for name in self.emotions])
 
     @property
     def active(self) -> bool:
@@ -203,6 +207,10 @@ def build_pipeline(
     return pipeline
 
 
+# the datamodule's hyperparameters hold them, so its checkpoints still load with weights_only
+torch.serialization.add_safe_globals([ClipFilter, SamplingOptions])
+
+
 class MoEEDataModule(L.LightningDataModule):
     """Shards → batches for the backbone, expert and gating stages.
 
@@ -214,28 +222,14 @@ class MoEEDataModule(L.LightningDataModule):
         batch_size: samples per batch (per device).
         val_batch_size: samples per validation/test batch; ``None``: ``batch_size``.
         num_workers: loader worker processes per device (0: load in the training process).
-        num_frames: frames per window.
-        image_size: output image side; ``None`` keeps the shards' size.
-        windows_per_clip: training windows drawn from each decoded clip.
-        emotions: keep only clips of these emotions (e.g. ``[sad]`` for ``expert_sad``).
-        compound_only: keep only compound-emotion clips (gating stage).
-        identities: keep only these identities.
-        min_intensity: keep only clips at least this intense.
-        mns_prob: probability of a masked noisy emotion reference (training only).
-        mns_mask_prob: probability that it has its mouth masked (see :class:`SamplingOptions`).
-        mask_dilation: mouth-mask growth, as a fraction of the image side.
-        jitter_prob: probability of jittering a sample's emotion condition (training only).
-        intensity_noise: standard deviation of the intensity jitter.
-        weight_noise: standard deviation of the basic-emotion weight jitter.
-        modality_dropout: probability that a jitter drops each of label, AU and text.
-        apex_fraction, modalities, single_modality_prob: windows at the expression's apex and
-            which emotion modalities samples use (see :class:`SamplingOptions`).
-        speech_speed: speed perturbation of the speech-emotion audio (training only; see
-            :class:`SamplingOptions`).
+        clips: which clips the splits keep (:class:`ClipFilter`).
+        sampling: how training samples are cut from clips (:class:`SamplingOptions`);
+            validation and test take its ``num_frames``, ``image_size`` and
+            ``mask_dilation`` with centred windows and no MNS or jitter.
         resampled: draw training shards at random with replacement (endless, DDP-safe even with
             fewer shards than ranks × workers); ``False``: one pass over disjoint shards.
         samples_per_epoch: training samples per epoch over all devices; ``None``: the manifest's
-            sample count × ``windows_per_clip`` (folder sources only).
+            sample count × ``sampling.windows_per_clip`` (folder sources only).
         shuffle_buffer: clips held for shuffling in each worker (memory: decoded only after).
         seed: seed of shard order, shuffling, windows, MNS and jitter.
         pin_memory: pin batches for faster host-to-GPU copies.
@@ -251,24 +245,8 @@ class MoEEDataModule(L.LightningDataModule):
         batch_size: int = 2,
         val_batch_size: int | None = None,
         num_workers: int = 2,
-        num_frames: int = 16,
-        image_size: int | None = None,
-        windows_per_clip: int = 1,
-        emotions: list[str] | None = None,
-        compound_only: bool = False,
-        identities: list[str] | None = None,
-        min_intensity: float = 0.0,
-        mns_prob: float = 0.0,
-        mns_mask_prob: float = 1.0,
-        mask_dilation: float = 0.05,
-        jitter_prob: float = 0.0,
-        intensity_noise: float = 0.1,
-        weight_noise: float = 0.05,
-        modality_dropout: float = 0.2,
-        apex_fraction: float = 0.0,
-        modalities: list[str] | None = None,
-        single_modality_prob: float = 0.0,
-        speech_speed: float = 0.0,
+        clips: ClipFilter = ClipFilter(),
+        sampling: SamplingOptions = SamplingOptions(),
         resampled: bool = True,
         samples_per_epoch: int | None = None,
         shuffle_buffer: int = 64,
@@ -282,18 +260,11 @@ class MoEEDataModule(L.LightningDataModule):
         self.batch_size = batch_size
         self.val_batch_size = val_batch_size or batch_size
         self.num_workers = num_workers
-        self.clip_filter = ClipFilter(emotions, compound_only, identities, min_intensity)
-        self.train_options = SamplingOptions(
-            num_frames=num_frames, image_size=image_size, windows_per_clip=windows_per_clip,
-            mns_prob=mns_prob, mns_mask_prob=mns_mask_prob, mask_dilation=mask_dilation,
-            jitter_prob=jitter_prob,
-            intensity_noise=intensity_noise, weight_noise=weight_noise,
-            modality_dropout=modality_dropout, apex_fraction=apex_fraction,
-            modalities=modalities, single_modality_prob=single_modality_prob,
-            speech_speed=speech_speed,
-        )
-        self.eval_options = SamplingOptions.evaluation(num_frames, image_size)
-        self.eval_options.mask_dilation = mask_dilation
+        self.clip_filter = clips
+        self.train_options = sampling
+        self.eval_options = dataclasses.replace(
+            SamplingOptions.evaluation(sampling.num_frames, sampling.image_size),
+            mask_dilation=sampling.mask_dilation)
         self.resampled = resampled
         self.samples_per_epoch = samples_per_epoch
         self.shuffle_buffer = shuffle_buffer

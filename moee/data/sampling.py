@@ -55,9 +55,13 @@ _EXPRESSION_AUS = np.array([au not in ("AU25", "AU26", "AU45") for au in ACTION_
 """The AUs that show the emotion (speech moves AU25/AU26, blinks AU45)."""
 
 
-@dataclass
+@dataclass(frozen=True)
 class SamplingOptions:
     """How samples are cut from clips.
+
+    ``MoEEDataModule`` trains with these options; its validation and test take ``num_frames``,
+    ``image_size`` and ``mask_dilation`` from them (:meth:`evaluation`: centred windows, no MNS
+    or jitter).
 
     Attributes:
         num_frames: frames per window (the clip length the denoiser sees).

@@ -60,7 +60,8 @@ def generate_clips(pipeline: MoEEPipeline, batch: dict[str, Any], seed: int = 0)
     reference, target = batch["reference"], batch["frames"]
     if reference.shape[-1] != pipeline.size:
         raise ValueError(f"test frames are {reference.shape[-1]} px but the model makes "
-                         f"{pipeline.size} px: set data.init_args.image_size {pipeline.size}")
+                         f"{pipeline.size} px: set data.init_args.sampling.image_size "
+                         f"{pipeline.size}")
     speech = window_speech(batch).float().cpu().numpy()
     clips = []
     for index, key in enumerate(batch["key"]):

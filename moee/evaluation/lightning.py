@@ -1,8 +1,8 @@
 """``python -m moee test``: generate the test split with trained models and score them.
 
 :class:`EvaluationModule` is the LightningModule of the ``test`` subcommand. For every test
-clip (a window of ``data.num_frames`` frames) and every compared model it animates the clip's
-reference frame with the clip's audio under the clip's own emotion condition
+clip (a window of ``data.init_args.sampling.num_frames`` frames) and every compared model it
+animates the clip's reference frame with the clip's audio under the clip's own emotion condition
 (:mod:`moee.evaluation.generation`), then updates that model's metric suite
 (:mod:`moee.evaluation.suites`) with the generated and the ground-truth frames. At the end of
 the test epoch every suite is computed (its states are sums, reduced over DDP ranks), logged

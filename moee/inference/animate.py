@@ -3,7 +3,7 @@
 Example::
 
     python -m moee animate --image anna.jpg --audio hello.m4a --emotion "happily surprised" \\
-        --weights runs/tiny/weights --out anna.mp4 --net-preset tiny --steps 8
+        --weights runs/tiny/weights --out anna.mp4 --net-preset tiny --sampler.steps 8
 
 Bad inputs (no face or several faces, unreadable or silent audio, an unknown emotion, missing
 weights) print one ``error: ...`` line to stderr and exit with status 1; no output is written.
@@ -20,13 +20,13 @@ from typing import Literal
 import torch
 from jsonargparse import ArgumentParser
 
-from moee.data.faces import NATIVE_LOGS, DetectorName
+from moee.data.faces import NATIVE_LOGS
 from moee.emotions import BASIC_EMOTIONS
 from moee.errors import MoEEError, one_line
 from moee.inference.inputs import prepare_inputs
 from moee.inference.pipeline import MoEEPipeline
 from moee.inference.portrait import InputError, PortraitSettings
-from moee.inference.sampling import SamplerName, SamplerSettings
+from moee.inference.sampling import SamplerSettings
 from moee.models.moee_net import MoEENetConfig
 from moee.models.pretrained import (
     PRESETS,
@@ -56,22 +56,9 @@ def animate(
     weights: list[str],
     emotion: str = "neutral",
     net_preset: Preset = "tiny",
-    sampler: SamplerName = "dpmpp",
-    steps: int = 25,
-    audio_guidance: float = 3.5,
-    emotion_guidance: float = 2.5,
-    clip_frames: int = 16,
-    transition: float = 1.0,
-    strength: float = 1.0,
-    seed: int = 0,
-    compose_compounds: float | None = None,
-    compound_audio_guidance: float | None = None,
+    sampler: SamplerSettings = SamplerSettings(),
+    portrait: PortraitSettings = PortraitSettings(),
     size: int | None = None,
-    detect: bool = True,
-    detector: DetectorName = "mediapipe",
-    margin: float = 1.8,
-    paste_back: bool = False,
-    feather: float = 0.1,
     frames_dir: str | None = None,
     device: str = "auto",
     dtype: Literal["float32", "bfloat16", "float16"] = "float32",
@@ -89,40 +76,19 @@ def animate(
             "AU6:0.8,AU12:1", "text:a faint smile", "speech", "neutral", or a timeline like
             "0s:neutral,3s:happy,6s:sadly surprised".
         net_preset: network size: tiny (CPU) or sd15 (pretrained SD-1.5 parts).
-        sampler: dpmpp (DPM-Solver++ 2M), ddim or euler.
-        steps: denoising steps per clip.
-        audio_guidance: classifier-free guidance scale of the audio.
-        emotion_guidance: classifier-free guidance scale of the emotion.
-        clip_frames: frames per clip (the model's training window).
-        transition: seconds over which a timeline blends into its next emotion.
-        strength: 1 samples from pure noise; below 1 starts from the portrait's latent noised
-            to that share of the schedule (see ``SamplerSettings.strength``).
-        compose_compounds: guide a compound's two emotions each through its own expert, the
-            adverb's at this weight (``SamplerSettings.compose_compounds``; the tiny model: 1.5).
-        compound_audio_guidance: audio guidance of composed compounds (default: audio_guidance;
-            the tiny model: 5).
-        seed: seed of the noise.
+        sampler: sampling: sampler, steps, guidance scales, clip frames, transition, strength,
+            seed, composed compounds (:class:`SamplerSettings`; ``--sampler.steps 8``).
+        portrait: face detection, crop and paste-back (:class:`PortraitSettings`;
+            ``--portrait.paste_back true``).
         size: face crop side in pixels (default: the network's image size).
-        detect: find the face; false takes the image's centre square (already a face crop).
-        detector: face detector: mediapipe or haar.
-        margin: crop side as a multiple of the face size.
-        paste_back: paste the animated face back into the full photo.
-        feather: blend width at the pasted crop's edge (fraction of its side).
         frames_dir: also write the frames as PNGs into this folder.
         device: cpu, cuda, cuda:1, ... or auto.
         dtype: floating-point type of the network.
         progress: show a progress bar.
     """
-    settings = SamplerSettings(sampler=sampler, steps=steps, audio_guidance=audio_guidance,
-                               emotion_guidance=emotion_guidance, clip_frames=clip_frames,
-                               transition=transition, strength=strength, seed=seed,
-                               compose_compounds=compose_compounds,
-                               compound_audio_guidance=compound_audio_guidance)
-    portrait = PortraitSettings(detect=detect, detector=detector, margin=margin,
-                                paste_back=paste_back, feather=feather)
     size = size or PRESETS[net_preset].image_size
-    inputs = prepare_inputs(image, audio, emotion, size, portrait, transition)
-    pipeline = load_pipeline(weights, net_preset, settings, size, device, dtype, progress)
+    inputs = prepare_inputs(image, audio, emotion, size, portrait, sampler.transition)
+    pipeline = load_pipeline(weights, net_preset, sampler, size, device, dtype, progress)
     return pipeline.render(inputs).save(out, frames_dir)
 
 
@@ -177,12 +143,13 @@ def build_parser() -> ArgumentParser:
 
 def main(argv: list[str] | None = None) -> None:
     """Entry point of ``python -m moee animate`` (options: ``--help``)."""
-    args = build_parser().parse_args(underscored(sys.argv[1:] if argv is None else argv))
+    parser = build_parser()
+    args = parser.parse_args(underscored(sys.argv[1:] if argv is None else argv))
     NATIVE_LOGS["show"] = args.pop("verbose")
     logging.basicConfig(level=logging.INFO if NATIVE_LOGS["show"] else logging.WARNING,
                         format="%(message)s")
     try:
-        path = animate(**args.as_dict())
+        path = animate(**parser.instantiate_classes(args).as_dict())
     except MoEEError as error:
         print(f"error: {one_line(error)}", file=sys.stderr)
         sys.exit(1)

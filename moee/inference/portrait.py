@@ -35,7 +35,7 @@ class InputError(BadInputError, ValueError):
     """An input the pipeline cannot animate; the message says why in one line."""
 
 
-@dataclass
+@dataclass(frozen=True)
 class PortraitSettings:
     """How the face is found and cropped, and how the result is framed.
 

@@ -103,7 +103,7 @@ class Guidance:
         return uncond + self.audio * (audio - uncond) + self.emotion * (full - audio)
 
 
-@dataclass
+@dataclass(frozen=True)
 class SamplerSettings:
     """Sampling settings of the pipeline (YAML-fillable).
 

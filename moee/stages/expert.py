@@ -82,12 +82,12 @@ class ExpertModule(DiffusionStage):
         totals = shares.sum(1, keepdim=True)
         if bool((totals == 0).any()):
             raise ValueError("a batch of several experts' training holds a neutral clip, "
-                             "which goes through no expert: set data.init_args.emotions")
+                             "which goes through no expert: set data.init_args.clips.emotions")
         untrained = [BASIC_EMOTIONS[i] for i in range(len(BASIC_EMOTIONS))
                      if i not in self.expert_indices and bool(shares[:, i].any())]
         if untrained:
             raise ValueError(f"a clip needs the {', '.join(untrained)} expert, which this run "
-                             f"does not train: set data.init_args.emotions")
+                             f"does not train: set data.init_args.clips.emotions")
         return shares / totals
 
     def on_train_end(self) -> None:

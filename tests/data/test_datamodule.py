@@ -4,11 +4,14 @@ import io
 import logging
 import shutil
 import tarfile
+from dataclasses import replace
 
 import numpy as np
 import pytest
 import torch
+import yaml
 
+from moee.cli import MoEECLI
 from moee.data.batch import from_numpy_frames, normalize_images, to_numpy_frames
 from moee.data.datamodule import (
     ClipFilter,
@@ -23,6 +26,7 @@ from moee.data.shards import read_manifest, shard_urls
 from tests.clips import decode_audio_index, decode_frame_index, write_test_shards
 
 NUM_FRAMES = 6
+WINDOWS = SamplingOptions(num_frames=NUM_FRAMES)
 
 
 @pytest.fixture(scope="module")
@@ -40,7 +44,7 @@ def keys_of(loader) -> list[str]:
 
 
 def test_eval_batches_are_aligned_after_decoding(shards):
-    dm = MoEEDataModule(val=str(shards), batch_size=3, num_workers=0, num_frames=NUM_FRAMES)
+    dm = MoEEDataModule(val=str(shards), batch_size=3, num_workers=0, sampling=WINDOWS)
     batches = [dm.on_after_batch_transfer(b, 0) for b in dm.val_dataloader()]
     assert sorted(keys_of(batches)) == sorted(ALL_KEYS)
     assert batches[0]["frames"].dtype == torch.float32
@@ -65,8 +69,9 @@ def test_numpy_frames_round_trip():
 
 
 def test_train_loader_with_two_workers_has_fixed_epochs(shards):
-    dm = MoEEDataModule(train=str(shards), batch_size=3, num_workers=2, num_frames=NUM_FRAMES,
-                        samples_per_epoch=12, mns_prob=0.5, jitter_prob=0.5)
+    dm = MoEEDataModule(train=str(shards), batch_size=3, num_workers=2, samples_per_epoch=12,
+                        sampling=SamplingOptions(num_frames=NUM_FRAMES, mns_prob=0.5,
+                                                 jitter_prob=0.5))
     loader = dm.train_dataloader()
     assert len(loader) == 4  # ceil(12 / (2 workers × 3)) = 2 batches per worker
     for _ in range(2):  # persistent workers, a second epoch of the same size
@@ -82,7 +87,7 @@ def test_train_loader_with_two_workers_has_fixed_epochs(shards):
 
 
 def test_epoch_size_defaults_to_manifest(shards):
-    dm = MoEEDataModule(train=str(shards), batch_size=2, num_workers=0, num_frames=NUM_FRAMES)
+    dm = MoEEDataModule(train=str(shards), batch_size=2, num_workers=0, sampling=WINDOWS)
     assert len(dm.train_dataloader()) == 4  # 8 clips / batch 2
 
 
@@ -91,7 +96,7 @@ def test_ranks_and_workers_read_disjoint_shards(shards):
     assert len(urls) == 4
     seen = []
     for rank in range(2):
-        pipeline = build_pipeline(urls, ClipSampler(SamplingOptions(num_frames=NUM_FRAMES)), 1,
+        pipeline = build_pipeline(urls, ClipSampler(WINDOWS), 1,
                                   train=True, resampled=False, rank=rank, world_size=2)
         loader = torch.utils.data.DataLoader(pipeline, batch_size=None, num_workers=2)
         by_worker = keys_of(loader)
@@ -107,7 +112,7 @@ def test_worker_split_is_disjoint_within_a_rank(shards, monkeypatch):
     for worker in range(2):  # what DataLoader worker `worker` of 2 sees
         info = type("Info", (), {"id": worker, "num_workers": 2, "seed": 0, "dataset": None})
         monkeypatch.setattr(torch.utils.data, "get_worker_info", lambda info=info: info)
-        pipeline = build_pipeline(urls, ClipSampler(SamplingOptions(num_frames=NUM_FRAMES)), 1,
+        pipeline = build_pipeline(urls, ClipSampler(WINDOWS), 1,
                                   train=False)
         keys.append({k for batch in pipeline for k in batch["key"]})
     assert not keys[0] & keys[1] and keys[0] | keys[1] == ALL_KEYS
@@ -124,18 +129,49 @@ def test_worker_split_is_disjoint_within_a_rank(shards, monkeypatch):
     ],
 )
 def test_filters(shards, filters, check):
-    dm = MoEEDataModule(val=str(shards), batch_size=8, num_workers=0, num_frames=NUM_FRAMES,
-                        **filters)
+    dm = MoEEDataModule(val=str(shards), batch_size=8, num_workers=0, clips=ClipFilter(**filters),
+                        sampling=WINDOWS)
     (batch,) = list(dm.val_dataloader())
     assert check(batch) and len(batch["key"]) >= 2
 
 
 def test_expert_filter_keeps_mns_references_of_other_emotions(shards):
-    dm = MoEEDataModule(train=str(shards), batch_size=2, num_workers=0, num_frames=NUM_FRAMES,
-                        emotions=["sad"], mns_prob=1.0, samples_per_epoch=2)
+    dm = MoEEDataModule(train=str(shards), batch_size=2, num_workers=0, samples_per_epoch=2,
+                        clips=ClipFilter(emotions=["sad"]),
+                        sampling=SamplingOptions(num_frames=NUM_FRAMES, mns_prob=1.0))
     batch = next(iter(dm.train_dataloader()))
     assert batch["emotion_name"] == ["sad", "sad"]
     assert batch["reference_is_masked"].all()
+
+
+def test_nested_options_reach_the_sampling_and_the_filter(shards, tmp_path):
+    """The clip and sampling options are declared once (ClipFilter, SamplingOptions) and arrive
+    as nested groups, from a YAML block and from the command line."""
+    config = tmp_path / "data.yaml"
+    config.write_text(yaml.safe_dump({"data": {
+        "class_path": "moee.data.datamodule.MoEEDataModule",
+        "init_args": {"val": str(shards), "sampling": {"num_frames": 8, "mask_dilation": 0.1,
+                                                       "mns_prob": 0.5}}}}))
+    cli = MoEECLI(args=["--model", "lightning.pytorch.demos.boring_classes.BoringModel",
+                        "--trainer.logger", "false", "--trainer.default_root_dir", str(tmp_path),
+                        "--config", str(config), "--data.init_args.sampling.num_frames", "4",
+                        "--data.init_args.clips.emotions", "[sadness]"], run=False)
+    dm = cli.datamodule
+    assert dm.train_options == SamplingOptions(num_frames=4, mask_dilation=0.1, mns_prob=0.5)
+    assert dm.eval_options == replace(SamplingOptions.evaluation(4), mask_dilation=0.1)
+    assert dm.clip_filter == ClipFilter(emotions=["sad"])
+    assert dm.hparams["sampling"]["num_frames"] == 4
+    (batch,) = list(dm.val_dataloader())
+    assert batch["emotion_name"] == ["sad", "sad"] and batch["frames"].shape[1] == 4
+
+
+def test_hyperparameters_load_weights_only(tmp_path):
+    """Checkpoints hold the datamodule's hyperparameters, option dataclasses included; resuming
+    reads them with ``weights_only``."""
+    dm = MoEEDataModule(clips=ClipFilter(emotions=["sad"]), sampling=SamplingOptions(num_frames=4))
+    torch.save({dm.CHECKPOINT_HYPER_PARAMS_KEY: dict(dm.hparams)}, tmp_path / "data.ckpt")
+    loaded = torch.load(tmp_path / "data.ckpt", weights_only=True)
+    assert loaded[dm.CHECKPOINT_HYPER_PARAMS_KEY] == dict(dm.hparams)
 
 
 def test_filter_rejects_on_json_only():
@@ -156,7 +192,7 @@ def test_shard_source_forms(shards, form):
         "brace": str(shards / "shard-{000000..000003}.tar"),
         "pipe": [f"pipe:cat {u}" for u in urls],
     }[form]
-    dm = MoEEDataModule(val=source, batch_size=8, num_workers=0, num_frames=NUM_FRAMES)
+    dm = MoEEDataModule(val=source, batch_size=8, num_workers=0, sampling=WINDOWS)
     assert sorted(keys_of(dm.val_dataloader())) == sorted(ALL_KEYS)
 
 
@@ -185,7 +221,7 @@ def test_corrupt_samples_and_shards_are_logged_and_skipped(shards, tmp_path, cap
     # shard 1: truncated in the middle
     data = open(urls[1], "rb").read()
     open(urls[1], "wb").write(data[: len(data) // 2 + 100])
-    dm = MoEEDataModule(val=str(folder), batch_size=8, num_workers=0, num_frames=NUM_FRAMES)
+    dm = MoEEDataModule(val=str(folder), batch_size=8, num_workers=0, sampling=WINDOWS)
     with caplog.at_level(logging.WARNING, logger="moee.data.datamodule"):
         keys = keys_of(dm.val_dataloader())
     assert "id0__happy0" not in keys
@@ -205,7 +241,7 @@ def test_resampled_ranks_draw_differently(shards):
     urls = resolve_shards(str(shards))
     draws = []
     for rank in range(2):
-        pipeline = build_pipeline(urls, ClipSampler(SamplingOptions(num_frames=NUM_FRAMES)), 2,
+        pipeline = build_pipeline(urls, ClipSampler(WINDOWS), 2,
                                   resampled=True, batches_per_worker=4, rank=rank, world_size=2)
         draws.append([k for b in pipeline for k in b["key"]])
     assert len(draws[0]) == len(draws[1]) == 8

@@ -17,6 +17,7 @@ from moee.cli import main as moee_main
 from moee.data.datamodule import MoEEDataModule
 from moee.data.health import DamagedDataError
 from moee.data.health import main as data_main
+from moee.data.sampling import SamplingOptions
 from moee.data.shards import read_manifest, shard_urls
 from tests.clips import write_test_shards
 from tests.data.damage import (
@@ -27,6 +28,7 @@ from tests.data.damage import (
 )
 
 NUM_FRAMES = 4
+WINDOWS = SamplingOptions(num_frames=NUM_FRAMES)
 
 
 @pytest.fixture(scope="module")
@@ -64,8 +66,7 @@ def warnings_of(caplog) -> list[str]:
 def test_each_damage_is_one_line_and_the_rest_is_read(shards, tmp_path, caplog, damage,
                                                       workers):
     folder, intact = damaged_copy(shards, tmp_path / "bad", damage)
-    data = MoEEDataModule(val=str(folder), batch_size=3, num_workers=workers,
-                          num_frames=NUM_FRAMES)
+    data = MoEEDataModule(val=str(folder), batch_size=3, num_workers=workers, sampling=WINDOWS)
     with caplog.at_level(logging.WARNING):
         data.setup("validate")
         keys = [k for batch in data.val_dataloader() for k in batch["key"]]
@@ -108,8 +109,7 @@ def test_strict_stops_at_the_first_damaged_shard(shards, tmp_path, workers):
     with pytest.raises(DamagedDataError, match="strict is true"):
         data.setup("validate")  # the size check already
     folder, _ = damaged_copy(shards, tmp_path / "same_size", "garbage_same_size")
-    data = MoEEDataModule(val=str(folder), num_workers=workers, num_frames=NUM_FRAMES,
-                          strict=True)
+    data = MoEEDataModule(val=str(folder), num_workers=workers, sampling=WINDOWS, strict=True)
     data.setup("validate")  # sizes match: only reading finds it
     with pytest.raises(DamagedDataError) as info:
         list(data.val_dataloader())
@@ -123,7 +123,7 @@ def test_an_endless_stream_without_readable_shards_stops(shards, tmp_path):
     shutil.copytree(shards, folder)
     for url in shard_urls(folder):
         replace_with_garbage(url)
-    data = MoEEDataModule(train=str(folder), num_workers=0, num_frames=NUM_FRAMES)
+    data = MoEEDataModule(train=str(folder), num_workers=0, sampling=WINDOWS)
     with pytest.raises(DamagedDataError, match="in a row failed.*nothing readable is left"):
         next(iter(data.train_dataloader()))
 
@@ -155,7 +155,7 @@ def fit_config(folder: Path, root: Path, workers: int = 0) -> Path:
         "model": {"class_path": f"{__name__}.CountingModule"},
         "data": {"class_path": "moee.data.datamodule.MoEEDataModule",
                  "init_args": {"train": str(folder), "batch_size": 2, "num_workers": workers,
-                               "num_frames": NUM_FRAMES, "samples_per_epoch": 8,
+                               "sampling": {"num_frames": NUM_FRAMES}, "samples_per_epoch": 8,
                                "resampled": False}},
     }
     path = root / "fit.yaml"

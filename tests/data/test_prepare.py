@@ -12,6 +12,7 @@ from moee.data.annotate import TorchScriptAUExtractor, describe_emotion
 from moee.data.faces import HaarFaceDetector, MediaPipeFaceDetector
 from moee.data.media import encode_wav, stream_frames, write_mp4
 from moee.data.prepare import main, prepare_dataset
+from moee.data.prepare.identities import Report
 from moee.data.prepare.layouts import discover
 from moee.data.prepare.process import PrepareConfig
 from moee.data.shards import decode_clip, iter_raw_samples, read_manifest, shard_urls
@@ -263,6 +264,22 @@ def test_cli_help(capsys):
         main(["--help"])
     assert exit_info.value.code == 0
     assert "--layout" in capsys.readouterr().out
+
+
+def test_cli_options_reach_the_preparation(monkeypatch, tmp_path, capsys):
+    """The clip options are declared once (PrepareConfig) and arrive as one nested group."""
+    seen = {}
+
+    def fake_prepare_dataset(input, output, layout, csv, identities, workers, config):
+        seen.update(layout=layout, identities=identities, workers=workers, config=config)
+        return Report()
+
+    monkeypatch.setattr("moee.data.prepare.prepare_dataset", fake_prepare_dataset)
+    main([str(tmp_path), str(tmp_path / "out"), "--layout", "hdtf", "--workers", "3",
+          "--identities", "[A1, A2]", "--clips.size", "128", "--clips.split", "val",
+          "--clips.mns_refs", "0"])
+    assert seen == {"layout": "hdtf", "identities": ["A1", "A2"], "workers": 3,
+                    "config": PrepareConfig(size=128, split="val", mns_refs=0)}
 
 
 @pytest.mark.slow

@@ -23,6 +23,7 @@ from tensorboard.backend.event_processing.event_accumulator import EventAccumula
 from moee.cli import main as moee_main
 from moee.data.batch import normalize_images
 from moee.data.datamodule import MoEEDataModule
+from moee.data.sampling import SamplingOptions
 from moee.data.shards import read_manifest, shard_urls
 from moee.data.synth.generator import ClipConfig, generate_dataset
 from moee.emotions import EMOTION_CLASSES
@@ -77,7 +78,7 @@ def run_test_command(workspace: Path, out: Path, test: Path | None = None,
                         "init_args": {"probe_cache": str(workspace / "cache"), "fvd_frames": 4,
                                       "sync_max_offset": 2}}}},
         "data": {"init_args": {"test": str(test or workspace / "synthemo" / "test"),
-                               "num_frames": 8,
+                               "sampling": {"num_frames": 8},
                                "num_workers": 0, "val_batch_size": 2}},
     }
     extra = out / "overrides.yaml"
@@ -112,7 +113,8 @@ def test_damaged_test_shards_are_skipped_clips_in_the_report(workspace, tmp_path
 def probe_accuracy(workspace: Path) -> float:
     """The cached probe's emotion accuracy on the real test windows (clip-averaged softmax)."""
     probes = load_probes(64, workspace / "cache")
-    data = MoEEDataModule(test=str(workspace / "synthemo" / "test"), num_frames=8, num_workers=0)
+    data = MoEEDataModule(test=str(workspace / "synthemo" / "test"), num_workers=0,
+                          sampling=SamplingOptions(num_frames=8))
     hits = []
     for batch in data.test_dataloader():
         batch = normalize_images(batch)
@@ -146,7 +148,7 @@ def test_moee_test_writes_the_three_tables_with_sane_values(workspace, tmp_path)
 def test_callback_logs_metrics_and_a_video_to_tensorboard(workspace, tmp_path):
     data = MoEEDataModule(train=str(workspace / "synthemo" / "train"),
                           val=str(workspace / "synthemo" / "val"), batch_size=2, num_workers=0,
-                          num_frames=8, samples_per_epoch=2)
+                          sampling=SamplingOptions(num_frames=8), samples_per_epoch=2)
     callback = EvaluationCallback(
         SynthEmoMetrics(probe_cache=str(workspace / "cache"), fvd_frames=4, sync_max_offset=2),
         every_n_steps=1, every_n_epochs=None, num_videos=1,

@@ -59,10 +59,10 @@ def test_stage_config_parses(path):
             from moee.emotions import BASIC_EMOTIONS
 
             assert path.stem == "experts" and "{emotion}" in config.model.init_args.export_path
-            assert config.data.init_args.emotions == list(BASIC_EMOTIONS)
+            assert config.data.init_args.clips.emotions == list(BASIC_EMOTIONS)
         else:
             assert path.stem == f"expert_{emotion}"
-            assert config.data.init_args.emotions == [emotion]
+            assert config.data.init_args.clips.emotions == [emotion]
 
 
 def test_every_expert_has_a_config_at_both_scales():
@@ -95,7 +95,7 @@ def test_each_expert_config_is_the_shared_one_with_its_own_emotion(folder):
                "model.init_args.emotion": emotion,
                "model.init_args.export_path": f"{runs}/weights/expert_{emotion}.safetensors"}
         assert yaml.safe_load(path.read_text()) == {"config": "common/expert.yaml", **own}
-        expected = {**shared, **own, "data.init_args.emotions": [emotion]}
+        expected = {**shared, **own, "data.init_args.clips.emotions": [emotion]}
         assert flat(parse(path)) == expected, path.name
 
 
@@ -152,7 +152,7 @@ def test_ablation_overlays_parse_with_their_base_configs():
     no_mns = ParseOnlyCLI(args=["--config", str(CONFIGS / "tiny" / "expert_sad.yaml"),
                                 "--data", str(ablations / "data_expert_no_mns.yaml")],
                           run=False).config
-    assert no_mns.data.init_args.mns_prob == 0
+    assert no_mns.data.init_args.sampling.mns_prob == 0
 
 
 @pytest.mark.parametrize("name", ["predict.yaml", "test.yaml"])

@@ -21,8 +21,8 @@ from moee.inference.animate import main as animate_main
 from tests.inference.nets import live_tiny_net
 
 CONFIGS = Path(__file__).resolve().parents[2] / "configs"
-FAST = ["--steps", "1", "--clip-frames", "4", "--audio-guidance", "1", "--emotion-guidance", "1",
-        "--progress", "false"]
+FAST = ["--sampler.steps", "1", "--sampler.clip-frames", "4", "--sampler.audio-guidance", "1",
+        "--sampler.emotion-guidance", "1", "--progress", "false"]
 
 
 def write_wav(path: Path, audio: np.ndarray, rate: int, channels: int = 1) -> Path:
@@ -84,7 +84,7 @@ def animate_args(files: Path, out: Path, **overrides) -> list[str]:
         ({"emotion": "ecstatic"}, "unknown emotion"),
         ({"weights": "missing.safetensors"}, "checkpoint not found"),
         ({"weights": "truncated.safetensors"}, "is not a complete safetensors export"),
-        ({"strength": 0}, "strength must be in (0, 1]"),
+        ({"sampler.strength": 0}, "strength must be in (0, 1]"),
     ],
     ids=["no-face", "two-faces", "no-image", "silent", "unreadable-audio", "bad-emotion",
          "no-weights", "corrupt-weights", "bad-strength"],
@@ -122,9 +122,9 @@ def test_no_face_error_is_the_only_line_on_stderr_of_a_fresh_process(files, tmp_
 def test_animate_a_real_photo_end_to_end(files, tmp_path, capsys):
     out, frames_dir = tmp_path / "astronaut.mp4", tmp_path / "frames"
     args = animate_args(files, out, audio=files / "speech.wav", emotion="happily surprised",
-                        paste_back="true", frames_dir=frames_dir)
-    animate_main(args + ["--steps", "2", "--clip-frames", "8", "--audio-guidance", "2",
-                         "--emotion-guidance", "2"])
+                        frames_dir=frames_dir, **{"portrait.paste_back": "true"})
+    animate_main(args + ["--sampler.steps", "2", "--sampler.clip_frames", "8",
+                         "--sampler.audio_guidance", "2", "--sampler.emotion_guidance", "2"])
     assert capsys.readouterr().out.strip() == str(out)
     frames, fps = read_video(out)
     assert frames.shape == (13, 512, 512, 3) and fps == 25  # ceil(0.5 s × 25), pasted back

@@ -19,6 +19,7 @@ from lightning.pytorch.strategies import DDPStrategy
 from torch.distributed.tensor import DTensor
 
 from moee.data.datamodule import MoEEDataModule
+from moee.data.sampling import SamplingOptions
 from moee.launch.fsdp import FSDP2Strategy
 from moee.models.sharding import shard_network
 from moee.stages import ExpertModule
@@ -78,8 +79,9 @@ def worker(out: Path, strategy: str, devices: int, shards: Path) -> None:
                for name, p in module.trained_parameters().items()}
     streams = {}
     for resampled in (False, True):
-        data = MoEEDataModule(train=str(shards), batch_size=1, num_workers=0, num_frames=2,
-                              samples_per_epoch=8, shuffle_buffer=1, resampled=resampled)
+        data = MoEEDataModule(train=str(shards), batch_size=1, num_workers=0,
+                              sampling=SamplingOptions(num_frames=2), samples_per_epoch=8,
+                              shuffle_buffer=1, resampled=resampled)
         data.trainer = trainer
         streams[str(resampled)] = [key for batch in data.train_dataloader()
                                    for key in batch["key"]]

@@ -14,6 +14,7 @@ import pytest
 import torch
 
 from moee.data.datamodule import MoEEDataModule
+from moee.data.sampling import SamplingOptions
 from moee.launch.callbacks import rng_state, set_rng_state
 
 from .conftest import REPO, moee_env, run_moee, tiny_fit_args
@@ -26,8 +27,9 @@ def first_batch(data: MoEEDataModule) -> tuple[list[str], list[int]]:
 
 def test_resumed_stream_is_reseeded_from_the_step(shards):
     def data() -> MoEEDataModule:
-        return MoEEDataModule(train=str(shards), batch_size=4, num_workers=0, num_frames=2,
-                              samples_per_epoch=8, shuffle_buffer=4, seed=7)
+        return MoEEDataModule(train=str(shards), batch_size=4, num_workers=0,
+                              sampling=SamplingOptions(num_frames=2), samples_per_epoch=8,
+                              shuffle_buffer=4, seed=7)
 
     fresh, resumed, again, later = data(), data(), data(), data()
     assert fresh.state_dict() == {"global_step": 0}

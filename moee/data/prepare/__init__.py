@@ -26,7 +26,6 @@ from pathlib import Path
 
 from tqdm import tqdm
 
-from moee.data.faces import DetectorName
 from moee.data.prepare.identities import Report, process_identity
 from moee.data.prepare.layouts import Layout, SourceVideo, discover
 from moee.data.prepare.process import PrepareConfig, VideoProcessor
@@ -94,20 +93,7 @@ def prepare(
     csv: Path | None = None,
     identities: list[str] | None = None,
     workers: int = 1,
-    size: int = 512,
-    max_seconds: float = 5.0,
-    min_frames: int = 20,
-    detector: DetectorName = "mediapipe",
-    detect_every: int = 5,
-    crop_scale: float = 1.8,
-    au_model: str | None = None,
-    min_intensity: float = 0.0,
-    min_expression: float = 0.0,
-    describer: str | None = None,
-    mns_refs: int = 2,
-    shard_size: int = 32,
-    split: str = "train",
-    crf: int = 18,
+    clips: PrepareConfig = PrepareConfig(),
 ) -> None:
     """Turn a folder of talking-face videos into MoEE shards (resumable: rerun to continue).
 
@@ -118,31 +104,10 @@ def prepare(
         csv: a CSV ``path,identity,emotion,intensity[,text]`` listing the videos (any layout).
         identities: prepare only these people.
         workers: parallel processes (one identity at a time each).
-        size: side of the square face crop in pixels.
-        max_seconds: longer videos are cut into clips of at most this length.
-        min_frames: clips shorter than this (at 25 fps) are skipped.
-        detector: face detector: mediapipe, or haar (OpenCV fallback).
-        detect_every: run the face detector on every n-th frame.
-        crop_scale: crop side as a multiple of the detected face size.
-        au_model: exported AU network (torch.export .pt2 or TorchScript .pt, e.g. ME-GraphAU
-            or LibreFace); none: AUs are zeros and marked absent.
-        min_intensity: skip labelled clips less intense than this.
-        min_expression: with an AU model, skip clips whose AUs match their label less than this
-            (cosine with the label's AU prototype).
-        describer: ``package.module:function`` making text descriptions (e.g. a VLM); default:
-            templates from label and AUs.
-        mns_refs: other-emotion reference frames stored per clip for masked noisy sampling.
-        shard_size: clips per shard.
-        split: split name written into each clip's metadata.
-        crf: H.264 quality of the stored crops (lower is better).
+        clips: how clips are cut, cropped, annotated and written (:class:`PrepareConfig`;
+            ``--clips.size 256 --clips.max_seconds 5 --clips.split val``).
     """
-    config = PrepareConfig(
-        size=size, max_seconds=max_seconds, min_frames=min_frames, detector=detector,
-        detect_every=detect_every, crop_scale=crop_scale, au_model=au_model,
-        min_intensity=min_intensity, min_expression=min_expression, describer=describer,
-        mns_refs=mns_refs, shard_size=shard_size, split=split, crf=crf,
-    )
-    report = prepare_dataset(input, output, layout, csv, identities, workers, config)
+    report = prepare_dataset(input, output, layout, csv, identities, workers, clips)
     print(report.summary())
 
 

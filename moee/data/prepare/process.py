@@ -52,9 +52,29 @@ class Skip(Exception):
         self.reason = reason
 
 
-@dataclass
+@dataclass(frozen=True)
 class PrepareConfig:
-    """Options of the preparation (the CLI's arguments minus folders and parallelism)."""
+    """How :func:`~moee.data.prepare.prepare` turns videos into clips and shards.
+
+    Attributes:
+        size: side of the square face crop in pixels.
+        max_seconds: longer videos are cut into clips of at most this length.
+        min_frames: clips shorter than this (at 25 fps) are skipped.
+        detector: face detector: mediapipe, or haar (OpenCV fallback).
+        detect_every: run the face detector on every n-th frame.
+        crop_scale: crop side as a multiple of the detected face size.
+        au_model: exported AU network (torch.export .pt2 or TorchScript .pt, e.g. ME-GraphAU
+            or LibreFace); none: AUs are zeros and marked absent.
+        min_intensity: skip labelled clips less intense than this.
+        min_expression: with an AU model, skip clips whose AUs match their label less than this
+            (cosine with the label's AU prototype).
+        describer: ``package.module:function`` making text descriptions (e.g. a VLM); default:
+            templates from label and AUs.
+        mns_refs: other-emotion reference frames stored per clip for masked noisy sampling.
+        shard_size: clips per shard.
+        split: split name written into each clip's metadata.
+        crf: H.264 quality of the stored crops (lower is better).
+    """
 
     size: int = 512
     max_seconds: float = 5.0
