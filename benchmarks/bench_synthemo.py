@@ -9,7 +9,7 @@ four variants with the same number of optimiser steps each:
 ==================  =========================================================================
 variant             emotion stages (E steps per expert, G gating steps)
 ==================  =========================================================================
-MoEE (full)         6 experts x E with MNS (``sampling.mns_prob`` 0.3), then gating x G
+MoEE (full)         6 experts x E with MNS (``sampling.mns_prob`` 0.8), then gating x G
 w/o MoE             one cross-attention (``net.num_experts: 1``) x (6E + G) on every emotion
 w/o global gate     the full model's experts, then gating x G with ``net.global_gate: false``
 w/o MNS             6 experts x E with ``sampling.mns_prob: 0``, then gating x G
