@@ -34,6 +34,7 @@ class VideoReading:
         identity: the portrait identity nearest to the video's mean identity embedding.
         similarity: cosine similarity of that embedding to the video's own portrait.
         mouth: (T,) mouth opening per frame.
+        action_units: (17,) frame-averaged AU intensities, ``ACTION_UNITS`` order.
     """
 
     face: float
@@ -41,6 +42,7 @@ class VideoReading:
     identity: str
     similarity: float
     mouth: np.ndarray
+    action_units: np.ndarray
 
     @property
     def is_face(self) -> bool:
@@ -80,6 +82,7 @@ class ProbeJudge:
             identity=self.names[int(similarities.argmax())],
             similarity=float(similarities[self.names.index(portrait)]),
             mouth=self.probes.mouth_opening(images).numpy(),
+            action_units=self.probes.action_units(images).mean(0).numpy(),
         )
 
     def reads_as(self, reading: VideoReading, emotion: str, portrait: str) -> bool:

@@ -6,6 +6,7 @@ import pytest
 
 from moee.data.synth.face import mouth_opening_from_landmarks
 from moee.data.synth.generator import ClipConfig, make_clip
+from moee.emotions import ACTION_UNITS
 from moee.evaluation.probe_judge import ProbeJudge, lip_sync_correlation
 from moee.evaluation.probe_training import train_probes
 from moee.evaluation.probes import load_probes
@@ -40,6 +41,10 @@ def test_noise_still_portraits_and_other_people_score_as_what_they_are(probes, c
     happy = clips[PEOPLE[0], "happy"]
     real = judge.read(happy.frames[24:40], own)
     assert judge.reads_as(real, "happy", own), real
+    smile = ACTION_UNITS.index("AU12")  # the AUs it reads: a smile's lip corners rise
+    assert real.action_units.shape == (len(ACTION_UNITS),)
+    assert real.action_units[smile] > judge.read(
+        clips[PEOPLE[0], "neutral"].frames[24:40], own).action_units[smile] + 0.3
 
     noise = np.random.default_rng(0).integers(0, 256, (16, 64, 64, 3), dtype=np.uint8)
     reading = judge.read(noise, own)

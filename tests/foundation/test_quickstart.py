@@ -101,8 +101,10 @@ def test_ground_truth_videos_score_and_still_portraits_do_not(monkeypatch):
                     probabilities = np.eye(11)[
                         ("neutral", *BASIC_EMOTIONS, *COMPOUND_EMOTIONS).index(clip.meta.emotion)]
                     return VideoReading(1.0, probabilities, portrait, 1.0,
-                                        mouth_opening_from_landmarks(clip.landmarks))
-            return VideoReading(1.0, np.eye(11)[0], portrait, 1.0, np.zeros(len(frames)))
+                                        mouth_opening_from_landmarks(clip.landmarks),
+                                        clip.aus.mean(0))
+            return VideoReading(1.0, np.eye(11)[0], portrait, 1.0, np.zeros(len(frames)),
+                                np.zeros(17))
 
         def reads_as(self, reading, emotion, portrait):
             return reading.emotion == emotion
