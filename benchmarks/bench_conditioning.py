@@ -36,7 +36,7 @@ from jsonargparse import CLI  # noqa: E402
 from tqdm import tqdm  # noqa: E402
 
 from moee.data.batch import from_numpy_frames  # noqa: E402
-from moee.data.sampling import MOTION_FRAMES, clip_track, window_audio  # noqa: E402
+from moee.data.sampling import MOTION_FRAMES, window_audio  # noqa: E402
 from moee.data.shards import Clip, decode_clip, iter_raw_samples, shard_urls  # noqa: E402
 from moee.emotions import BASIC_EMOTIONS, NEUTRAL, parse_emotion  # noqa: E402
 from moee.inference.animate import stage_weights  # noqa: E402
@@ -75,7 +75,7 @@ class ConditionSwaps:
 
     def audio(self, clip: Clip, start: int) -> torch.Tensor:
         """Audio tokens of the window of ``clip`` starting at ``start``."""
-        return self.net.encode_audio(torch.from_numpy(window_audio(clip_track(clip), start,
+        return self.net.encode_audio(torch.from_numpy(window_audio(clip.audio, start,
                                                                    self.frames))[None])
 
     def conditions(self, clip: Clip, portrait: np.ndarray, stranger: np.ndarray,
