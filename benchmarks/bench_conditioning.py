@@ -27,6 +27,7 @@ A condition whose swaps move the loss by well under 1 % is one the model has not
 from __future__ import annotations
 
 import os
+from dataclasses import replace
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
@@ -42,6 +43,7 @@ from moee.emotions import BASIC_EMOTIONS, NEUTRAL, parse_emotion  # noqa: E402
 from moee.inference.animate import stage_weights  # noqa: E402
 from moee.inference.conditions import emotion_inputs  # noqa: E402
 from moee.inference.pipeline import MoEEPipeline  # noqa: E402
+from moee.models.conditioner import Conditions  # noqa: E402
 from moee.models.moee_net import MoEENetConfig  # noqa: E402
 
 SWAPS = ("reference: the clip's own", "reference: another person", "reference: dropped",
@@ -60,45 +62,43 @@ class ConditionSwaps:
 
     def __init__(self, pipeline: MoEEPipeline, frames: int) -> None:
         self.net, self.objective, self.frames = pipeline.net, pipeline.objective, frames
+        self.conditioner = pipeline.conditioner
         self.emotion = {}
         for name in BASIC_EMOTIONS:
             condition = emotion_inputs(parse_emotion(name), torch.zeros(1, frames * 640),
                                        torch.device("cpu"))
-            self.emotion[name] = self.net.encode_emotion(condition)
+            self.emotion[name] = self.conditioner.encode_emotion(condition)
 
-    def reference(self, frame: np.ndarray):
-        """Reference features of one frame, which is also the motion frames (first clip)."""
+    def encode(self, frame: np.ndarray, clip: Clip, start: int) -> Conditions:
+        """The conditions of a reference frame (which is also the motion frames, as in a first
+        clip) and the audio of the window of ``clip`` starting at ``start``."""
         image = from_numpy_frames(frame[None])
-        latent = self.net.vae.encode(image[:, None], sample=False)
-        return self.net.encode_reference(image, latent.repeat(1, MOTION_FRAMES, 1, 1, 1),
-                                         reference_latent=latent[:, 0])
-
-    def audio(self, clip: Clip, start: int) -> torch.Tensor:
-        """Audio tokens of the window of ``clip`` starting at ``start``."""
-        return self.net.encode_audio(torch.from_numpy(window_audio(clip.audio, start,
-                                                                   self.frames))[None])
+        latent = self.net.encode_frames(image[:, None], sample=False)
+        audio = torch.from_numpy(window_audio(clip.audio, start, self.frames))[None]
+        return self.conditioner.encode(image, latent.repeat(1, MOTION_FRAMES, 1, 1, 1),
+                                       reference_latent=latent[:, 0], audio=audio)
 
     def conditions(self, clip: Clip, portrait: np.ndarray, stranger: np.ndarray,
-                   other_audio: Clip, emotion: str, start: int) -> dict[str, dict]:
-        """Network keyword arguments of the full condition and of every swap."""
+                   other_audio: Clip, emotion: str, start: int) -> dict[str, Conditions]:
+        """The full condition and every swap."""
         expert = BASIC_EMOTIONS.index(emotion)
         wrong = (expert + len(BASIC_EMOTIONS) // 2) % len(BASIC_EMOTIONS)
-        full = {"reference": self.reference(portrait), "audio_tokens": self.audio(clip, start),
-                "emotion_latents": self.emotion[emotion], "expert": expert}
+        full = replace(self.encode(portrait, clip, start), emotion=self.emotion[emotion],
+                       expert=expert)
         middle = clip.frames[start + self.frames // 2]
         return {
             "full": full,
-            SWAPS[0]: {**full, "reference": self.reference(middle)},
-            SWAPS[1]: {**full, "reference": self.reference(stranger)},
-            SWAPS[2]: {**full, "drop_reference": torch.tensor([True])},
-            SWAPS[3]: {**full, "audio_tokens": self.audio(other_audio, start)},
-            SWAPS[4]: {**full, "emotion_latents": self.emotion[BASIC_EMOTIONS[wrong]],
-                       "expert": wrong},
-            SWAPS[5]: {**full, "drop_emotion": torch.tensor([True])},
-            SWAPS[6]: {k: v for k, v in full.items() if k not in ("emotion_latents", "expert")},
+            SWAPS[0]: replace(full, reference=self.encode(middle, clip, start).reference),
+            SWAPS[1]: replace(full, reference=self.encode(stranger, clip, start).reference),
+            SWAPS[2]: replace(full, drop_reference=torch.tensor([True])),
+            SWAPS[3]: replace(full, audio=self.encode(portrait, other_audio, start).audio),
+            SWAPS[4]: replace(full, emotion=self.emotion[BASIC_EMOTIONS[wrong]], expert=wrong),
+            SWAPS[5]: replace(full, drop_emotion=torch.tensor([True])),
+            SWAPS[6]: replace(full, emotion=None, expert=None),
         }
 
-    def losses(self, latents: torch.Tensor, conditions: dict[str, dict], timesteps: list[int],
+    def losses(self, latents: torch.Tensor, conditions: dict[str, Conditions],
+               timesteps: list[int],
                generator: torch.Generator) -> dict[str, np.ndarray]:
         """{name: loss per timestep}, every condition denoising the same noisy latents."""
         out = {name: np.zeros(len(timesteps)) for name in conditions}
@@ -107,8 +107,8 @@ class ConditionSwaps:
             step = torch.tensor([t])
             noisy = self.objective.add_noise(latents, noise, step)
             target = self.objective.target(latents, noise, step)
-            for name, kwargs in conditions.items():
-                out[name][j] = (self.net(noisy, step, **kwargs) - target).square().mean().item()
+            for name, condition in conditions.items():
+                out[name][j] = (self.net(noisy, step, condition) - target).square().mean().item()
         return out
 
 
@@ -149,8 +149,8 @@ def main(weights: str = "runs/tiny/weights", data: str = "runs/synthemo/test",
         conditions = swaps.conditions(
             clip, clips[(person, NEUTRAL)].frames[start], clips[(stranger, NEUTRAL)].frames[start],
             clips[(stranger, NEUTRAL)], emotion, start)
-        latents = swaps.net.vae.encode(from_numpy_frames(clip.frames[start:start + frames])[None],
-                                       sample=False)
+        latents = swaps.net.encode_frames(
+            from_numpy_frames(clip.frames[start:start + frames])[None], sample=False)
         for name, loss in swaps.losses(latents, conditions, steps, generator).items():
             totals[name] = totals.get(name, 0) + loss
     relative = {name: totals[name] / totals["full"] - 1 for name in SWAPS}

@@ -43,9 +43,10 @@ def reference_every_step(net: MoEENet):
         cache.update(image=image, motion=motion_latents, latent=kwargs.get("reference_latent"))
         return encode(image, motion_latents, **kwargs)
 
-    def patched_forward(noisy, timesteps, *, reference, **kwargs):
+    def patched_forward(noisy, timesteps, conditions, **kwargs):
         fresh = encode(cache["image"], cache["motion"], reference_latent=cache["latent"])
-        return forward(noisy, timesteps, reference=fresh.repeat(noisy.shape[0]), **kwargs)
+        return forward(noisy, timesteps, replace(conditions, reference=fresh.repeat(
+            noisy.shape[0])), **kwargs)
 
     return {"encode_reference": patched_encode, "forward": patched_forward}
 
@@ -54,16 +55,9 @@ def branches_one_by_one(net: MoEENet):
     """A ``net.forward`` that runs each guidance branch as its own call (batch of one)."""
     forward = net.forward
 
-    def patched_forward(noisy, timesteps, *, reference, audio_tokens, emotion_latents,
-                        weights=None, drop_audio, drop_emotion, **kwargs):
-        one = replace(reference, features={k: v[:1] for k, v in reference.features.items()},
-                      image_embeds=reference.image_embeds[:1])
+    def patched_forward(noisy, timesteps, conditions, **kwargs):
         return torch.cat([
-            forward(noisy[i : i + 1], timesteps[i : i + 1], reference=one,
-                    audio_tokens=audio_tokens[i : i + 1],
-                    emotion_latents=emotion_latents[i : i + 1],
-                    weights=None if weights is None else weights[i : i + 1],
-                    drop_audio=drop_audio[i : i + 1], drop_emotion=drop_emotion[i : i + 1],
+            forward(noisy[i : i + 1], timesteps[i : i + 1], conditions.select(slice(i, i + 1)),
                     **kwargs)
             for i in range(noisy.shape[0])
         ])

@@ -27,7 +27,6 @@ from moee.models.emotion_moe import EmotionMoE
 from moee.models.objective import DiffusionObjective
 from moee.models.weights import StageWeightsError
 from moee.stages import GatingModule
-from moee.stages.base import emotion_inputs
 from moee.stages.gating import only_modality
 from moee.stages.losses import MoEELoss
 
@@ -58,17 +57,16 @@ def routing_table(module: GatingModule, shards: str, batches: int) -> dict:
     loader = iter(data.train_dataloader())
     for _ in range(batches):
         batch = next(loader)
-        conditions = emotion_inputs(batch)
+        conditions = batch["emotion"]
         present = conditions.presence(torch.device("cpu"))
         shares = torch.tensor([parse_emotion(n).weights for n in batch["emotion_name"]])
         shares = shares.float() / shares.sum(1, keepdim=True)
         compound = torch.tensor([n not in BASIC_EMOTIONS for n in batch["emotion_name"]])
         for column, modality in enumerate(MODALITIES):
             alone = only_modality(conditions, modality, present)
-            module.network_kwargs = lambda _, alone=alone: {"emotion": alone}
             gates.clear()
-            module.diffusion_step(batch, generator=torch.Generator().manual_seed(0),
-                                  cfg_dropout=False)
+            module.diffusion_step({**batch, "emotion": alone},
+                                  generator=torch.Generator().manual_seed(0), cfg_dropout=False)
             g = torch.stack([x.view(len(shares), -1, x.shape[-1]).mean(1) for x in gates]).mean(0)
             entropy = -(shares * g.clamp_min(1e-6).log()).sum(1)
             hits = g.argmax(1) == shares.argmax(1)

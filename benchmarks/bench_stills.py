@@ -19,6 +19,7 @@ from __future__ import annotations
 import argparse
 import json
 import sys
+from dataclasses import replace
 
 import numpy as np
 import torch
@@ -46,21 +47,19 @@ def draw_stills(pipeline: MoEEPipeline, portrait: torch.Tensor, latents: torch.T
     ``(e, H, W, 3) uint8``."""
     net, scheduler = pipeline.net, pipeline.scheduler
     count = latents.shape[0]
-    tokens = net.encode_audio(audio).repeat(2, 1, 1, 1)
-    reference = net.encode_reference(portrait[None].expand(count, -1, -1, -1))
-    expert = torch.arange(count)
-    drop = torch.tensor([True] * count + [False] * count)  # backbone alone, then with experts
+    conditions = pipeline.conditioner.encode(portrait[None].expand(count, -1, -1, -1),
+                                             audio=audio, expert=torch.arange(count))
+    both = replace(conditions.repeat(2), emotion=latents.repeat(2, 1, 1),  # backbone alone,
+                   drop_emotion=torch.tensor([True] * count + [False] * count))  # with experts
     mix = Guidance(guidance, guidance)  # equal scales: one unconditional and one full branch
     scheduler.set_timesteps(pipeline.settings.steps)
-    shape = (1, 1, *reference.latent.shape[1:])
+    shape = (1, 1, *conditions.reference.latent.shape[1:])
     noise = torch.randn(shape, generator=torch.Generator().manual_seed(0))
     x = noise.expand(count, -1, -1, -1, -1) * scheduler.init_noise_sigma
     for t in scheduler.timesteps:
-        both = net(scheduler.scale_model_input(x, t).repeat(2, 1, 1, 1, 1), t.repeat(2 * count),
-                   reference=reference.repeat(2), audio_tokens=tokens,
-                   emotion_latents=latents.repeat(2, 1, 1),
-                   expert=expert.repeat(2), drop_emotion=drop, image_mode=True)
-        x = scheduler.step(mix.combine(both.unflatten(0, (2, count))), t, x).prev_sample
+        out = net(scheduler.scale_model_input(x, t).repeat(2, 1, 1, 1, 1), t.repeat(2 * count),
+                  both, image_mode=True)
+        x = scheduler.step(mix.combine(out.unflatten(0, (2, count))), t, x).prev_sample
     frames = net.vae.decode(x)[:, 0].clamp(-1, 1)
     return ((frames + 1) * 127.5).round().byte().permute(0, 2, 3, 1).numpy()
 
@@ -79,9 +78,9 @@ def read_stills(args: argparse.Namespace) -> None:
     pipeline = MoEEPipeline.from_weights(
         MoEENetConfig(preset="tiny"), args.weights, progress=False,
         settings=SamplerSettings(sampler=args.sampler, steps=args.steps))
-    net = pipeline.net.eval()
     silence = torch.zeros(1, 640)
-    latents = torch.cat([net.encode_emotion(emotion_inputs(parse_emotion(e), silence, "cpu"))
+    encode = pipeline.conditioner.encode_emotion
+    latents = torch.cat([encode(emotion_inputs(parse_emotion(e), silence, "cpu"))
                          for e in BASIC_EMOTIONS])
     people = held_out_people(args.test)
     judge = ProbeJudge(load_probes(), {p.identity: p.portrait for p in people})

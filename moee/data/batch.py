@@ -11,10 +11,10 @@ the device, so a LightningModule always sees the layout below. Outside Lightning
     motion_frames        (b, 2, 3, H, W) the 2 frames before the window (first frame at clip start)
     reference_is_masked  (b,) bool       reference from masked noisy emotion sampling
     audio                (b, (f + 4) * 640) float32, 16 kHz, 2 frames of context each side
-    emotion              dict:
+    emotion              EmotionInputs (moee.models.emotion_latents): Emotion-to-Latents' input
         label            (b, 6)  basic-emotion weights × intensity (BASIC_EMOTIONS order)
         au               (b, 17) mean AU intensities over the window (ACTION_UNITS order)
-        text             list[str] descriptions ("" when absent)
+        text             list[str | None] descriptions (None when absent)
         speech           (b, max(16, f) * 640) audio around the window (``speech_window``), for
                          the speech-emotion encoder
         present          (b, 4) bool: which of (label, au, text, speech) the sample has
@@ -35,6 +35,8 @@ from typing import Any
 import numpy as np
 import torch
 
+from moee.models.emotion_latents import EmotionInputs
+
 STRING_KEYS = ("emotion_name", "identity", "key")
 SCALAR_DTYPES = {
     "reference_is_masked": torch.bool,
@@ -49,14 +51,9 @@ def collate(samples: list[dict[str, Any]]) -> dict[str, Any]:
     if not samples:
         raise ValueError("cannot collate an empty list of samples")
     batch: dict[str, Any] = {}
-    for key, value in samples[0].items():
+    for key in samples[0]:
         if key == "emotion":
-            emotions = [s["emotion"] for s in samples]
-            batch[key] = {
-                name: [e[name] for e in emotions] if name == "text"
-                else torch.stack([e[name] for e in emotions])
-                for name in value
-            }
+            batch[key] = collate_emotions([s["emotion"] for s in samples])
         elif key in STRING_KEYS:
             batch[key] = [s[key] for s in samples]
         elif key in SCALAR_DTYPES:
@@ -64,6 +61,16 @@ def collate(samples: list[dict[str, Any]]) -> dict[str, Any]:
         else:
             batch[key] = torch.stack([s[key] for s in samples])
     return batch
+
+
+def collate_emotions(emotions: list[dict[str, Any]]) -> EmotionInputs:
+    """The samples' emotion dicts (:class:`~moee.data.sampling.EmotionSample` as tensors) as
+    one :class:`EmotionInputs` (an empty description is no description)."""
+    def stacked(name: str) -> torch.Tensor:
+        return torch.stack([e[name] for e in emotions])
+    return EmotionInputs(label=stacked("label"), au=stacked("au"),
+                         text=[e["text"] or None for e in emotions], speech=stacked("speech"),
+                         present=stacked("present"))
 
 
 IMAGE_KEYS = ("frames", "reference", "motion_frames")

@@ -38,7 +38,7 @@ def suite_inputs(batch: dict[str, Any]) -> dict[str, Tensor]:
     """
     names = [parse_emotion(n).name for n in batch["emotion_name"]]
     inputs = {"target": batch["frames"], "reference": batch["reference"],
-              "audio": window_speech(batch), "requested_au": batch["emotion"]["au"]}
+              "audio": window_speech(batch), "requested_au": batch["emotion"].au}
     if all(n in EMOTION_CLASSES for n in names):
         inputs["requested_emotion"] = torch.tensor(
             [EMOTION_CLASSES.index(n) for n in names], device=batch["frames"].device)

@@ -3,7 +3,7 @@
 Clip-wise sampling::
 
     audio (n samples) → T = ceil(n / 640) frames → clips of f frames (the last one padded)
-    for clip k (frames [k f, (k + 1) f)):
+    for clip k (frames [k f, (k + 1) f)), conditions by the Conditioner, as in training:
         reference features  = ReferenceNet(reference latent, motion latents)    once per clip
         audio tokens        = wav2vec2 window [(k f − 2)·640, ((k + 1) f + 2)·640)
         emotion latents     = the track's blend at the clip's centre             once per clip
@@ -25,6 +25,7 @@ from __future__ import annotations
 
 import logging
 import os
+from dataclasses import replace
 
 import numpy as np
 import torch
@@ -45,6 +46,7 @@ from moee.inference.sampling import (
     StepProgress,
     make_scheduler,
 )
+from moee.models.conditioner import Conditioner, Conditions
 from moee.models.moee_net import MoEENet, MoEENetConfig
 from moee.models.objective import DiffusionObjective
 from moee.models.weights import check_parallel_exports, load_net_weights, trained_objective
@@ -64,7 +66,7 @@ def load_stage_weights(net: MoEENet, paths: list[str | os.PathLike]) -> None:
 
 
 def branch_emotions(branches: list[dict], count: int) -> dict:
-    """The emotion arguments of ``MoEENet.forward`` for the guidance branches, in order: each
+    """The emotion fields of :class:`Conditions` for the guidance branches, in order: each
     branch's part (:meth:`MoEEPipeline.emotion_parts`) for its ``count`` videos, stacked."""
     latents = torch.cat([branch["emotion_latents"] for branch in branches])
     experts = [branch["expert"] for branch in branches]
@@ -74,7 +76,7 @@ def branch_emotions(branches: list[dict], count: int) -> dict:
         expert = torch.cat([torch.full((count,), e, device=latents.device)
                             if isinstance(e, int) else e for e in experts])
     weights = [branch["weights"] for branch in branches]
-    return {"emotion_latents": latents, "expert": expert,
+    return {"emotion": latents, "expert": expert,
             "weights": None if weights[0] is None else torch.cat(weights)}
 
 
@@ -101,6 +103,7 @@ class MoEEPipeline:
         on_step: ProgressCallback | None = None,
     ) -> None:
         self.net = net.eval()
+        self.conditioner = Conditioner(net)
         self.settings = settings = settings or SamplerSettings()
         self.objective = objective or DiffusionObjective()
         self.size = size or net.vae.sample_size
@@ -232,7 +235,7 @@ class MoEEPipeline:
         clips = -(-total // f)
         audio = np.stack([np.pad(a, (0, clips * f * SAMPLES_PER_FRAME - len(a))) for a in audios])
         image = reference[None].to(self.device, self.dtype).expand(count, -1, -1, -1)  # n 3 S S
-        latent = net.vae.encode(image[:1, None], sample=False)[:, 0].expand(count, -1, -1, -1)
+        latent = net.encode_frames(image[:1, None], sample=False)[:, 0].expand(count, -1, -1, -1)
         motion = latent[:, None].repeat(1, MOTION_FRAMES, 1, 1, 1)  # n r c h w
         caches: list[dict[int, torch.Tensor]] = [{} for _ in range(count)]
         frames = []
@@ -246,12 +249,11 @@ class MoEEPipeline:
                 parts = self.emotion_parts([
                     self.clip_emotion(track, (start + f / 2) / VIDEO_FPS, speech[i : i + 1], cache)
                     for i, (track, cache) in enumerate(zip(tracks, caches))])
-                conditions = {
-                    "reference": net.encode_reference(image, motion, reference_latent=latent),
-                    "audio_tokens": net.encode_audio(window.to(self.device, self.dtype)),
-                    "parts": parts,
-                }
-                latents = self.denoise(conditions, f, latent, generators, bar, (k + 1, clips))
+                conditions = self.conditioner.encode(
+                    image, motion, reference_latent=latent,
+                    audio=window.to(self.device, self.dtype))
+                latents = self.denoise(conditions, parts, f, latent, generators, bar,
+                                       (k + 1, clips))
                 motion = latents[:, -MOTION_FRAMES:]
                 frames.append(to_numpy_frames(net.vae.decode(latents.to(self.dtype))))
         return [np.concatenate([clip[i] for clip in frames])[:total] for i in range(count)]
@@ -282,24 +284,25 @@ class MoEEPipeline:
                     condition = condition.compound_parts()[part]
                 if (index, part) not in cache or condition.kind == "speech":
                     inputs = emotion_inputs(condition, speech.to(self.dtype), self.device)
-                    cache[index, part] = self.net.encode_emotion(inputs)
+                    cache[index, part] = self.conditioner.encode_emotion(inputs)
                 latents = latents + share * cache[index, part]
             parts.append((latents, Routing.of(condition) if composed else routing))
         return parts
 
     def emotion_parts(self, videos: list[list[tuple[torch.Tensor, Routing]]]) -> list[dict]:
-        """The ``emotion_latents``, ``expert`` and ``weights`` of ``MoEENet.forward`` for each
+        """The ``emotion`` latents, ``expert`` and ``weights`` of :class:`Conditions` for each
         emotion part of a batch of videos (see :meth:`clip_emotion`)."""
         if len({len(parts) for parts in videos}) != 1:
             raise ValueError("videos sampled together must all be composed compounds or none: "
                              "sample compounds in their own batches")
-        return [{"emotion_latents": torch.cat([parts[p][0] for parts in videos]),
+        return [{"emotion": torch.cat([parts[p][0] for parts in videos]),
                  **batch_routing([parts[p][1] for parts in videos], self.device)}
                 for p in range(len(videos[0]))]
 
     def denoise(
         self,
-        conditions: dict,
+        conditions: Conditions,
+        parts: list[dict],
         num_frames: int,
         reference_latent: torch.Tensor,
         generators: list[torch.Generator | None],
@@ -309,7 +312,7 @@ class MoEEPipeline:
         """Run the sampler on fresh noise for one clip of ``n`` videos; returns clean latents
         (n f c h w).
 
-        ``conditions`` holds the videos' ``reference``, ``audio_tokens`` and emotion ``parts``
+        ``conditions`` holds the videos' reference and audio, ``parts`` their emotion parts
         (:meth:`emotion_parts`); every guidance branch of every video runs in one batched
         network call, two emotion parts with composed guidance
         (:attr:`SamplerSettings.compound_guidance`). ``reference_latent`` (n c h w) is where
@@ -317,19 +320,17 @@ class MoEEPipeline:
         ``generators[i]``. ``clip`` is ``(number, count)`` of this clip (1-based), reported to
         ``on_step``.
         """
-        parts = conditions["parts"]
         settings = self.settings
         guidance = settings.guidance if len(parts) == 1 else settings.compound_guidance
         count = len(generators)
         branches = torch.tensor(guidance.branches, device=self.device)  # n 2
         n = len(branches)
-        batched = {
-            "reference": conditions["reference"].repeat(n),
-            "audio_tokens": conditions["audio_tokens"].repeat(n, 1, 1, 1),
+        batched = replace(
+            conditions.repeat(n),
             **branch_emotions([parts[p] for p in guidance.branch_parts], count),
-            "drop_audio": branches[:, 0].repeat_interleave(count),
-            "drop_emotion": branches[:, 1].repeat_interleave(count),
-        }
+            drop_audio=branches[:, 0].repeat_interleave(count),
+            drop_emotion=branches[:, 1].repeat_interleave(count),
+        )
         scheduler = self.scheduler
         scheduler.set_timesteps(self.settings.steps, device=self.device)
         shape = (1, num_frames, *reference_latent.shape[1:])
@@ -347,7 +348,7 @@ class MoEEPipeline:
         for step, t in enumerate(timesteps, 1):
             model_input = scheduler.scale_model_input(latents, t).to(self.dtype)
             prediction = self.net(model_input.repeat(n, 1, 1, 1, 1), t.repeat(n * count),
-                                  **batched)
+                                  batched)
             prediction = guidance.combine(prediction.float().unflatten(0, (n, count)))
             # the offered samplers step deterministically: no per-video generator is needed here
             latents = scheduler.step(prediction, t, latents).prev_sample

@@ -49,6 +49,12 @@ class EmotionInputs:
     speech: torch.Tensor | None = None
     present: torch.Tensor | None = None
 
+    def select(self, rows: slice) -> EmotionInputs:
+        """The conditions of a slice of the samples."""
+        return EmotionInputs(*(None if v is None else v[rows]
+                               for v in (self.label, self.au, self.text, self.speech,
+                                         self.present)))
+
     def batch_size(self) -> int:
         """Number of samples ``b``."""
         for value in (self.label, self.au, self.speech, self.present):

@@ -3,7 +3,10 @@
 reference image ──VAE, CLIP──▶ ReferenceNet ──▶ ReferenceFeatures (once per clip)
 waveform ──wav2vec2 (all layers, ±2 frames)──▶ AudioProjection ──▶ audio tokens (b f t c)
 EmotionInputs ──EmotionToLatents──▶ emotion latents (b m c)
-noisy latents (b f c h w), timesteps (b,) ──Denoiser──▶ predicted noise (b f c h w)
+noisy latents (b f c h w), timesteps (b,), Conditions ──Denoiser──▶ prediction (b f c h w)
+
+The encoders are called through :class:`~moee.models.conditioner.Conditioner`, which owns the
+conditions (inputs, drop rates, which encoders train) for training and inference alike.
 """
 
 from __future__ import annotations
@@ -16,8 +19,8 @@ from torch import nn
 
 from moee.emotions import NUM_EXPERTS
 from moee.models import pretrained
-from moee.models.attention import DenoiserContext
 from moee.models.audio import AudioEncoder, AudioProjection
+from moee.models.conditioner import Conditions
 from moee.models.emotion_latents import (
     EmotionInputs,
     EmotionToLatents,
@@ -103,10 +106,6 @@ class MoEENetConfig:
     def sd15(cls, **kwargs) -> MoEENetConfig:
         """The real configuration: SD-1.5 layout with every pretrained checkpoint."""
         return cls(preset="sd15", weights=pretrained.SD15_WEIGHTS, **kwargs)
-
-
-def _keep_mask(drop: torch.Tensor | None) -> torch.Tensor | None:
-    return None if drop is None else ~drop.bool()
 
 
 class MoEENet(nn.Module):
@@ -232,23 +231,18 @@ class MoEENet(nn.Module):
         """Emotion conditions -> emotion latents (b m c)."""
         return self.emotion_to_latents(emotion)
 
+    @torch.no_grad()
+    def encode_frames(self, frames: torch.Tensor, sample: bool = True) -> torch.Tensor:
+        """Clean latents of frames (b f 3 H W) in [-1, 1] -> (b f c h w), by the frozen first
+        stage: the diffusion targets, and the motion frames' latents (``sample=False``: the
+        posterior mode of a VAE)."""
+        return self.vae.encode(frames, sample=sample)
+
     def forward(
         self,
         noisy_latents: torch.Tensor,
         timesteps: torch.Tensor,
-        *,
-        reference: ReferenceFeatures | None = None,
-        reference_image: torch.Tensor | None = None,
-        motion_latents: torch.Tensor | None = None,
-        audio_tokens: torch.Tensor | None = None,
-        audio: torch.Tensor | None = None,
-        emotion_latents: torch.Tensor | None = None,
-        emotion: EmotionInputs | None = None,
-        expert: int | torch.Tensor | None = None,
-        weights: torch.Tensor | None = None,
-        drop_reference: torch.Tensor | None = None,
-        drop_audio: torch.Tensor | None = None,
-        drop_emotion: torch.Tensor | None = None,
+        conditions: Conditions,
         image_mode: bool = False,
     ) -> torch.Tensor:
         """The objective's prediction (noise, v or clean latent) for ``noisy_latents``.
@@ -256,46 +250,15 @@ class MoEENet(nn.Module):
         Args:
             noisy_latents: (b f c h w); ``f = 1`` with ``image_mode=True`` trains on stills.
             timesteps: (b,).
-            reference: precomputed :meth:`encode_reference` output, or ``None`` to compute it
-                from ``reference_image`` (b 3 H W) and ``motion_latents`` (b r c h w).
-            audio_tokens: (b f t c), or ``audio``: waveform (b, (f + 4) * 640); neither: no audio.
-            emotion_latents: (b m c), or ``emotion``: :class:`EmotionInputs`; neither: no MoE.
-            expert: single-expert path (int or (b,) LongTensor), or per-sample expert
-                shares (b e) float, ungated (see :meth:`EmotionMoE.forward`).
-            weights: (b e) explicit expert mixture replacing the global gate.
-            drop_reference, drop_audio, drop_emotion: (b,) bool, conditions dropped for
-                classifier-free guidance (reference tokens masked and image embedding zeroed;
-                audio tokens zeroed; the Emotion MoE left out, so that emotion guidance
-                amplifies exactly what the experts add to the backbone).
+            conditions: the encoded conditions, with their routing and guidance drops (made
+                by :class:`~moee.models.conditioner.Conditioner`, in training and inference).
             image_mode: stills: skip the temporal layers (audio attention runs when audio is
                 given: the frame's own tokens).
 
         Returns:
             (b f c h w)
         """
-        if reference is None:
-            reference = self.encode_reference(reference_image, motion_latents)
-        image_embeds = reference.image_embeds
-        if drop_reference is not None:
-            image_embeds = image_embeds * _keep_mask(drop_reference)[:, None, None]
-        if audio_tokens is None and audio is not None:
-            audio_tokens = self.encode_audio(audio)
-        if audio_tokens is not None and drop_audio is not None:
-            audio_tokens = audio_tokens * _keep_mask(drop_audio)[:, None, None, None]
-        if emotion_latents is None and emotion is not None:
-            emotion_latents = self.encode_emotion(emotion)
-        ctx = DenoiserContext(
-            num_frames=noisy_latents.shape[1],
-            reference=reference.features,
-            reference_keep=_keep_mask(drop_reference),
-            reference_latent=reference.latent,
-            audio=audio_tokens,
-            emotion=emotion_latents,
-            emotion_keep=_keep_mask(drop_emotion),
-            expert=expert,
-            weights=weights,
-            image_mode=image_mode,
-        )
+        image_embeds, ctx = conditions.denoiser_inputs(noisy_latents.shape[1], image_mode)
         return self.denoiser(noisy_latents, timesteps, image_embeds, ctx)
 
 

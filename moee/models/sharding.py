@@ -1,9 +1,9 @@
 """The FSDP2 sharding plan of :class:`~moee.models.moee_net.MoEENet` (:func:`shard_network`).
 
 FSDP2 gathers a unit's parameters when the unit is *called*, and a root unit must run before
-the units inside it; the stages call the VAE, ``encode_reference`` and ``encode_audio`` before
-``MoEENet.forward``, so ``MoEENet`` itself is no unit. Instead there are four roots, each
-called on its own:
+the units inside it; the stages' conditioner (:mod:`moee.models.conditioner`) calls the VAE
+and the encoders before ``MoEENet.forward``, so ``MoEENet`` itself is no unit. Instead there
+are four roots, each called on its own:
 
 * ``denoiser`` and ``reference_net``, with every down / mid / up block of their U-Nets — and,
   in the denoiser, each :class:`~moee.models.unet.BlockExtras` (audio attention, Emotion MoE,

@@ -7,7 +7,7 @@ from typing import Any, Literal
 import torch
 
 from moee.emotions import NUM_EXPERTS
-from moee.stages.base import DiffusionStage, emotion_inputs
+from moee.stages.base import DiffusionStage
 
 
 class BackboneModule(DiffusionStage):
@@ -84,10 +84,8 @@ class BackboneModule(DiffusionStage):
         frames = batch["frames"]
         return torch.randint(frames.shape[1], (frames.shape[0],), device=frames.device)
 
-    def network_kwargs(self, batch: dict[str, Any]) -> dict[str, Any]:
-        kwargs: dict[str, Any] = {"image_mode": self.mode == "image"}
-        if self.warm_experts:
-            index = batch["emotion_index"]
-            kwargs.update(emotion=emotion_inputs(batch), expert=index.clamp(min=0),
-                          drop_emotion=index < 0)
-        return kwargs
+    def condition_options(self, batch: dict[str, Any]) -> dict[str, Any]:
+        if not self.warm_experts:
+            return {"emotion": False}
+        index = batch["emotion_index"]  # neutral clips go through no expert
+        return {"expert": index.clamp(min=0), "dropped": {"emotion": index < 0}}

@@ -12,7 +12,6 @@ from __future__ import annotations
 import json
 import logging
 from collections.abc import Callable
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -23,7 +22,7 @@ from torch.distributed.fsdp import FSDPModule, MixedPrecisionPolicy
 from torch.distributed.tensor import DTensor
 from torch.optim.swa_utils import AveragedModel, get_ema_multi_avg_fn
 
-from moee.models.emotion_latents import EmotionInputs
+from moee.models.conditioner import ConditionDropout, Conditioner, picked
 from moee.models.moee_net import PARAMETER_GROUPS, MoEENet, MoEENetConfig, parameter_groups
 from moee.models.objective import DiffusionObjective
 from moee.models.sharding import shard_network
@@ -38,22 +37,6 @@ from moee.stages.guard import NonFiniteGuard, check_finite
 from moee.stages.losses import MoEELoss
 
 log = logging.getLogger(__name__)
-
-
-@dataclass
-class ConditionDropout:
-    """Per-sample probabilities of dropping each condition (classifier-free guidance)."""
-
-    reference: float = 0.05
-    audio: float = 0.05
-    emotion: float = 0.1
-
-    def masks(self, batch_size: int, device: torch.device) -> dict[str, torch.Tensor]:
-        """{"drop_reference", "drop_audio", "drop_emotion"}: (b,) bool each."""
-        return {
-            f"drop_{name}": torch.rand(batch_size, device=device) < getattr(self, name)
-            for name in ("reference", "audio", "emotion")
-        }
 
 
 class ExponentialMovingAverage(torch.nn.Module):
@@ -157,7 +140,6 @@ class DiffusionStage(L.LightningModule):
         self.loss = loss or MoEELoss()
         self.optimizer_factory = optimizer
         self.scheduler_factory = lr_scheduler
-        self.condition_dropout = condition_dropout or ConditionDropout()
         self.export_path = export_path
         self.pixel_loss_frames = pixel_loss_frames
         self.lr_scales = check_lr_scales(lr_scales or {})
@@ -171,6 +153,7 @@ class DiffusionStage(L.LightningModule):
         for path in init_weights or []:
             self.load_net_weights(path)
         self.freeze_all_but(self.trainable_groups)
+        self.conditioner = Conditioner(self.net, condition_dropout, self.trainable_groups)
         self.ema = ExponentialMovingAverage(self.trained_parameters(), ema_decay) \
             if ema_decay else None
 
@@ -256,9 +239,11 @@ class DiffusionStage(L.LightningModule):
 
     # ---- the diffusion step -----------------------------------------------------------------
 
-    def network_kwargs(self, batch: dict[str, Any]) -> dict[str, Any]:
-        """Stage-specific arguments of ``MoEENet.forward`` (expert index, image mode...)."""
-        return {"emotion": emotion_inputs(batch)}
+    def condition_options(self, batch: dict[str, Any]) -> dict[str, Any]:
+        """How this stage conditions the denoiser on ``batch``: keyword arguments of
+        :meth:`~moee.models.conditioner.Conditioner.from_batch` (the emotion's routing,
+        conditions the stage drops itself...)."""
+        return {}
 
     @property
     def hears_audio(self) -> bool:
@@ -275,39 +260,26 @@ class DiffusionStage(L.LightningModule):
                        cfg_dropout: bool = True) -> dict[str, torch.Tensor]:
         """Noise the batch's latents, predict, and return the loss terms."""
         pick = self.frame_pick(batch)
-        frames = _picked(batch["frames"], pick)
-        kwargs = self.network_kwargs(batch)
-        b = frames.shape[0]
-        with torch.no_grad():
-            latents = self.net.vae.encode(frames)
-            motion = None if kwargs.get("image_mode") else self.net.vae.encode(
-                batch["motion_frames"])
+        frames = picked(batch["frames"], pick)
+        latents = self.net.encode_frames(frames)
         noise = self.objective.sample_noise(latents, generator)
-        timesteps = self.objective.sample_timesteps(b, latents.device, generator)
+        timesteps = self.objective.sample_timesteps(frames.shape[0], latents.device, generator)
         noisy = self.objective.add_noise(latents, noise, timesteps)
-        if cfg_dropout:  # a stage's own drops (e.g. clips without an expert) stay dropped
-            for name, drop in self.condition_dropout.masks(b, latents.device).items():
-                kwargs[name] = drop | kwargs[name] if name in kwargs else drop
-        with torch.set_grad_enabled(torch.is_grad_enabled() and self._trains("reference")):
-            reference = self.net.encode_reference(batch["reference"], motion)
-        if self.hears_audio:
-            with torch.set_grad_enabled(torch.is_grad_enabled() and self._trains("audio")):
-                kwargs["audio_tokens"] = _picked(self.net.encode_audio(batch["audio"]), pick)
-        prediction = self.net(noisy, timesteps, reference=reference, **kwargs)
+        conditions = self.conditioner.from_batch(batch, pick=pick, audio=self.hears_audio,
+                                                 dropout=cfg_dropout,
+                                                 **self.condition_options(batch))
+        prediction = self.net(noisy, timesteps, conditions, image_mode=pick is not None)
         target = self.objective.target(latents, noise, timesteps)
-        decoded = picked = landmarks = picked_landmarks = None
+        decoded = chosen = landmarks = chosen_landmarks = None
         if self.loss.expression_weight and "landmarks" in batch:
-            landmarks = _picked(batch["landmarks"], pick)
+            landmarks = picked(batch["landmarks"], pick)
         if self.loss.uses_pixels:
             index = torch.randperm(frames.shape[1], device=frames.device)[: self.pixel_loss_frames]
             x0 = self.objective.predict_x0(noisy[:, index], prediction[:, index], timesteps)
-            decoded, picked = self.net.vae.decode(x0), frames[:, index]
-            picked_landmarks = None if landmarks is None else landmarks[:, index]
-        return self.loss(prediction, target, decoded, picked,
-                         self.objective.pixel_weight(timesteps), landmarks, picked_landmarks)
-
-    def _trains(self, group: str) -> bool:
-        return group in self.trainable_groups
+            decoded, chosen = self.net.vae.decode(x0), frames[:, index]
+            chosen_landmarks = None if landmarks is None else landmarks[:, index]
+        return self.loss(prediction, target, decoded, chosen,
+                         self.objective.pixel_weight(timesteps), landmarks, chosen_landmarks)
 
     def training_step(self, batch: dict[str, Any], batch_idx: int) -> torch.Tensor:
         terms = self.diffusion_step(batch)
@@ -420,21 +392,6 @@ def check_lr_scales(lr_scales: dict[str, float]) -> dict[str, float]:
     if bad := {k: v for k, v in lr_scales.items() if not v > 0}:
         raise ValueError(f"lr_scales must be positive, got {bad}")
     return lr_scales
-
-
-def _picked(per_frame: torch.Tensor, pick: torch.Tensor | None) -> torch.Tensor:
-    """(b f ...) -> the frames of ``pick`` (b,) as (b 1 ...); all of them when ``None``."""
-    if pick is None:
-        return per_frame
-    return per_frame[torch.arange(per_frame.shape[0], device=per_frame.device), pick][:, None]
-
-
-def emotion_inputs(batch: dict[str, Any]) -> EmotionInputs:
-    """The batch's emotion dict as the network's :class:`EmotionInputs`."""
-    emotion = batch["emotion"]
-    return EmotionInputs(label=emotion["label"], au=emotion["au"],
-                         text=[t or None for t in emotion["text"]], speech=emotion["speech"],
-                         present=emotion["present"])
 
 
 def emotion_shares(batch: dict[str, Any], device: torch.device) -> torch.Tensor:

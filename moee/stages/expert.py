@@ -67,13 +67,13 @@ class ExpertModule(DiffusionStage):
         return (": train the backbone first (python -m moee fit --config configs/backbone.yaml)"
                 " or set model.init_args.init_weights")
 
-    def network_kwargs(self, batch: dict[str, Any]) -> dict[str, Any]:
+    def condition_options(self, batch: dict[str, Any]) -> dict[str, Any]:
         expert: int | torch.Tensor = self.expert_indices[0]
         if len(self.expert_indices) > 1:
             expert = self.expert_shares(batch)
             if bool(((expert == 0) | (expert == 1)).all()):  # basic clips only: one expert each
                 expert = expert.argmax(1)
-        return {**super().network_kwargs(batch), "expert": expert}
+        return {"expert": expert}
 
     def expert_shares(self, batch: dict[str, Any]) -> torch.Tensor:
         """(b 6) the share of each expert in each sample: one-hot for a basic clip, the

@@ -14,7 +14,7 @@ from moee.models.emotion_latents import MODALITIES, EmotionInputs
 from moee.models.emotion_moe import EmotionMoE
 from moee.models.moee_net import SPEECH_ENCODER
 from moee.models.weights import export_metadata
-from moee.stages.base import DiffusionStage, emotion_inputs, emotion_shares
+from moee.stages.base import DiffusionStage, emotion_shares
 
 log = logging.getLogger(__name__)
 
@@ -170,7 +170,7 @@ class GatingModule(DiffusionStage):
     def alignment_loss(self, batch: dict[str, Any]) -> torch.Tensor:
         """Squared distance of each other modality's latents, alone, to those of the clip's
         own label (shares x intensity) alone."""
-        inputs = emotion_inputs(batch)
+        inputs = batch["emotion"]
         present = inputs.presence(self.device)
         intensity = torch.as_tensor(batch["intensity"], device=self.device, dtype=torch.float32)
         label = emotion_shares(batch, self.device) * intensity[:, None]

@@ -4,7 +4,7 @@ import numpy as np
 import pytest
 import torch
 
-from moee.data.batch import collate, normalize_images
+from moee.data.batch import EmotionInputs, collate, normalize_images
 from moee.data.faces import mouth_mask
 from moee.data.media import SAMPLES_PER_FRAME
 from moee.data.sampling import (
@@ -251,13 +251,14 @@ def test_batch_contract():
     }
     for key, shape in shapes.items():
         assert tuple(batch[key].shape) == shape, key
-    emotion = batch["emotion"]
-    assert emotion["label"].shape == (b, 6) and emotion["au"].shape == (b, 17)
-    assert emotion["speech"].shape == (b, SPEECH_FRAMES * 640)
-    assert emotion["present"].dtype == torch.bool
+    emotion = batch["emotion"]  # collated straight into the network's EmotionInputs
+    assert isinstance(emotion, EmotionInputs) and emotion.batch_size() == b
+    assert emotion.label.shape == (b, 6) and emotion.au.shape == (b, 17)
+    assert emotion.speech.shape == (b, SPEECH_FRAMES * 640)
+    assert emotion.present.dtype == torch.bool
     assert batch["emotion_index"].tolist() == [BASIC_EMOTIONS.index("happy"), -1]
     assert batch["emotion_name"] == ["happy", "happily surprised"]
-    torch.testing.assert_close(emotion["label"].sum(1), torch.tensor([1.0, 0.5]))
+    torch.testing.assert_close(emotion.label.sum(1), torch.tensor([1.0, 0.5]))
     assert batch["frames"].dtype == torch.float32
     assert -1 <= batch["frames"].min() and batch["frames"].max() <= 1
     assert batch["start_frame"].tolist() == [3, 3]  # centred window

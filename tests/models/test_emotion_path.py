@@ -10,8 +10,9 @@ import torch
 
 from moee.data.synth.generator import ClipConfig, make_clip
 from moee.emotions import BASIC_EMOTIONS
+from moee.models.conditioner import Conditioner
 from moee.models.emotion_latents import EmotionInputs
-from moee.models.moee_net import MoEENet
+from moee.models.moee_net import PARAMETER_GROUPS, MoEENet
 from moee.models.objective import DiffusionObjective
 
 FRAMES = 2
@@ -32,16 +33,17 @@ def test_experts_carry_the_emotion_from_a_neutral_portrait():
     targets = {"happy": frames_of(happy, 36), "sad": frames_of(sad, 36)}
     net = MoEENet().train()
     objective = DiffusionObjective(prediction_type="sample", zero_terminal_snr=True)
-    reference = net.encode_reference  # the portrait's features, recomputed with the weights
+    conditioner = Conditioner(net, trained_groups=PARAMETER_GROUPS)
     latents = {e: net.vae.encode(t) for e, t in targets.items()}
     t_max = torch.tensor([objective.num_train_timesteps - 1])
 
     def predict(emotion: str, noise: torch.Tensor) -> torch.Tensor:
         label = torch.zeros(1, 6)
         label[0, BASIC_EMOTIONS.index(emotion)] = 1.0
-        return net(objective.add_noise(latents[emotion], noise, t_max), t_max,
-                   reference=reference(portrait), emotion=EmotionInputs(label=label),
-                   expert=BASIC_EMOTIONS.index(emotion))
+        # the portrait's features, recomputed with the weights as they train
+        conditions = conditioner.encode(portrait, emotion=EmotionInputs(label=label),
+                                        expert=BASIC_EMOTIONS.index(emotion))
+        return net(objective.add_noise(latents[emotion], noise, t_max), t_max, conditions)
 
     # 1e-3: at 2e-3 this U-Net (batch 1, no warm-up) diverges back to drawing the portrait
     # for both labels after ~40 steps, whatever the seed; at 1e-3 each label's frames are

@@ -7,16 +7,33 @@ import copy
 import pytest
 import torch
 
+from moee.models.conditioner import CONDITIONS, Conditioner
 from moee.models.emotion_latents import EmotionInputs
-from moee.models.moee_net import MoEENet, MoEENetConfig, parameter_group, parameter_groups
+from moee.models.moee_net import (
+    PARAMETER_GROUPS,
+    MoEENet,
+    MoEENetConfig,
+    parameter_group,
+    parameter_groups,
+)
 from moee.stages import BackboneModule
 from moee.stages.losses import MoEELoss
 from tests.models.conftest import CHANNELS, DIM, LATENT, B, F, wake_zero_inits
 
 
-def run(net, c, **kwargs):
-    args = dict(reference_image=c["image"], audio=c["audio"], emotion=c["emotion"])
-    return net(c["latents"], c["timesteps"], **{**args, **kwargs})
+def run(net, c, reference=None, audio_tokens=None, image_mode=False, **inputs):
+    """The network on ``c``'s latents, its conditions encoded by the conditioner (with
+    gradients through every encoder) from ``c``'s inputs, overridden by ``inputs``
+    (``drop_<condition>`` among them); ``reference`` and ``audio_tokens`` replace the encoded
+    ones."""
+    args = dict(reference_image=c["image"], audio=c["audio"], emotion=c["emotion"]) | inputs
+    drop = {name: args.pop(f"drop_{name}") for name in CONDITIONS if f"drop_{name}" in args}
+    conditions = Conditioner(net, trained_groups=PARAMETER_GROUPS).encode(**args, drop=drop)
+    if reference is not None:
+        conditions.reference = reference
+    if audio_tokens is not None:
+        conditions.audio = audio_tokens
+    return net(c["latents"], c["timesteps"], conditions, image_mode=image_mode)
 
 
 @torch.no_grad()
@@ -33,10 +50,11 @@ def test_shapes_through_the_network(tiny_net, clip_inputs):
 
 
 @torch.no_grad()
-def test_precomputed_reference_equals_inline(tiny_net, clip_inputs):
-    ref = tiny_net.encode_reference(clip_inputs["image"])
-    inline = run(tiny_net, clip_inputs)
-    torch.testing.assert_close(run(tiny_net, clip_inputs, reference=ref), inline)
+def test_a_given_reference_latent_equals_the_encoded_one(tiny_net, clip_inputs):
+    """The pipeline hands the conditioner the portrait's latent it already has."""
+    latent = tiny_net.encode_frames(clip_inputs["image"][:, None])[:, 0]
+    torch.testing.assert_close(run(tiny_net, clip_inputs, reference_latent=latent),
+                               run(tiny_net, clip_inputs))
 
 
 @torch.no_grad()
@@ -169,13 +187,7 @@ def test_tiny_network_overfits_one_clip(clip_inputs):
     emotion = EmotionInputs(label=torch.eye(6)[[3]])
     losses = []
     for _ in range(120):
-        pred = net(
-            c["latents"],
-            c["timesteps"][:1],
-            reference_image=c["image"],
-            audio=c["audio"],
-            emotion=emotion,
-        )
+        pred = run(net, dict(c, timesteps=c["timesteps"][:1]), emotion=emotion)
         loss = torch.nn.functional.mse_loss(pred, noise)
         opt.zero_grad()
         loss.backward()

@@ -2,6 +2,7 @@
 alignment terms."""
 
 import logging
+from dataclasses import replace
 
 import pytest
 import torch
@@ -50,7 +51,7 @@ def test_experts_side_by_side_each_learn_from_their_own_clips_only(tmp_path, mix
     assert set(expert_grads(module, mixed_batch)) == {sad, happy}
     only_sad = {k: (v[:1] if torch.is_tensor(v) else v[:1] if isinstance(v, list) else v)
                 for k, v in mixed_batch.items() if k != "emotion"}
-    only_sad["emotion"] = {k: v[:1] for k, v in mixed_batch["emotion"].items()}
+    only_sad["emotion"] = mixed_batch["emotion"].select(slice(0, 1))
     assert set(expert_grads(module, only_sad)) == {sad}
 
     module.on_train_end()
@@ -76,7 +77,7 @@ def test_experts_side_by_side_learn_a_compound_through_its_two_components_expert
     expected = torch.zeros(2, len(BASIC_EMOTIONS))
     expected[0, surprised], expected[0, sad], expected[1, BASIC_EMOTIONS.index("happy")] = \
         0.6, 0.4, 1.0
-    torch.testing.assert_close(module.network_kwargs(batch)["expert"], expected)
+    torch.testing.assert_close(module.condition_options(batch)["expert"], expected)
     with torch.no_grad():
         for p in module.net.parameters():
             if p.requires_grad:
@@ -84,24 +85,24 @@ def test_experts_side_by_side_learn_a_compound_through_its_two_components_expert
         module.net.denoiser.unet.conv_out.weight.normal_(std=0.02)
     only_compound = {k: (v[:1] if torch.is_tensor(v) or isinstance(v, list) else v)
                      for k, v in batch.items() if k != "emotion"}
-    only_compound["emotion"] = {k: v[:1] for k, v in batch["emotion"].items()}
+    only_compound["emotion"] = batch["emotion"].select(slice(0, 1))
     assert set(expert_grads(module, only_compound)) == {surprised, sad}
 
     basic_only = make_batch([clips[1], make_test_clip(emotion="sad", num_frames=12)],
                             num_frames=4)
-    assert module.network_kwargs(basic_only)["expert"].tolist() == \
+    assert module.condition_options(basic_only)["expert"].tolist() == \
         [BASIC_EMOTIONS.index("happy"), sad]  # basic clips keep the one-expert path
     with pytest.raises(ValueError, match="neutral clip"):
-        module.network_kwargs(make_batch([make_test_clip(emotion="neutral", num_frames=12)],
+        module.condition_options(make_batch([make_test_clip(emotion="neutral", num_frames=12)],
                                          num_frames=4))
     with pytest.raises(ValueError, match="the sad expert, which this run does not train"):
-        ExpertModule(emotion=["surprised", "happy"], loss=loss()).network_kwargs(batch)
+        ExpertModule(emotion=["surprised", "happy"], loss=loss()).condition_options(batch)
 
 
 def test_gating_routing_and_alignment_terms_train_gates_and_latents(mixed_batch):
     module = GatingModule(loss=loss(), routing_weight=0.5, alignment_weight=1.0)
-    batch = {**mixed_batch, "emotion": {**mixed_batch["emotion"],
-                                        "present": torch.ones(2, 4, dtype=torch.bool)}}
+    batch = {**mixed_batch, "emotion": replace(mixed_batch["emotion"],
+                                               present=torch.ones(2, 4, dtype=torch.bool))}
     plain = GatingModule(loss=loss()).diffusion_step(batch, cfg_dropout=False)
     assert "routing" not in plain and "alignment" not in plain
     terms = module.diffusion_step(batch, cfg_dropout=False)
@@ -120,8 +121,8 @@ def test_gating_routing_and_alignment_terms_train_gates_and_latents(mixed_batch)
 
 def test_gating_warmup_trains_the_modality_paths_alone(mixed_batch):
     module = GatingModule(loss=loss(), alignment_warmup=5)
-    batch = {**mixed_batch, "emotion": {**mixed_batch["emotion"],
-                                        "present": torch.ones(2, 4, dtype=torch.bool)}}
+    batch = {**mixed_batch, "emotion": replace(mixed_batch["emotion"],
+                                               present=torch.ones(2, 4, dtype=torch.bool))}
     module.net.zero_grad(set_to_none=True)
     warm = module.training_step(batch, 0)  # global step 0 < 5: alignment alone
     torch.testing.assert_close(warm, module.alignment_loss(batch))
@@ -133,8 +134,8 @@ def test_gating_warmup_trains_the_modality_paths_alone(mixed_batch):
                    "emotion_to_latents.to_queries.au."):
         assert any(n.startswith(prefix) for n in grads), prefix
     assert not any("_gate." in n or ".experts." in n for n in grads)  # nothing was denoised
-    labels_only = {**batch, "emotion": {**batch["emotion"], "present": torch.tensor(
-        [[True, False, False, False]] * 2)}}
+    labels_only = {**batch, "emotion": replace(batch["emotion"], present=torch.tensor(
+        [[True, False, False, False]] * 2))}
     assert module.training_step(labels_only, 0) is None  # nothing to align: step skipped
 
 
@@ -142,8 +143,8 @@ def test_gating_keeps_a_pretrained_stand_in_speech_encoder_frozen_and_exports_it
         tmp_path, mixed_batch):
     from moee.models.moee_net import SPEECH_ENCODER
 
-    batch = {**mixed_batch, "emotion": {**mixed_batch["emotion"],
-                                        "present": torch.ones(2, 4, dtype=torch.bool)}}
+    batch = {**mixed_batch, "emotion": replace(mixed_batch["emotion"],
+                                               present=torch.ones(2, 4, dtype=torch.bool))}
     speech = {n: p for n, p in GatingModule(loss=loss()).net.named_parameters()
               if n.startswith(f"{SPEECH_ENCODER}.")}
     pretrained = tmp_path / "speech_emotion.safetensors"  # as SpeechEmotionModule writes it
@@ -232,7 +233,7 @@ def test_backbone_warms_each_clips_own_expert_and_neutral_clips_skip_the_moe(tmp
     assert set(expert_grads(module, batch)) == {sad}
     neutral_only = {k: (v[1:] if torch.is_tensor(v) or isinstance(v, list) else v)
                     for k, v in batch.items() if k != "emotion"}
-    neutral_only["emotion"] = {k: v[1:] for k, v in batch["emotion"].items()}
+    neutral_only["emotion"] = batch["emotion"].select(slice(1, None))
     assert expert_grads(module, neutral_only) == {}  # the Emotion MoE is left out
     module.on_train_end()
     exported = load_file(tmp_path / "backbone.safetensors")

@@ -198,9 +198,9 @@ def test_image_stage_with_audio_hears_each_stills_own_frame(batch):
     heard = {}
     original = module.net.forward
 
-    def spy(*args, **kwargs):
-        heard["tokens"] = kwargs["audio_tokens"]
-        return original(*args, **kwargs)
+    def spy(noisy, timesteps, conditions, **kwargs):
+        heard["tokens"] = conditions.audio
+        return original(noisy, timesteps, conditions, **kwargs)
 
     module.net.forward = spy
     module.diffusion_step(batch, cfg_dropout=False)["total"].backward()
