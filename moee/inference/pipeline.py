@@ -68,7 +68,7 @@ def load_stage_weights(net: MoEENet, paths: list[str | os.PathLike]) -> None:
 def branch_emotions(branches: list[dict], count: int) -> dict:
     """The emotion fields of :class:`Conditions` for the guidance branches, in order: each
     branch's part (:meth:`MoEEPipeline.emotion_parts`) for its ``count`` videos, stacked."""
-    latents = torch.cat([branch["emotion_latents"] for branch in branches])
+    latents = torch.cat([branch["emotion"] for branch in branches])
     experts = [branch["expert"] for branch in branches]
     if experts[0] is None or (isinstance(experts[0], int) and len(set(experts)) == 1):
         expert = experts[0]  # the learned gates or an explicit mixture, or one expert for all

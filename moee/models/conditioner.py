@@ -178,7 +178,8 @@ class Conditioner:
         """
         net, drop = self.net, drop or {}
         with self._grad("reference"):
-            reference = net.encode_reference(reference_image, motion_latents, reference_latent)
+            reference = net.encode_reference(reference_image, motion_latents,
+                                             reference_latent=reference_latent)
         with self._grad("audio"):
             tokens = None if audio is None else net.encode_audio(audio)
         latents = None if emotion is None else self.encode_emotion(emotion)

@@ -5,6 +5,8 @@ Spies (hooks and wrapped methods) check what reaches the network on each call.
 
 from __future__ import annotations
 
+from dataclasses import fields
+
 import numpy as np
 import pytest
 import torch
@@ -44,7 +46,7 @@ class Spy:
     """Records every network call, ReferenceNet call, decoded clip and Emotion MoE call."""
 
     def __init__(self, net: MoEENet, monkeypatch: pytest.MonkeyPatch) -> None:
-        self.calls: list[dict] = []  # MoEENet.forward kwargs
+        self.calls: list[dict] = []  # MoEENet.forward's Conditions fields and kwargs
         self.motion: list[torch.Tensor] = []  # motion latents given to the ReferenceNet
         self.decoded: list[torch.Tensor] = []  # clip latents given to the VAE decoder
         self.moe: list[tuple] = []  # (expert, weights) of the first Emotion MoE per call
@@ -78,7 +80,9 @@ class Spy:
             lambda _, args: self.modules_run[name].append(args[0])))
 
     def _forward(self, _, args, kwargs):
-        self.calls.append({"batch": args[0].shape[0], **kwargs})
+        conditions = args[2]
+        self.calls.append({"batch": args[0].shape[0], **kwargs,
+                           **{f.name: getattr(conditions, f.name) for f in fields(conditions)}})
 
     def _moe(self, _, args):
         self.moe.append((args[2], args[3]))
