@@ -167,10 +167,11 @@ def au_table(readings: list[dict[str, VideoReading]]) -> list[str]:
         index = ACTION_UNITS.index(au)
         change = np.mean([r[f"{au}:1"].action_units - r[NEUTRAL].action_units
                           for r in readings], 0)
-        others = np.delete(np.abs(change), index)
+        others = np.delete(change, index)
         names = [a for a in ACTION_UNITS if a != au]
-        lines.append(f"| {au} | 1 | {change[index]:+.2f} | {others.mean():.2f} | "
-                     f"{names[int(others.argmax())]} {others.max():+.2f} |")
+        most = int(np.abs(others).argmax())
+        lines.append(f"| {au} | 1 | {change[index]:+.2f} | {np.abs(others).mean():.2f} | "
+                     f"{names[most]} {others[most]:+.2f} |")
     return lines
 
 
@@ -180,17 +181,17 @@ def middle(frames: np.ndarray) -> np.ndarray:
 
 
 def labelled_rows(rows: list[tuple[str, list[np.ndarray]]], header: list[str]) -> np.ndarray:
-    """A grid of frames, a label before each row and a header above the columns."""
-    width = 96
-    size = rows[0][1][0].shape[0]
-    body = []
-    for label, cells in rows:
+    """A grid of frames under a header naming its columns, a label before each row."""
+    width, size = 96, rows[0][1][0].shape[0]
+    tags = []
+    for label, _ in rows:
         tag = np.full((size, width, 3), 255, np.uint8)
         text = with_header(np.zeros((0, width, 3), np.uint8), [label], width)
         tag[: text.shape[0]] = text[:size]
-        body.append(np.concatenate([tag, *cells], 1))
-    grid = np.concatenate(body, 0)
-    return with_header(grid, ["", *header], grid.shape[1])
+        tags.append(tag)
+    cells = np.concatenate([np.concatenate(cells, 1) for _, cells in rows], 0)
+    return np.concatenate([with_header(np.concatenate(tags, 0), [""], width),
+                           with_header(cells, header, size)], 1)
 
 
 def sheets(made: dict[str, np.ndarray], out: str) -> None:
