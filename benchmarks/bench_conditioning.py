@@ -37,7 +37,7 @@ from jsonargparse import CLI  # noqa: E402
 from tqdm import tqdm  # noqa: E402
 
 from moee.data.batch import from_numpy_frames  # noqa: E402
-from moee.data.sampling import MOTION_FRAMES, window_audio  # noqa: E402
+from moee.data.sampling import MOTION_FRAMES, clip_track, window_audio  # noqa: E402
 from moee.data.shards import Clip, decode_clip, iter_raw_samples, shard_urls  # noqa: E402
 from moee.emotions import BASIC_EMOTIONS, NEUTRAL, parse_emotion  # noqa: E402
 from moee.inference.animate import stage_weights  # noqa: E402
@@ -74,7 +74,7 @@ class ConditionSwaps:
         clip) and the audio of the window of ``clip`` starting at ``start``."""
         image = from_numpy_frames(frame[None])
         latent = self.net.encode_frames(image[:, None], sample=False)
-        audio = torch.from_numpy(window_audio(clip.audio, start, self.frames))[None]
+        audio = torch.from_numpy(window_audio(clip_track(clip), start, self.frames))[None]
         return self.conditioner.encode(image, latent.repeat(1, MOTION_FRAMES, 1, 1, 1),
                                        reference_latent=latent[:, 0], audio=audio)
 

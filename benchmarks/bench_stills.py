@@ -25,7 +25,7 @@ import numpy as np
 import torch
 
 from moee.data.batch import from_numpy_frames
-from moee.data.sampling import clip_audio, window_audio
+from moee.data.sampling import clip_track, window_audio
 from moee.data.shards import ShardError
 from moee.data.synth.sheet import write_png
 from moee.emotions import BASIC_EMOTIONS, EMOTION_CLASSES, parse_emotion
@@ -69,7 +69,7 @@ def apex_audio(person: Person) -> torch.Tensor:
     windows = []
     for emotion in BASIC_EMOTIONS:
         clip = person.clips[emotion]
-        windows.append(window_audio(clip_audio(clip), int(0.8 * len(clip.frames)), 1))
+        windows.append(window_audio(clip_track(clip), int(0.8 * len(clip.frames)), 1))
     return torch.from_numpy(np.stack(windows)).float()
 
 

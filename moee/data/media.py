@@ -208,6 +208,15 @@ def encode_wav(audio: np.ndarray, sample_rate: int = AUDIO_RATE) -> bytes:
     return buffer.getvalue()
 
 
+def normalize_track(audio: np.ndarray) -> np.ndarray:
+    """Zero mean, unit variance over a whole track (float32): what wav2vec2's feature extractor
+    does to an utterance, and what :class:`~moee.models.audio.AudioEncoder` expects. Cut into
+    clips or windows afterwards, every piece stays on its track's scale, so a quiet stretch
+    stays quiet, in a 1-frame training window as in a long video."""
+    audio = audio.astype(np.float32)
+    return (audio - audio.mean()) / np.sqrt(audio.var() + 1e-7)
+
+
 def check_speech(audio: np.ndarray, what: str = "audio", min_rms: float = 1e-3) -> np.ndarray:
     """Raise a MediaError for empty or silent audio; return it unchanged otherwise."""
     if audio.size == 0:

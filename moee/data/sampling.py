@@ -30,7 +30,7 @@ import numpy as np
 import torch
 
 from moee.data.faces import mouth_mask
-from moee.data.media import SAMPLES_PER_FRAME
+from moee.data.media import SAMPLES_PER_FRAME, normalize_track
 from moee.data.shards import Clip
 from moee.emotions import ACTION_UNITS, BASIC_EMOTIONS
 
@@ -183,6 +183,12 @@ def clip_audio(clip: Clip) -> np.ndarray:
     return np.pad(audio, (0, total - len(audio))) if len(audio) < total else audio
 
 
+def clip_track(clip: Clip) -> np.ndarray:
+    """The clip's audio (:func:`clip_audio`) normalised as one track, as the audio encoder
+    hears it (:func:`~moee.data.media.normalize_track`)."""
+    return normalize_track(clip_audio(clip))
+
+
 def to_tensor_images(frames: np.ndarray, size: int | None) -> torch.Tensor:
     """``(..., H, W, 3) uint8`` → ``(..., 3, size, size)`` uint8 (see ``normalize_images``)."""
     if size is not None and frames.shape[-2] != size:
@@ -299,7 +305,7 @@ class ClipSampler:
         else:
             rng = np.random.default_rng(zlib.crc32(clip.key.encode()))
             starts = [(total - f) // 2]
-        audio = clip_audio(clip)
+        audio = clip_track(clip)
         return [self.sample(clip, int(start), audio, rng) for start in starts]
 
     def window_starts(self, clip: Clip) -> np.ndarray:

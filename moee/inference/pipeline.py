@@ -33,7 +33,7 @@ from tqdm.auto import tqdm
 
 from moee.data.batch import to_numpy_frames
 from moee.data.faces import FaceDetector, make_detector
-from moee.data.media import SAMPLES_PER_FRAME, VIDEO_FPS
+from moee.data.media import SAMPLES_PER_FRAME, VIDEO_FPS, normalize_track
 from moee.data.sampling import MOTION_FRAMES, speech_window, window_audio
 from moee.emotions import EmotionCondition
 from moee.inference.conditions import EmotionTrack, Routing, batch_routing, emotion_inputs
@@ -233,7 +233,8 @@ class MoEEPipeline:
                              f"got {len(tracks)} and {len(generators)}")
         total = self.num_frames(len(audios[0]))
         clips = -(-total // f)
-        audio = np.stack([np.pad(a, (0, clips * f * SAMPLES_PER_FRAME - len(a))) for a in audios])
+        audio = np.stack([np.pad(normalize_track(a), (0, clips * f * SAMPLES_PER_FRAME - len(a)))
+                          for a in audios])
         image = reference[None].to(self.device, self.dtype).expand(count, -1, -1, -1)  # n 3 S S
         latent = net.encode_frames(image[:1, None], sample=False)[:, 0].expand(count, -1, -1, -1)
         motion = latent[:, None].repeat(1, MOTION_FRAMES, 1, 1, 1)  # n r c h w

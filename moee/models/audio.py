@@ -1,7 +1,10 @@
 """Speech features for lip motion: wav2vec2 hidden states of every layer, windowed per video frame.
 
 Contract: a clip of ``f`` video frames at 25 fps comes with the 16 kHz waveform of the clip plus
-``context_frames`` (2) frames on each side, ``(b, (f + 4) * 640)`` samples. wav2vec2 runs at
+``context_frames`` (2) frames on each side, ``(b, (f + 4) * 640)`` samples, cut from a track
+normalised as a whole (:func:`moee.data.media.normalize_track`: the data normalise each clip's
+audio, the pipeline the whole speech track), so that loudness means the same in a still's
+six-frame window as in a long video's clip. wav2vec2 runs at
 50 Hz (two tokens per video frame); the window of video frame ``i`` is the tokens of frames
 ``i - 2 .. i + 2`` (10 tokens), from all hidden states (embeddings + every layer), optionally
 with each token's loudness. :class:`AudioProjection` maps each window to a few context tokens
@@ -30,7 +33,7 @@ def normalize_waveform(waveform: torch.Tensor) -> torch.Tensor:
 
 
 def token_loudness(waveform: torch.Tensor, hop: int) -> torch.Tensor:
-    """log RMS of each ``hop``-sample stretch of a normalised waveform: (b s) -> (b s/hop)."""
+    """log RMS of each ``hop``-sample stretch of a waveform: (b s) -> (b s/hop)."""
     return waveform.unflatten(-1, (-1, hop)).pow(2).mean(-1).add(1e-4).log()
 
 
@@ -88,13 +91,14 @@ class AudioEncoder(nn.Module):
         return frames - 2 * self.context_frames
 
     def forward(self, waveform: torch.Tensor) -> torch.Tensor:
-        """waveform (b, (f + 2c) * 640) at 16 kHz -> windows (b f w d).
+        """waveform (b, (f + 2c) * 640) at 16 kHz, cut from a normalised track -> windows
+        (b f w d). It is not normalised again: on its own scale, a window of a quiet stretch
+        would read as loud as any other.
 
         ``w`` tokens per window, ``d`` :attr:`token_features` per token: the ``l`` hidden
         states of ``c`` channels (layer-major), then the loudness when it is on.
         """
         frames = self.num_frames(waveform.shape[-1])
-        waveform = normalize_waveform(waveform)
         hidden = self.model(F.pad(waveform, (self.pad, self.pad)),
                             output_hidden_states=True).hidden_states
         tokens = rearrange(torch.stack(hidden, 2), "b t l c -> b t (l c)")

@@ -2,10 +2,13 @@
 
 from __future__ import annotations
 
+import numpy as np
 import pytest
 import torch
 from diffusers import AutoencoderKL
 
+from moee.data.media import normalize_track
+from moee.data.sampling import window_audio
 from moee.models.emotion_latents import EmotionInputs
 from moee.models.pretrained import PRESETS, build_first_stage
 from moee.models.vae import PatchCodec, VideoVAE
@@ -16,19 +19,17 @@ def test_audio_windows_follow_frames(tiny_net):
     encoder = tiny_net.audio_encoder
     assert encoder.loudness  # the tiny preset's stand-in carries loudness
     frames = 6
-    wave = torch.randn(2, (frames + 4) * 640)
+    wave = torch.randn(2, (frames + 4) * 640) * 0.3
     with torch.no_grad():
         windows = encoder(wave)
-        normalised = (wave - wave.mean(-1, keepdim=True)) / wave.std(-1, unbiased=False,
-                                                                      keepdim=True)
         hidden = torch.stack(
             encoder.model(
-                torch.nn.functional.pad(normalised, (encoder.pad, encoder.pad)),
+                torch.nn.functional.pad(wave, (encoder.pad, encoder.pad)),
                 output_hidden_states=True,
             ).hidden_states,
             2,
         ).flatten(2)
-    loudness = normalised.reshape(2, -1, 320).pow(2).mean(-1).add(1e-4).log()
+    loudness = wave.reshape(2, -1, 320).pow(2).mean(-1).add(1e-4).log()
     assert hidden.shape[1] == (frames + 4) * 2  # 50 Hz: exactly 2 tokens per video frame
     assert windows.shape == (2, frames, 10, encoder.token_features)
     assert encoder.token_features == hidden.shape[-1] + 1
@@ -38,17 +39,36 @@ def test_audio_windows_follow_frames(tiny_net):
         torch.testing.assert_close(windows[:, i, :, -1], loudness[:, 2 * i : 2 * i + 10])
 
 
+def _centre_loudness(net, track: np.ndarray, start: int, frames: int) -> torch.Tensor:
+    """The loudness the encoder gives each frame's own (centre) token, for the window of
+    ``frames`` frames at ``start`` of a normalised track, as training and the pipeline cut it."""
+    window = torch.from_numpy(window_audio(normalize_track(track), start, frames))[None]
+    with torch.no_grad():
+        return net.audio_encoder(window)[0, :, 4, -1]
+
+
 def test_audio_loudness_tells_a_loud_frame_from_a_quiet_one(tiny_net):
     """What the jaw follows: the centre token of a loud frame is louder than of a quiet one,
-    whatever the clip's overall gain."""
-    frames = 4
-    wave = torch.randn(1, (frames + 4) * 640) * 0.01
-    wave[:, 3 * 640 : 4 * 640] *= 50  # frame 1 of the clip (after 2 frames of context) is loud
-    with torch.no_grad():
-        quiet_gain = tiny_net.audio_encoder(wave)[0, :, 4, -1]
-        loud_gain = tiny_net.audio_encoder(wave * 20)[0, :, 4, -1]
-    torch.testing.assert_close(quiet_gain, loud_gain)
+    whatever the track's overall gain."""
+    rng = np.random.default_rng(0)
+    track = rng.standard_normal(8 * 640).astype(np.float32) * 0.01
+    track[3 * 640 : 4 * 640] *= 50  # frame 3 is loud
+    quiet_gain = _centre_loudness(tiny_net, track, 2, 4)
+    torch.testing.assert_close(quiet_gain, _centre_loudness(tiny_net, track * 20, 2, 4))
     assert quiet_gain[1] > quiet_gain[[0, 2, 3]].max() + 3
+
+
+def test_a_quiet_frame_reads_quiet_in_a_window_of_one_frame(tiny_net):
+    """A still's window (one frame, image-mode training) and a long video's clip hear a frame
+    at the same loudness: the track is normalised once, not each short window on its own
+    scale (which made every window of a quiet stretch read as loud as a loud one)."""
+    rng = np.random.default_rng(0)
+    track = rng.standard_normal(20 * 640).astype(np.float32)
+    track[10 * 640 :] *= 0.02  # the second half is near silence
+    loud, quiet = (_centre_loudness(tiny_net, track, start, 1)[0] for start in (5, 15))
+    assert loud > quiet + 5
+    in_clip = _centre_loudness(tiny_net, track, 12, 8)[3]  # frame 15 inside an 8-frame clip
+    torch.testing.assert_close(in_clip, quiet)
 
 
 @torch.no_grad()
