@@ -21,8 +21,8 @@ from moee.data.datamodule import (
     resolve_shards,
 )
 from moee.data.media import SAMPLES_PER_FRAME
-from moee.data.sampling import ClipSampler, SamplingOptions
-from moee.data.shards import read_manifest, shard_urls
+from moee.data.sampling import ClipSampler, SamplingOptions, clip_audio
+from moee.data.shards import decode_clip, iter_raw_samples, read_manifest, shard_urls
 from tests.clips import decode_audio_index, decode_frame_index, write_test_shards
 
 NUM_FRAMES = 6
@@ -48,11 +48,16 @@ def test_eval_batches_are_aligned_after_decoding(shards):
     batches = [dm.on_after_batch_transfer(b, 0) for b in dm.val_dataloader()]
     assert sorted(keys_of(batches)) == sorted(ALL_KEYS)
     assert batches[0]["frames"].dtype == torch.float32
+    raw = {clip.key: clip_audio(clip) for url in shard_urls(str(shards))
+           for clip in map(decode_clip, iter_raw_samples(url))}
     for batch in batches:
         for i, start in enumerate(batch["start_frame"].tolist()):
             frames = [decode_frame_index(f) for f in to_numpy_frames(batch["frames"][i])]
             assert frames == list(range(start, start + NUM_FRAMES))
-            chunks = batch["audio"][i].numpy().reshape(-1, SAMPLES_PER_FRAME)
+            # the clip's audio comes normalised as one track: undo it to read the tones
+            track = raw[batch["key"][i]]
+            audio = batch["audio"][i].numpy() * track.std() + track.mean()
+            chunks = audio.reshape(-1, SAMPLES_PER_FRAME)
             audio = [decode_audio_index(c) for c in chunks]
             assert audio == list(range(start - 2, start + NUM_FRAMES + 2))
 
