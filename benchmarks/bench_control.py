@@ -186,7 +186,8 @@ def labelled_rows(rows: list[tuple[str, list[np.ndarray]]], header: list[str]) -
     tags = []
     for label, _ in rows:
         tag = np.full((size, width, 3), 255, np.uint8)
-        text = with_header(np.zeros((0, width, 3), np.uint8), [label], width)
+        text = with_header(np.zeros((0, width, 3), np.uint8), [label.replace(",", ", ")],
+                           width)  # one word (or mix component) per line
         tag[: text.shape[0]] = text[:size]
         tags.append(tag)
     cells = np.concatenate([np.concatenate(cells, 1) for _, cells in rows], 0)
@@ -212,16 +213,19 @@ def main(weights: str = "runs/tiny/weights", test: str = "runs/synthemo/test", p
          seconds: float = 0.64, steps: int = 8, batch: int = 8, sheet_dir: str = "docs") -> None:
     """Animate every condition of the module table for ``people`` held-out identities, print
     the four tables and write the two contact sheets (of the first identity)."""
+    if people < 1:
+        sys.exit(f"error: --people must be at least 1, got {people}")
     start = time.perf_counter()
     try:
         pipeline = MoEEPipeline.from_weights(
             MoEENetConfig(preset="tiny"), stage_weights([weights]), progress=False,
             settings=replace(PRESET_SAMPLING["tiny"], steps=steps))
-        persons = held_out_people(test, people)
+        everyone = held_out_people(test)
         probes = load_probes()
     except (FileNotFoundError, StageWeightsError, ShardError) as error:
         sys.exit(f"error: {error}")
-    judge = ProbeJudge(probes, {p.identity: p.portrait for p in held_out_people(test)})
+    judge = ProbeJudge(probes, {p.identity: p.portrait for p in everyone})
+    persons = everyone[:people]
     specs, frames = conditions(), round(seconds * VIDEO_FPS)
     readings, first = [], None
     for person in tqdm(persons, desc="people", unit="person"):

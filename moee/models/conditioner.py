@@ -18,7 +18,7 @@ drops at the conditions' rates, and tracks gradients only through the encoders t
 
 from __future__ import annotations
 
-from collections.abc import Collection
+from collections.abc import Callable, Collection
 from dataclasses import dataclass, fields
 from typing import TYPE_CHECKING, Any
 
@@ -80,24 +80,21 @@ class Conditions:
     drop_audio: torch.Tensor | None = None
     drop_emotion: torch.Tensor | None = None
 
+    def map(self, fn: Callable[[torch.Tensor], torch.Tensor]) -> Conditions:
+        """The conditions with ``fn`` applied to every per-sample tensor (batch first); an
+        int expert is everyone's and stays as it is."""
+        def apply(value):
+            return value if value is None or isinstance(value, int) else fn(value)
+        return Conditions(self.reference.map(fn), **{
+            f.name: apply(getattr(self, f.name)) for f in fields(self) if f.name != "reference"})
+
     def repeat(self, times: int) -> Conditions:
         """The same conditions for ``times`` copies of the batch (e.g. guidance branches)."""
-        def tiled(value):
-            if value is None or isinstance(value, int):
-                return value
-            return value.repeat(times, *(1,) * (value.dim() - 1))
-        return Conditions(self.reference.repeat(times), **{
-            f.name: tiled(getattr(self, f.name)) for f in fields(self) if f.name != "reference"})
+        return self.map(lambda v: v.repeat(times, *(1,) * (v.dim() - 1)))
 
     def select(self, rows: slice) -> Conditions:
         """The conditions of some samples (e.g. one guidance branch)."""
-        def part(value):
-            return value if value is None or isinstance(value, int) else value[rows]
-        reference = ReferenceFeatures({k: v[rows] for k, v in self.reference.features.items()},
-                                      self.reference.image_embeds[rows],
-                                      part(self.reference.latent))
-        return Conditions(reference, **{f.name: part(getattr(self, f.name))
-                                        for f in fields(self) if f.name != "reference"})
+        return self.map(lambda v: v[rows])
 
     def denoiser_inputs(self, num_frames: int, image_mode: bool = False
                         ) -> tuple[torch.Tensor, DenoiserContext]:

@@ -10,6 +10,7 @@ self-attention. The denoiser's self-attention of the same block attends to them 
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
 
 import torch
@@ -72,13 +73,15 @@ class ReferenceFeatures:
     image_embeds: torch.Tensor
     latent: torch.Tensor | None = None
 
+    def map(self, fn: Callable[[torch.Tensor], torch.Tensor]) -> ReferenceFeatures:
+        """The features with ``fn`` applied to every per-sample tensor (batch first)."""
+        return ReferenceFeatures({k: fn(v) for k, v in self.features.items()},
+                                 fn(self.image_embeds),
+                                 None if self.latent is None else fn(self.latent))
+
     def repeat(self, times: int) -> ReferenceFeatures:
         """The same features for ``times`` copies of the batch (e.g. guidance branches)."""
-        return ReferenceFeatures(
-            {k: v.repeat(times, 1, 1, 1) for k, v in self.features.items()},
-            self.image_embeds.repeat(times, 1, 1),
-            None if self.latent is None else self.latent.repeat(times, 1, 1, 1),
-        )
+        return self.map(lambda v: v.repeat(times, *(1,) * (v.dim() - 1)))
 
 
 class ReferenceNet(nn.Module):
