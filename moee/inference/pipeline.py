@@ -254,9 +254,9 @@ class MoEEPipeline:
                     image, motion, reference_latent=latent,
                     audio=window.to(self.device, self.dtype))
                 latents = self.denoise(conditions, parts, f, latent, generators, bar,
-                                       (k + 1, clips))
+                                       (k + 1, clips)).to(self.dtype)  # the sampler's float32
                 motion = latents[:, -MOTION_FRAMES:]
-                frames.append(to_numpy_frames(net.vae.decode(latents.to(self.dtype))))
+                frames.append(to_numpy_frames(net.vae.decode(latents)))
         return [np.concatenate([clip[i] for clip in frames])[:total] for i in range(count)]
 
     def clip_emotion(

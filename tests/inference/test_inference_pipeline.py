@@ -5,6 +5,7 @@ Spies (hooks and wrapped methods) check what reaches the network on each call.
 
 from __future__ import annotations
 
+import copy
 from dataclasses import fields
 
 import numpy as np
@@ -118,6 +119,16 @@ def test_clips_are_continuous_and_cover_the_audio(net, spy):
     assert torch.equal(first[:, 0], first[:, 1])  # the reference latent, repeated
     for k in range(clips - 1):
         assert torch.equal(spy.motion[k + 1], spy.decoded[k][:, -2:])  # exact float latents
+
+
+def test_bf16_network_samples_several_clips_close_to_float32(net):
+    """The sampler runs in float32; the next clip's motion latents go back to the network's
+    dtype (a bf16 network once failed on its second clip)."""
+    in_bf16 = copy.deepcopy(net).to(torch.bfloat16)
+    half = run(make_pipeline(in_bf16, clip_frames=4), "happy", 0.5).astype(np.float64)
+    full = run(make_pipeline(net, clip_frames=4), "happy", 0.5).astype(np.float64)
+    assert half.shape == full.shape == (13, SIZE, SIZE, 3)  # 4 clips
+    assert 0 < np.abs(half - full).mean() < 4  # bf16 rounding, on a 0–255 scale
 
 
 def test_guidance_branches_run_in_one_batched_call(net, spy):
