@@ -230,6 +230,11 @@ class EmotionMoE(nn.Module):
     def _single(self, x: torch.Tensor, context: torch.Tensor, expert: int | torch.Tensor):
         if isinstance(expert, int):
             return self.experts[expert](x, context)
+        if torch.compiler.is_compiling():  # no data-dependent shapes: every expert, fused
+            shares = expert if expert.is_floating_point() else \
+                F.one_hot(expert, self.num_experts).to(x.dtype)
+            return self._mix_fused(x, context, x.new_ones(x.shape[0], 1, self.num_experts),
+                                   shares.to(x.dtype))
         if expert.is_floating_point():
             return self._shared(x, context, expert)
         if expert.numel() == 1 or bool((expert == expert[0]).all()):

@@ -153,6 +153,16 @@ def test_expert_shares_mix_the_chosen_experts_ungated(moe, inputs):
         moe(x, context, expert=shares[:, :4])
 
 
+@pytest.mark.parametrize("expert", [torch.tensor([1, 5, 1]), torch.tensor([
+    [0, 0, 0, 0.4, 0, 0.6], [0, 1.0, 0, 0, 0, 0], [0, 0, 0, 0, 0, 1.0]])], ids=["rows", "shares"])
+def test_compiled_routing_has_no_graph_break_and_the_eager_values(moe, inputs, expert):
+    """Under torch.compile the per-sample routes run as one fused mixture (no data-dependent
+    shapes, which would break the U-Net's graph at every block); the values are the same."""
+    x, context = inputs
+    compiled = torch.compile(moe, backend="eager", fullgraph=True)
+    torch.testing.assert_close(compiled(x, context, expert=expert), moe(x, context, expert=expert))
+
+
 def test_fused_equals_loop_values_and_gradients(moe, inputs, fused_form):
     results = []
     for fused in (False, True):
