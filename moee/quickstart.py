@@ -119,7 +119,8 @@ def quickstart(identities: int = 120, held_out: int = 8, frames: int = 24,
                backbone_steps: int | None = None,
                expert_steps: int | None = None, gating_steps: int | None = None,
                people: int | None = 4, seconds: float = 0.64, sampling_steps: int = 8,
-               strength: float = 1.0, workers: int = 2, force: bool = False) -> dict[str, float]:
+               strength: float = 1.0, precision: str = "auto", workers: int = 2,
+               force: bool = False) -> dict[str, float]:
     """Generate SynthEmo, train the probes and every stage of the tiny model, animate the
     held-out identities and print what the probes read.
 
@@ -139,6 +140,9 @@ def quickstart(identities: int = 120, held_out: int = 8, frames: int = 24,
         sampling_steps: DPM-Solver++ steps per clip.
         strength: 1 samples from pure noise (the paper's way); below 1 starts from the noised
             portrait (``SamplerSettings.strength``).
+        precision: the training stages' ``trainer.precision``; ``auto``: ``bf16-mixed`` on a
+            CPU that computes bf16 natively (AMX or AVX512-BF16: 1.5x faster image steps),
+            else ``32-true``.
         workers: processes for data generation.
         force: redo steps whose outputs exist.
 
@@ -160,6 +164,8 @@ def quickstart(identities: int = 120, held_out: int = 8, frames: int = 24,
     if not cache_path().is_file():
         _timed(timings, "probes", lambda: train_probes(threads=torch.get_num_threads(),
                                                        **QUICK_PROBES))
+    precision = training_precision(precision)
+    print(f"[quickstart] training precision: {precision}")
     overrides = {"backbone_image": image_steps, "backbone": backbone_steps,
                  "experts": expert_steps, "gating": gating_steps}
     for name, exports, config in STAGES:
@@ -167,7 +173,8 @@ def quickstart(identities: int = 120, held_out: int = 8, frames: int = 24,
             print(f"[quickstart] {name}: already trained ({WEIGHTS}/{exports[0]}...)")
             continue
         steps = overrides.get(name)
-        extra = ["--trainer.max_steps", str(steps)] if steps else []
+        extra = ["--trainer.precision", precision]
+        extra += ["--trainer.max_steps", str(steps)] if steps else []
         _timed(timings, name, lambda c=config, e=extra: moee(
             ["fit", "--config", str(CONFIGS / c), *e]))
     made: list = []
@@ -186,6 +193,16 @@ def quickstart(identities: int = 120, held_out: int = 8, frames: int = 24,
     print(f"[quickstart] total {sum(timings.values()) / 60:.1f} min; "
           f"figures in {RUNS / 'tiny' / 'quickstart.json'}")
     return timings
+
+
+def training_precision(choice: str) -> str:
+    """Lightning's ``precision`` for ``choice``; ``auto`` picks ``bf16-mixed`` where the CPU
+    has native bf16 arithmetic (AMX tiles or AVX512-BF16, which oneDNN's convolutions and
+    matrix products use) and ``32-true`` elsewhere, where bf16 would be emulated and slower."""
+    if choice != "auto":
+        return choice
+    native = torch.cpu._is_amx_tile_supported() or torch.cpu._is_avx512_bf16_supported()
+    return "bf16-mixed" if native else "32-true"
 
 
 QUICK_PROBES = dict(train_identities=200, frames_per_identity=24, expression_steps=900,

@@ -81,7 +81,7 @@ class GatingModule(DiffusionStage):
         self._gate_sums: dict[str, torch.Tensor] = {}
         self._global_gates: list[torch.Tensor] = []
         for module in self.net.modules():
-            if isinstance(module, EmotionMoE):
+            if isinstance(module, EmotionMoE) and module.local_gate is not None:  # not w/o MoE
                 module.register_forward_hook(self._record_gates)
 
     @property

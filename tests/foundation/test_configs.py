@@ -143,16 +143,22 @@ def test_paper_scale_network_builds_on_meta():
     assert sum(p.numel() for p in net.parameters()) > 2 * 859_520_964
 
 
-def test_ablation_overlays_parse_with_their_base_configs():
-    """configs/tiny/ablations/common/ holds overlays, used only on top of another config."""
-    ablations = CONFIGS / "tiny" / "ablations" / "common"
-    table5 = parse(CONFIGS / "tiny" / "test.yaml", ablations / "table5.yaml")
+def test_table5_overlay_names_every_variant_where_the_bench_writes_it():
+    """configs/tiny/ablations/common/table5.yaml, on top of the tiny test config, scores the
+    four variants from the folders benchmarks/bench_synthemo.py trains them into."""
+    table5 = parse(CONFIGS / "tiny" / "test.yaml",
+                   CONFIGS / "tiny" / "ablations" / "common" / "table5.yaml")
     assert table5.model.init_args.ablation and table5.model.init_args.table == "table5"
-    assert len(table5.model.init_args.models) > 1
-    no_mns = ParseOnlyCLI(args=["--config", str(CONFIGS / "tiny" / "expert_sad.yaml"),
-                                "--data", str(ablations / "data_expert_no_mns.yaml")],
-                          run=False).config
-    assert no_mns.data.init_args.sampling.mns_prob == 0
+    models = {m["name"]: m for m in table5.model.init_args.models}
+    assert list(models) == ["MoEE (full)", "w/o MoE", "w/o global gate", "w/o MNS",
+                            "Ground truth"]
+    folders = {"MoEE (full)": "full", "w/o MoE": "no_moe", "w/o global gate": "no_global_gate",
+               "w/o MNS": "no_mns"}
+    for name, folder in folders.items():
+        assert models[name]["weights"][-1] == f"runs/table5/{folder}/weights/gating.safetensors"
+    assert models["w/o MoE"]["net"]["num_experts"] == 1
+    assert models["w/o global gate"]["net"]["global_gate"] is False
+    assert models["w/o global gate"]["weights"][:-1] == models["MoEE (full)"]["weights"][:-1]
 
 
 @pytest.mark.parametrize("name", ["predict.yaml", "test.yaml"])

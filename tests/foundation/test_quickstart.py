@@ -45,6 +45,7 @@ def test_the_quickstart_runs_from_any_folder(tmp_path, monkeypatch):
         assert config.is_relative_to(Path(moee.__file__).resolve().parent)
         trained[config.name] = parse(config)
         Path(trained[config.name].trainer.default_root_dir).mkdir(parents=True)
+        assert argv[3:] == ["--trainer.precision", quickstart.training_precision("auto")]
 
     monkeypatch.setattr("moee.cli.main", fit)
     monkeypatch.setattr(quickstart, "animate_held_out", lambda *args: [])
@@ -58,6 +59,20 @@ def test_the_quickstart_runs_from_any_folder(tmp_path, monkeypatch):
                      *(init.get("init_weights") or [])):
             assert path.startswith("runs/"), path
     assert (tmp_path / "runs/tiny/quickstart.json").is_file()
+
+
+@pytest.mark.parametrize("amx, avx512_bf16, expected", [
+    (True, False, "bf16-mixed"), (False, True, "bf16-mixed"), (False, False, "32-true")])
+def test_auto_precision_is_bf16_only_where_the_cpu_computes_it(monkeypatch, amx, avx512_bf16,
+                                                               expected):
+    import torch
+
+    from moee.quickstart import training_precision
+
+    monkeypatch.setattr(torch.cpu, "_is_amx_tile_supported", lambda: amx)
+    monkeypatch.setattr(torch.cpu, "_is_avx512_bf16_supported", lambda: avx512_bf16)
+    assert training_precision("auto") == expected
+    assert training_precision("32-true") == "32-true"  # an explicit choice stands
 
 
 def person(identity: str = "synth00053") -> Person:

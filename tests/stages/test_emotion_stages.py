@@ -119,6 +119,22 @@ def test_gating_routing_and_alignment_terms_train_gates_and_latents(mixed_batch)
     assert not any(n.startswith("emotion_to_latents.to_queries.label.") for n in grads)
 
 
+def test_gating_without_moe_trains_the_modality_paths_and_skips_routing(mixed_batch):
+    """The "w/o MoE" ablation's gating stage: one cross-attention, no gates to record or
+    route; the alignment term still trains the AU, text and speech paths."""
+    from moee.models.moee_net import MoEENetConfig
+
+    module = GatingModule(loss=loss(), routing_weight=0.5, alignment_weight=1.0,
+                          net=MoEENetConfig(num_experts=1))
+    batch = {**mixed_batch, "emotion": replace(mixed_batch["emotion"],
+                                               present=torch.ones(2, 4, dtype=torch.bool))}
+    terms = module.diffusion_step(batch, cfg_dropout=False)
+    assert "routing" not in terms and terms["alignment"] > 0
+    terms["total"].backward()
+    assert any(p.grad is not None for n, p in module.net.named_parameters()
+               if n.startswith("emotion_to_latents.to_queries.text."))
+
+
 def test_gating_warmup_trains_the_modality_paths_alone(mixed_batch):
     module = GatingModule(loss=loss(), alignment_warmup=5)
     batch = {**mixed_batch, "emotion": replace(mixed_batch["emotion"],
