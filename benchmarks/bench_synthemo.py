@@ -121,8 +121,8 @@ class Bench:
         """Train (or find) every variant, into the folders the Table 5 overlay reads."""
         if full is not None:  # a quickstart's exports, trained by the same recipe
             for variant, names in (("shared", ["speech_emotion.safetensors"]),
-                                   (FULL, ["backbone.safetensors", *EXPERTS,
-                                           "gating.safetensors"])):
+                                   (FULL, ["backbone_image.safetensors", "backbone.safetensors",
+                                           *EXPERTS, "gating.safetensors"])):
                 target = self.weights(variant)
                 target.mkdir(parents=True, exist_ok=True)
                 for name in names:
