@@ -35,6 +35,7 @@ import argparse
 import json
 import os
 import shutil
+import sys
 import time
 from pathlib import Path
 
@@ -47,6 +48,10 @@ from moee.quickstart import CONFIGS, training_precision
 
 FULL, NO_MOE, NO_GLOBAL, NO_MNS = "MoEE (full)", "w/o MoE", "w/o global gate", "w/o MNS"
 EXPERTS = [f"expert_{e}.safetensors" for e in BASIC_EMOTIONS]
+REUSED = {"shared": ["speech_emotion.safetensors"],
+          FULL: ["backbone_image.safetensors", "backbone.safetensors", *EXPERTS,
+                 "gating.safetensors"]}
+"""What ``--full`` takes from a quickstart's weights folder, by the variant it stands for."""
 TABLE5 = CONFIGS / "tiny" / "ablations" / "common" / "table5.yaml"
 """The ``moee test`` overlay that names every variant's weights under ``runs/table5``."""
 STEPS = {"backbone_image": 1600, "backbone": 100, "experts": 60, "speech_emotion": 1500,
@@ -120,20 +125,21 @@ class Bench:
     def run(self, full: Path | None) -> None:
         """Train (or find) every variant, into the folders the Table 5 overlay reads."""
         if full is not None:  # a quickstart's exports, trained by the same recipe
-            for variant, names in (("shared", ["speech_emotion.safetensors"]),
-                                   (FULL, ["backbone_image.safetensors", "backbone.safetensors",
-                                           *EXPERTS, "gating.safetensors"])):
-                target = self.weights(variant)
-                target.mkdir(parents=True, exist_ok=True)
-                for name in names:
-                    if not (target / name).exists():
-                        shutil.copy(full / name, target / name)
+            reused = {name: variant for variant, names in REUSED.items() for name in names}
+            missing = [name for name in reused if not (full / name).is_file()]
+            if missing:
+                sys.exit(f"error: --full {full} lacks {', '.join(missing)}: pass the weights "
+                         f"folder of a finished quickstart (runs/tiny/weights)")
+            for name, variant in reused.items():
+                target = self.weights(variant) / name
+                target.parent.mkdir(parents=True, exist_ok=True)
+                if not target.exists():
+                    shutil.copy(full / name, target)
         speech = self.fit("shared", "speech_emotion", [], "speech_emotion.safetensors")
         full_model = self.train(FULL, speech, [], [])
         self.train(NO_GLOBAL, speech, ["--model.init_args.net.global_gate", "false"], [],
                    backbone_and_experts=full_model[:-1])
-        self.train(NO_MNS, speech, [],
-                                     ["--data.init_args.sampling.mns_prob", "0"])
+        self.train(NO_MNS, speech, [], ["--data.init_args.sampling.mns_prob", "0"])
         self.train(NO_MOE, speech, ["--model.init_args.net.num_experts", "1"], [])
 
     def evaluate(self, test_batches: int | None) -> dict:
@@ -169,7 +175,8 @@ def main() -> None:
     parser.add_argument("--full", help="reuse the full model's exports from this folder")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--scale", type=float, default=1.0, help="multiplies every step count")
-    parser.add_argument("--precision", default="auto", help="as the quickstart's")
+    parser.add_argument("--precision", default="auto",
+                        choices=["auto", "32-true", "bf16-mixed"], help="as the quickstart's")
     parser.add_argument("--test-batches", type=int, help="test batches of 4 clips (default: "
                         "configs/tiny/test.yaml's)")
     args = parser.parse_args()

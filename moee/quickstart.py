@@ -19,12 +19,15 @@ import warnings
 from collections.abc import Callable
 from dataclasses import replace
 from pathlib import Path
+from typing import Literal
 
 import torch
 from jsonargparse import CLI
 
 from moee.emotions import BASIC_EMOTIONS, parse_emotion
 
+Precision = Literal["auto", "32-true", "bf16-mixed"]
+"""The training precisions the quickstart offers (``auto``: see :func:`training_precision`)."""
 CONFIGS = Path(__file__).resolve().parent / "configs"
 """The stage configs, package data (in a checkout, a link to the repository's ``configs/``)."""
 RUNS = Path("runs")
@@ -119,7 +122,7 @@ def quickstart(identities: int = 120, held_out: int = 8, frames: int = 24,
                backbone_steps: int | None = None,
                expert_steps: int | None = None, gating_steps: int | None = None,
                people: int | None = 4, seconds: float = 0.64, sampling_steps: int = 8,
-               strength: float = 1.0, precision: str = "auto", workers: int = 2,
+               strength: float = 1.0, precision: Precision = "auto", workers: int = 2,
                force: bool = False) -> dict[str, float]:
     """Generate SynthEmo, train the probes and every stage of the tiny model, animate the
     held-out identities and print what the probes read.
@@ -195,7 +198,7 @@ def quickstart(identities: int = 120, held_out: int = 8, frames: int = 24,
     return timings
 
 
-def training_precision(choice: str) -> str:
+def training_precision(choice: Precision) -> str:
     """Lightning's ``precision`` for ``choice``; ``auto`` picks ``bf16-mixed`` where the CPU
     has native bf16 arithmetic (AMX tiles or AVX512-BF16, which oneDNN's convolutions and
     matrix products use) and ``32-true`` elsewhere, where bf16 would be emulated and slower."""

@@ -232,7 +232,7 @@ class EmotionMoE(nn.Module):
             return self.experts[expert](x, context)
         if torch.compiler.is_compiling():  # no data-dependent shapes: every expert, fused
             shares = expert if expert.is_floating_point() else \
-                F.one_hot(expert, self.num_experts).to(x.dtype)
+                F.one_hot(expert, self.num_experts)
             return self._mix_fused(x, context, x.new_ones(x.shape[0], 1, self.num_experts),
                                    shares.to(x.dtype))
         if expert.is_floating_point():
