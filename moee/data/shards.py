@@ -85,6 +85,12 @@ class Clip:
     landmarks: np.ndarray  # (T, 68, 2) float32 in [0, 1]
     extras: dict[str, np.ndarray] = field(default_factory=dict)
 
+    @property
+    def nbytes(self) -> int:
+        """Memory held by the clip's arrays."""
+        arrays = (self.frames, self.audio, self.aus, self.landmarks, *self.extras.values())
+        return sum(array.nbytes for array in arrays)
+
 
 def sample_key(identity: str, clip: str) -> str:
     """The tar-safe key of a clip (WebDataset splits keys at the first dot)."""

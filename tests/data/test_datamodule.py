@@ -91,6 +91,45 @@ def test_train_loader_with_two_workers_has_fixed_epochs(shards):
     assert batch["reference_is_masked"].dtype == torch.bool
 
 
+def _counting_decodes(monkeypatch, log):
+    """Make every clip decode append a line to ``log`` (also from forked loader workers)."""
+    import moee.data.datamodule as datamodule
+
+    def counted(raw):
+        with open(log, "a") as f:
+            f.write(raw["__key__"] + "\n")
+        return decode_clip(raw)
+
+    monkeypatch.setattr(datamodule, "decode_clip", counted)
+    return lambda: log.read_text().split() if log.exists() else []
+
+
+@pytest.mark.parametrize(("workers", "budget_mb", "decodes"),
+                         [(0, 64, 8), (1, 64, 8), (0, 0, 16), (0, 0.26, 14)])
+def test_decoded_clip_cache_decodes_once_and_changes_no_batch(shards, tmp_path, monkeypatch,
+                                                               workers, budget_mb, decodes):
+    """Two epochs over 8 clips: with room for every clip each is decoded once (also in a
+    persistent loader worker, whose cache outlives the epoch); without a cache twice; with room
+    for two (0.26 MB, clips of 0.12-0.13 MB) those once and the other six twice. The batches
+    are those of no cache, bit for bit."""
+    decoded = _counting_decodes(monkeypatch, tmp_path / "decodes.log")
+
+    def two_epochs(cache_mb):
+        dm = MoEEDataModule(train=str(shards), batch_size=2, num_workers=workers,
+                            resampled=False, decoded_cache_mb=cache_mb,
+                            sampling=replace(WINDOWS, mns_prob=0.5, jitter_prob=0.5))
+        loader = dm.train_dataloader()
+        return [batch for _ in range(2) for batch in loader]
+
+    cached = two_epochs(budget_mb)
+    assert len(decoded()) == decodes
+    assert sorted(set(decoded())) == sorted(ALL_KEYS)
+    for a, b in zip(cached, two_epochs(0), strict=True):
+        assert a["key"] == b["key"] and a["start_frame"].tolist() == b["start_frame"].tolist()
+        for name in ("frames", "reference", "motion_frames", "audio"):
+            torch.testing.assert_close(a[name], b[name], rtol=0, atol=0)
+
+
 def test_epoch_size_defaults_to_manifest(shards):
     dm = MoEEDataModule(train=str(shards), batch_size=2, num_workers=0, sampling=WINDOWS)
     assert len(dm.train_dataloader()) == 4  # 8 clips / batch 2

@@ -26,6 +26,8 @@ def test_the_quickstart_runs_from_any_folder(tmp_path, monkeypatch):
     stages read and write is under runs/ of that folder."""
     from pathlib import Path
 
+    import torch
+
     import moee
     from moee import quickstart
     from moee.evaluation.probes import cache_path
@@ -48,7 +50,9 @@ def test_the_quickstart_runs_from_any_folder(tmp_path, monkeypatch):
         assert argv[3:] == ["--trainer.precision", quickstart.training_precision("auto")]
 
     monkeypatch.setattr("moee.cli.main", fit)
-    monkeypatch.setattr(quickstart, "animate_held_out", lambda *args: [])
+    sampled = {}
+    monkeypatch.setattr(quickstart, "animate_held_out",
+                        lambda *args, dtype: sampled.setdefault("dtype", dtype) and [])
     monkeypatch.setattr(quickstart, "read_held_out", lambda made, probes: {})
     monkeypatch.setattr("moee.evaluation.probes.load_probes", lambda: None)
     quickstart.quickstart()
@@ -59,6 +63,8 @@ def test_the_quickstart_runs_from_any_folder(tmp_path, monkeypatch):
                      *(init.get("init_weights") or [])):
             assert path.startswith("runs/"), path
     assert (tmp_path / "runs/tiny/quickstart.json").is_file()
+    bf16 = quickstart.training_precision("auto") == "bf16-mixed"  # sampled as it trained
+    assert sampled["dtype"] == (torch.bfloat16 if bf16 else torch.float32)
 
 
 @pytest.mark.parametrize("amx, avx512_bf16, expected", [
@@ -178,7 +184,7 @@ def test_a_rerun_skips_finished_steps_and_keeps_their_times(trained_runs, monkey
     record.write_text('{"seconds": {"backbone": 280.0}}')
     asked = {}
     monkeypatch.setattr(quickstart, "animate_held_out",
-                        lambda people, seconds, steps, strength: asked.update(
+                        lambda people, seconds, steps, strength, dtype: asked.update(
                             strength=strength) or [])
     monkeypatch.setattr(quickstart, "read_held_out", lambda made, probes: {"lip_sync_r": 0.7})
     monkeypatch.setattr("moee.evaluation.probes.load_probes", lambda: None)
