@@ -22,7 +22,12 @@ w/o MNS             no masked noisy emotion sampling (``sampling.mns_prob: 0``):
 The speech-emotion stand-in does not depend on any of these and is trained once. Then
 ``python -m moee test`` (``configs/tiny/test.yaml``: held-out identities from pure noise, the
 quickstart's sampling) scores every variant and the ground truth with the SynthEmo probes,
-and the script prints the table and which of the paper's orderings hold. ``--full`` reuses the
+and the script prints the table and which of the paper's orderings hold. ``moee test``
+animates each test clip from one of its own frames; the animations MNS trains for start from
+a portrait that shows none of the asked emotion, so every variant is also read as the
+quickstart reads its own model: from every test identity's neutral portrait, from pure noise,
+each basic label, and on four of them each compound, text description and the speech's tone
+(emotion per kind, identity, lip sync; written to ``neutral_portraits.json``). ``--full`` reuses the
 full model's weights from a quickstart run with the same settings (its ``runs/tiny/weights``).
 ``--seed`` sets every stage's seed; ``--scale`` multiplies every stage's steps (``--scale
 0.01 --test-batches 1`` is a smoke run of the whole path). Finished stages are skipped on a
@@ -44,7 +49,7 @@ import yaml
 from moee.cli import main as moee
 from moee.emotions import BASIC_EMOTIONS
 from moee.metrics.tables import COLUMNS, markdown_table, wins_of
-from moee.quickstart import CONFIGS, training_precision
+from moee.quickstart import CONFIGS, animate_held_out, training_precision
 
 FULL, NO_MOE, NO_GLOBAL, NO_MNS = "MoEE (full)", "w/o MoE", "w/o global gate", "w/o MNS"
 EXPERTS = [f"expert_{e}.safetensors" for e in BASIC_EMOTIONS]
@@ -63,7 +68,7 @@ class Bench:
     """Runs the stages of every variant into ``out`` and records their wall times."""
 
     def __init__(self, out: Path, data: Path, scale: float, seed: int, precision: str) -> None:
-        self.out, self.data, self.scale = out, data, scale
+        self.out, self.data, self.scale, self.precision = out, data, scale, precision
         self.common = ["--seed_everything", str(seed), "--trainer.precision", precision,
                        "--trainer.enable_progress_bar", "false",
                        "--trainer.limit_val_batches", "0",
@@ -161,6 +166,35 @@ class Bench:
         return {row.pop("model"): row for row in rows}
 
 
+    def neutral_portraits(self) -> dict[str, dict]:
+        """Every variant's quickstart reading (:func:`~moee.quickstart.animate_held_out` on
+        the test identities' neutral portraits, from pure noise, every condition kind on four
+        of them, sampled in the training precision): model → its ``ShowcaseScores``."""
+        import torch
+
+        from moee.evaluation.probe_judge import ProbeJudge
+        from moee.evaluation.probes import load_probes
+        from moee.showcase import score_videos
+
+        probes = load_probes()
+        overlay = yaml.safe_load((self.out / "table5_overlay.yaml").read_text())
+        dtype = torch.bfloat16 if self.precision == "bf16-mixed" else torch.float32
+        start, readings = time.perf_counter(), {}
+        for model in overlay["model"]["init_args"]["models"]:
+            if "weights" not in model:  # the ground truth
+                continue
+            made = animate_held_out(people=4, dtype=dtype, weights=model["weights"],
+                                    net=model.get("net"), data=self.data, out=None)
+            portraits = {video.person.identity: video.person.portrait for video, _ in made}
+            readings[model["name"]] = score_videos(ProbeJudge(probes, portraits), made)
+            print(f"[bench] {model['name']}, neutral portraits: "
+                  + "; ".join(readings[model["name"]].lines()), flush=True)
+        self.timings["neutral_portraits"] = round(time.perf_counter() - start, 1)
+        (self.out / "neutral_portraits.json").write_text(json.dumps(
+            {name: scores.as_dict() for name, scores in readings.items()}, indent=2))
+        return readings
+
+
 def variant_folder(variant: str) -> str:
     """A variant's folder name: ``MoEE (full)`` → ``full``, ``w/o MoE`` → ``no_moe``."""
     if variant == FULL:
@@ -188,6 +222,7 @@ def main() -> None:
     start = time.perf_counter()
     bench.run(Path(args.full) if args.full else None)
     results = bench.evaluate(args.test_batches)
+    readings = bench.neutral_portraits()
     total = time.perf_counter() - start
     print(markdown_table(results, "SynthEmo ablations (paper Table 5)",
                          exclude=["Ground truth"]))
@@ -197,6 +232,11 @@ def main() -> None:
     worst_akd = max((r for r in results if r != "Ground truth"),
                     key=lambda r: results[r].get("AKD", float("-inf")))
     print(f"[bench] worst AKD: {worst_akd} (the paper: w/o MoE, 14.96 vs 4.03)")
+    print("[bench] from neutral portraits, emotion read as asked per kind, identity, lip sync:")
+    for name, scores in readings.items():
+        print(f"[bench]   {name}: " + ", ".join(
+            f"{kind} {right}/{videos}" for kind, (right, videos) in scores.emotion.items())
+            + f"; identity {scores.identity[0]}/{scores.identity[1]}; r {scores.lip_sync:.2f}")
     print(f"[bench] stage times (s): {json.dumps(bench.timings)}; total {total / 60:.1f} min")
     missing = set(COLUMNS) - set(wins)
     if missing:
