@@ -27,8 +27,10 @@ animates each test clip from one of its own frames; the animations MNS trains fo
 a portrait that shows none of the asked emotion, so every variant is also read as the
 quickstart reads its own model: from every test identity's neutral portrait, from pure noise,
 each basic label, and on four of them each compound, text description and the speech's tone
-(emotion per kind, identity, lip sync; written to ``neutral_portraits.json``). ``--full`` reuses the
-full model's weights from a quickstart run with the same settings (its ``runs/tiny/weights``).
+(emotion per kind, identity, lip sync; written to ``neutral_portraits.json``, and a contact
+sheet of two identities' basic and compound videos per variant to ``neutral_portraits.png``).
+``--full`` reuses the full model's weights from a quickstart run with the same settings (its
+``runs/tiny/weights``).
 ``--seed`` sets every stage's seed; ``--scale`` multiplies every stage's steps (``--scale
 0.01 --test-batches 1`` is a smoke run of the whole path). Finished stages are skipped on a
 rerun of the same ``--out``. Needs the quickstart's SynthEmo (``runs/synthemo``) and probes.
@@ -44,6 +46,7 @@ import sys
 import time
 from pathlib import Path
 
+import numpy as np
 import yaml
 
 from moee.cli import main as moee
@@ -172,14 +175,15 @@ class Bench:
         of them, sampled in the training precision): model → its ``ShowcaseScores``."""
         import torch
 
+        from moee.data.synth.sheet import with_header, write_png
         from moee.evaluation.probe_judge import ProbeJudge
         from moee.evaluation.probes import load_probes
-        from moee.showcase import score_videos
+        from moee.showcase import score_videos, showcase_sheet
 
         probes = load_probes()
         overlay = yaml.safe_load((self.out / "table5_overlay.yaml").read_text())
         dtype = torch.bfloat16 if self.precision == "bf16-mixed" else torch.float32
-        start, readings = time.perf_counter(), {}
+        start, readings, sheets = time.perf_counter(), {}, []
         for model in overlay["model"]["init_args"]["models"]:
             if "weights" not in model:  # the ground truth
                 continue
@@ -187,11 +191,18 @@ class Bench:
                                     net=model.get("net"), data=self.data, out=None)
             portraits = {video.person.identity: video.person.portrait for video, _ in made}
             readings[model["name"]] = score_videos(ProbeJudge(probes, portraits), made)
+            sheets.append(showcase_sheet(made, identities=2, frames=1))  # 84 px of labels
             print(f"[bench] {model['name']}, neutral portraits: "
                   + "; ".join(readings[model["name"]].lines()), flush=True)
         self.timings["neutral_portraits"] = round(time.perf_counter() - start, 1)
         (self.out / "neutral_portraits.json").write_text(json.dumps(
             {name: scores.as_dict() for name, scores in readings.items()}, indent=2))
+        videos = with_header(np.concatenate([sheet[:, 84:] for sheet in sheets], 1),
+                             [name.replace("w/o ", "w/o-") for name in readings],  # 2 lines
+                             sheets[0].shape[1] - 84)
+        labels = np.pad(sheets[0][:, :84], ((videos.shape[0] - len(sheets[0]), 0), (0, 0),
+                                            (0, 0)), constant_values=255)
+        write_png(self.out / "neutral_portraits.png", np.concatenate([labels, videos], 1))
         return readings
 
 
