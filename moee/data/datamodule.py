@@ -304,6 +304,9 @@ class MoEEDataModule(L.LightningDataModule):
         decoded_cache_mb: float = 0,
     ):
         super().__init__()
+        if decoded_cache_mb < 0:
+            raise ValueError(f"data.decoded_cache_mb must be >= 0 (0: decode every epoch), "
+                             f"got {decoded_cache_mb}")
         self.save_hyperparameters()
         self.sources = {"train": train, "val": val, "test": test}
         self.batch_size = batch_size

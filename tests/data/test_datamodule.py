@@ -247,6 +247,8 @@ def test_missing_source_is_a_clear_error(tmp_path):
         resolve_shards(str(tmp_path / "x-{000..001}.tar"))
     with pytest.raises(ValueError, match="no train shards"):
         MoEEDataModule(val=str(tmp_path)).train_dataloader()
+    with pytest.raises(ValueError, match="decoded_cache_mb must be >= 0"):
+        MoEEDataModule(train=str(tmp_path), decoded_cache_mb=-1)
 
 
 def test_corrupt_samples_and_shards_are_logged_and_skipped(shards, tmp_path, caplog):
