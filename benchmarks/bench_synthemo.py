@@ -168,7 +168,6 @@ class Bench:
         rows = json.loads((self.out / "table5.json").read_text())["rows"]
         return {row.pop("model"): row for row in rows}
 
-
     def neutral_portraits(self) -> dict[str, dict]:
         """Every variant's quickstart reading (:func:`~moee.quickstart.animate_held_out` on
         the test identities' neutral portraits, from pure noise, every condition kind on four
@@ -178,7 +177,7 @@ class Bench:
         from moee.data.synth.sheet import with_header, write_png
         from moee.evaluation.probe_judge import ProbeJudge
         from moee.evaluation.probes import load_probes
-        from moee.showcase import score_videos, showcase_sheet
+        from moee.showcase import SHEET_LABELS, score_videos, showcase_sheet
 
         probes = load_probes()
         overlay = yaml.safe_load((self.out / "table5_overlay.yaml").read_text())
@@ -191,17 +190,19 @@ class Bench:
                                     net=model.get("net"), data=self.data, out=None)
             portraits = {video.person.identity: video.person.portrait for video, _ in made}
             readings[model["name"]] = score_videos(ProbeJudge(probes, portraits), made)
-            sheets.append(showcase_sheet(made, identities=2, frames=1))  # 84 px of labels
+            sheets.append(showcase_sheet(made, identities=2, frames=1))
             print(f"[bench] {model['name']}, neutral portraits: "
                   + "; ".join(readings[model["name"]].lines()), flush=True)
         self.timings["neutral_portraits"] = round(time.perf_counter() - start, 1)
         (self.out / "neutral_portraits.json").write_text(json.dumps(
             {name: scores.as_dict() for name, scores in readings.items()}, indent=2))
-        videos = with_header(np.concatenate([sheet[:, 84:] for sheet in sheets], 1),
-                             [name.replace("w/o ", "w/o-") for name in readings],  # 2 lines
-                             sheets[0].shape[1] - 84)
-        labels = np.pad(sheets[0][:, :84], ((videos.shape[0] - len(sheets[0]), 0), (0, 0),
-                                            (0, 0)), constant_values=255)
+        # one column block per variant, headed by its name (in two lines), one label column
+        videos = with_header(np.concatenate([sheet[:, SHEET_LABELS:] for sheet in sheets], 1),
+                             [name.replace("w/o ", "w/o-") for name in readings],
+                             sheets[0].shape[1] - SHEET_LABELS)
+        labels = np.pad(sheets[0][:, :SHEET_LABELS],
+                        ((videos.shape[0] - len(sheets[0]), 0), (0, 0), (0, 0)),
+                        constant_values=255)
         write_png(self.out / "neutral_portraits.png", np.concatenate([labels, videos], 1))
         return readings
 

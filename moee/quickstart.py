@@ -59,18 +59,16 @@ def _timed(timings: dict[str, float], name: str, step: Callable[[], object]) -> 
 def animate_held_out(people: int | None = None, seconds: float = 0.64, steps: int = 8,
                      strength: float = 1.0, batch: int = 8, dtype: torch.dtype = torch.float32,
                      weights: list[str] | None = None, net: dict | None = None,
-                     kinds: tuple[str, ...] | None = None, data: Path = SYNTHEMO,
-                     out: Path | None = VIDEOS) -> list:
+                     data: Path = SYNTHEMO, out: Path | None = VIDEOS) -> list:
     """Animate the held-out identities' neutral portraits (see :mod:`moee.showcase`) with the
     tiny preset's sampling (``PRESET_SAMPLING["tiny"]`` at ``steps`` and ``strength``) and the
-    network in ``dtype``: every basic label on every identity, the other kinds (of ``kinds``,
-    default all of ``showcase.KINDS``) on the first ``people``. Up to ``batch`` videos of one
-    portrait that route the Emotion MoE alike sample together
-    (:meth:`~moee.inference.pipeline.MoEEPipeline.generate_many`), each from its own seed-0
-    noise, as it would alone. The network is ``net`` (``MoEENetConfig`` fields, default the
-    tiny preset) with ``weights`` (default: the quickstart's, WEIGHTS); the identities are
-    those of ``data``'s test split. Write each video to ``out`` (``None``: nowhere) and
-    return ``[(PlannedVideo, frames)]``."""
+    network in ``dtype``: every basic label on every identity, the other kinds on the first
+    ``people``. Up to ``batch`` videos of one portrait that route the Emotion MoE alike
+    sample together (:meth:`~moee.inference.pipeline.MoEEPipeline.generate_many`), each from
+    its own seed-0 noise, as it would alone. The network is ``net`` (``MoEENetConfig``
+    fields, default the tiny preset) with ``weights`` (default: the quickstart's, WEIGHTS);
+    the identities are those of ``data``'s test split. Write each video to ``out`` (``None``:
+    nowhere) and return ``[(PlannedVideo, frames)]``."""
     from tqdm import tqdm
 
     from moee.data.batch import from_numpy_frames
@@ -90,8 +88,7 @@ def animate_held_out(people: int | None = None, seconds: float = 0.64, steps: in
     pipeline.net.to(dtype)
     frames = round(seconds * VIDEO_FPS)
     everyone = held_out_people(data / "test")
-    others = [kind for kind in kinds or KINDS if kind != KINDS[0]]
-    plan = plan_videos(everyone, KINDS[:1]) + plan_videos(everyone[:people], others)
+    plan = plan_videos(everyone, KINDS[:1]) + plan_videos(everyone[:people], KINDS[1:])
     groups: dict[tuple[str, str], list] = {}  # one portrait, one kind of routing per batch
     for video in plan:
         routing = Routing.of(parse_emotion(video.condition))

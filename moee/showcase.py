@@ -35,6 +35,8 @@ from moee.evaluation.probe_judge import ProbeJudge, lip_sync_correlation
 
 KINDS = ("basic", "compound", "text", "speech")
 """The condition kinds, in report order."""
+SHEET_LABELS = 84
+"""Width in pixels of the emotion-label column on the left of :func:`showcase_sheet`."""
 
 
 @dataclass
@@ -179,9 +181,9 @@ def showcase_sheet(made: list[tuple[PlannedVideo, np.ndarray]], identities: int 
         rows.append(np.concatenate(cells, 1))
     grid = np.concatenate(rows, 0)
     size = grid.shape[0] // len(emotions)
-    labels = np.full((grid.shape[0], 84, 3), 255, np.uint8)
+    labels = np.full((grid.shape[0], SHEET_LABELS, 3), 255, np.uint8)
     for row, emotion in enumerate(emotions):
-        label = with_header(np.zeros((0, 84, 3), np.uint8), ["portrait" if emotion == NEUTRAL
-                                                              else emotion], 84)
+        label = with_header(np.zeros((0, SHEET_LABELS, 3), np.uint8),
+                            ["portrait" if emotion == NEUTRAL else emotion], SHEET_LABELS)
         labels[row * size: row * size + label.shape[0]] = label
     return np.concatenate([labels, grid], 1)
