@@ -56,13 +56,13 @@ def _timed(timings: dict[str, float], name: str, step: Callable[[], object]) -> 
     print(f"[quickstart] {name}: {timings[name]:.0f} s", flush=True)
 
 
-def animate_held_out(people: int | None = None, seconds: float = 0.64, steps: int = 8,
+def animate_held_out(people: int | None = None, seconds: float = 0.64, steps: int | None = None,
                      strength: float = 1.0, batch: int = 8, dtype: torch.dtype = torch.float32,
                      weights: list[str] | None = None, net: dict | None = None,
                      data: Path = SYNTHEMO, out: Path | None = VIDEOS) -> list:
     """Animate the held-out identities' neutral portraits (see :mod:`moee.showcase`) with the
-    tiny preset's sampling (``PRESET_SAMPLING["tiny"]`` at ``steps`` and ``strength``) and the
-    network in ``dtype``: every basic label on every identity, the other kinds on the first
+    tiny preset's sampling (``PRESET_SAMPLING["tiny"]``; ``steps`` if given, and ``strength``)
+    and the network in ``dtype``: every basic label on every identity, the other kinds on the first
     ``people``. Up to ``batch`` videos of one portrait that route the Emotion MoE alike
     sample together (:meth:`~moee.inference.pipeline.MoEEPipeline.generate_many`), each from
     its own seed-0 noise, as it would alone. The network is ``net`` (``MoEENetConfig``
@@ -84,7 +84,8 @@ def animate_held_out(people: int | None = None, seconds: float = 0.64, steps: in
     pipeline = MoEEPipeline.from_weights(
         MoEENetConfig(**(net or {"preset": "tiny"})), stage_weights(weights or [str(WEIGHTS)]),
         progress=False,
-        settings=replace(PRESET_SAMPLING["tiny"], steps=steps, strength=strength))
+        settings=replace(PRESET_SAMPLING["tiny"], steps=steps or PRESET_SAMPLING["tiny"].steps,
+                         strength=strength))
     pipeline.net.to(dtype)
     frames = round(seconds * VIDEO_FPS)
     everyone = held_out_people(data / "test")
@@ -128,7 +129,8 @@ def quickstart(identities: int = 120, held_out: int = 8, frames: int = 24,
                head_motion: float = 0.3, image_steps: int | None = None,
                backbone_steps: int | None = None,
                expert_steps: int | None = None, gating_steps: int | None = None,
-               people: int | None = 4, seconds: float = 0.64, sampling_steps: int = 8,
+               people: int | None = 4, seconds: float = 0.64,
+               sampling_steps: int | None = None,
                strength: float = 1.0, precision: Precision = "auto", workers: int = 2,
                force: bool = False) -> dict[str, float]:
     """Generate SynthEmo, train the probes and every stage of the tiny model, animate the
@@ -147,7 +149,7 @@ def quickstart(identities: int = 120, held_out: int = 8, frames: int = 24,
         people: held-out identities animated under the compound, text and speech conditions
             (``None``: all); the basic labels animate every test identity.
         seconds: length of each video.
-        sampling_steps: DPM-Solver++ steps per clip.
+        sampling_steps: DPM-Solver++ steps per clip (default: the tiny preset's, 4).
         strength: 1 samples from pure noise (the paper's way); below 1 starts from the noised
             portrait (``SamplerSettings.strength``).
         precision: the training stages' ``trainer.precision``; ``auto``: ``bf16-mixed`` on a
