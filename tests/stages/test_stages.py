@@ -51,6 +51,18 @@ def test_zero_terminal_snr_and_noise_offset():
     assert per_channel_mean.std() > 0.08  # the offset is shared within a channel
 
 
+@pytest.mark.parametrize("power", [1.0, 2.0])
+def test_timestep_power_draws_density_t_to_the_p_minus_1(power):
+    objective = DiffusionObjective(timestep_power=power)
+    t = objective.sample_timesteps(200_000, torch.device("cpu"), torch.Generator().manual_seed(0))
+    assert t.dtype == torch.long and t.min() >= 0 and t.max() <= 999
+    quarters = torch.bincount(t // 250, minlength=4).float() / t.numel()
+    expected = torch.tensor([(q + 1) ** power - q**power for q in range(4)]) / 4**power
+    torch.testing.assert_close(quarters, expected, atol=0.005, rtol=0)  # CDF (t/T)^p
+    with pytest.raises(ValueError, match="timestep_power must be positive"):
+        DiffusionObjective(timestep_power=0)
+
+
 def test_pixel_weight_is_the_papers_cosine():
     objective = DiffusionObjective()
     t = torch.tensor([0, 250, 500, 999])
