@@ -74,6 +74,10 @@ class ObjectiveMismatchError(StageWeightsError):
 
 OBJECTIVE_KEY = "objective"
 """Safetensors metadata key of a stage export's :attr:`DiffusionObjective.schedule` (JSON)."""
+EXPERTS_KEY = "num_experts"
+"""Safetensors metadata key of the experts per Emotion MoE of the network that wrote an export:
+a one-expert ("w/o MoE") export loads into the six-expert network without a shape error (its
+expert becomes the first, angry), so the count is checked instead."""
 
 
 def write_export(weights: dict[str, torch.Tensor], path: str | Path,
@@ -162,7 +166,14 @@ class ArchitectureMismatchError(StageWeightsError):
 
 def load_net_weights(net: MoEENet, path: str | Path, hint: str = "") -> None:
     """Load (a subset of) MoEENet weights from ``path``; every key must exist in ``net`` with
-    the same shape (else one-line :class:`ArchitectureMismatchError`)."""
+    the same shape, and an export's recorded expert count must be the network's (else one-line
+    :class:`ArchitectureMismatchError`)."""
+    recorded = export_metadata(path).get(EXPERTS_KEY)
+    if recorded is not None and int(recorded) != net.config.num_experts:
+        raise ArchitectureMismatchError(
+            f"{path}: trained with {recorded} expert(s) per Emotion MoE, this network has "
+            f"{net.config.num_experts}: build it with num_experts {recorded} "
+            "(e.g. --net.num_experts / net.num_experts) or load the matching weights")
     state = load_weights(path, hint=hint)
     own = net.state_dict()
     unknown = sorted(set(state) - set(own))

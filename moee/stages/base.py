@@ -27,6 +27,7 @@ from moee.models.moee_net import PARAMETER_GROUPS, MoEENet, MoEENetConfig, param
 from moee.models.objective import DiffusionObjective
 from moee.models.sharding import shard_network
 from moee.models.weights import (
+    EXPERTS_KEY,
     OBJECTIVE_KEY,
     check_objective,
     check_parallel_exports,
@@ -356,7 +357,8 @@ class DiffusionStage(L.LightningModule):
             return path
         return write_export(weights, path, {
             "stage": type(self).__name__, "groups": ",".join(groups or self.trainable_groups),
-            OBJECTIVE_KEY: json.dumps(self.objective.schedule)})
+            OBJECTIVE_KEY: json.dumps(self.objective.schedule),
+            EXPERTS_KEY: str(self.net.config.num_experts)})
 
     @property
     def trainer_is_attached(self) -> bool:
