@@ -21,7 +21,7 @@ the others' leak the mean absolute change of every other AU. Probabilities are f
 person-averaged. It writes ``docs/intensity_sheet.png`` (a row per emotion, columns by
 intensity) and ``docs/compound_sheet.png`` (each compound between its two components).
 
-    python benchmarks/bench_control.py [--weights runs/tiny/weights] [--people 4] [--steps 8]
+    python benchmarks/bench_control.py [--weights runs/tiny/weights] [--people 4] [--steps 4]
 """
 
 from __future__ import annotations
@@ -210,7 +210,8 @@ def sheets(made: dict[str, np.ndarray], out: str) -> None:
 
 
 def main(weights: str = "runs/tiny/weights", test: str = "runs/synthemo/test", people: int = 4,
-         seconds: float = 0.64, steps: int = 8, batch: int = 8, sheet_dir: str = "docs") -> None:
+         seconds: float = 0.64, steps: int | None = None, batch: int = 8,
+         sheet_dir: str = "docs") -> None:
     """Animate every condition of the module table for ``people`` held-out identities, print
     the four tables and write the two contact sheets (of the first identity)."""
     if people < 1:
@@ -219,7 +220,8 @@ def main(weights: str = "runs/tiny/weights", test: str = "runs/synthemo/test", p
     try:
         pipeline = MoEEPipeline.from_weights(
             MoEENetConfig(preset="tiny"), stage_weights([weights]), progress=False,
-            settings=replace(PRESET_SAMPLING["tiny"], steps=steps))
+            settings=replace(PRESET_SAMPLING["tiny"],
+                             steps=steps or PRESET_SAMPLING["tiny"].steps))
         everyone = held_out_people(test)
         probes = load_probes()
     except (FileNotFoundError, StageWeightsError, ShardError) as error:
@@ -241,7 +243,7 @@ def main(weights: str = "runs/tiny/weights", test: str = "runs/synthemo/test", p
     print("\n".join(mix_table(readings)))
     print("\n## Single action units at 1")
     print("\n".join(au_table(readings)))
-    print(f"\n{len(specs) * len(persons)} videos, {steps} steps, "
+    print(f"\n{len(specs) * len(persons)} videos, {pipeline.settings.steps} steps, "
           f"{time.perf_counter() - start:.0f} s; sheets in {sheet_dir}/")
 
 
