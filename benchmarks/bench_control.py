@@ -221,7 +221,7 @@ def main(weights: str = "runs/tiny/weights", test: str = "runs/synthemo/test", p
         pipeline = MoEEPipeline.from_weights(
             MoEENetConfig(preset="tiny"), stage_weights([weights]), progress=False,
             settings=replace(PRESET_SAMPLING["tiny"],
-                             steps=steps or PRESET_SAMPLING["tiny"].steps))
+                             steps=PRESET_SAMPLING["tiny"].steps if steps is None else steps))
         everyone = held_out_people(test)
         probes = load_probes()
     except (FileNotFoundError, StageWeightsError, ShardError) as error:

@@ -84,8 +84,8 @@ def animate_held_out(people: int | None = None, seconds: float = 0.64, steps: in
     pipeline = MoEEPipeline.from_weights(
         MoEENetConfig(**(net or {"preset": "tiny"})), stage_weights(weights or [str(WEIGHTS)]),
         progress=False,
-        settings=replace(PRESET_SAMPLING["tiny"], steps=steps or PRESET_SAMPLING["tiny"].steps,
-                         strength=strength))
+        settings=replace(PRESET_SAMPLING["tiny"], strength=strength,
+                         steps=PRESET_SAMPLING["tiny"].steps if steps is None else steps))
     pipeline.net.to(dtype)
     frames = round(seconds * VIDEO_FPS)
     everyone = held_out_people(data / "test")
@@ -163,9 +163,17 @@ def quickstart(identities: int = 120, held_out: int = 8, frames: int = 24,
         Wall time in seconds per step.
     """
     from moee.cli import main as moee
+    from moee.errors import BadInputError
     from moee.evaluation.probe_training import train_probes
     from moee.evaluation.probes import cache_path, load_probes
 
+    overrides = {"backbone_image": image_steps, "backbone": backbone_steps,
+                 "experts": expert_steps, "gating": gating_steps}
+    for option, steps in zip(("image", "backbone", "expert", "gating", "sampling"),
+                             (*overrides.values(), sampling_steps)):
+        if steps is not None and steps < 1:  # found before the stages run, not after them
+            raise BadInputError(f"--{option}_steps must be at least 1 (leave it out for the "
+                                f"recipe's), got {steps}")
     # Stages run in this process through the CLI's own entry point; Lightning warns about that.
     warnings.filterwarnings("ignore", message="LightningCLI's args parameter")
     timings: dict[str, float] = {}
@@ -179,15 +187,13 @@ def quickstart(identities: int = 120, held_out: int = 8, frames: int = 24,
                                                        **QUICK_PROBES))
     precision = training_precision(precision)
     print(f"[quickstart] training precision: {precision}")
-    overrides = {"backbone_image": image_steps, "backbone": backbone_steps,
-                 "experts": expert_steps, "gating": gating_steps}
     for name, exports, config in STAGES:
         if not force and all((WEIGHTS / export).exists() for export in exports):
             print(f"[quickstart] {name}: already trained ({WEIGHTS}/{exports[0]}...)")
             continue
         steps = overrides.get(name)
         extra = ["--trainer.precision", precision]
-        extra += ["--trainer.max_steps", str(steps)] if steps else []
+        extra += ["--trainer.max_steps", str(steps)] if steps is not None else []
         _timed(timings, name, lambda c=config, e=extra: moee(
             ["fit", "--config", str(CONFIGS / c), *e]))
     made: list = []

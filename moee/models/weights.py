@@ -74,10 +74,11 @@ class ObjectiveMismatchError(StageWeightsError):
 
 OBJECTIVE_KEY = "objective"
 """Safetensors metadata key of a stage export's :attr:`DiffusionObjective.schedule` (JSON)."""
-EXPERTS_KEY = "num_experts"
-"""Safetensors metadata key of the experts per Emotion MoE of the network that wrote an export:
-a one-expert ("w/o MoE") export loads into the six-expert network without a shape error (its
-expert becomes the first, angry), so the count is checked instead."""
+EXPERTS_KEY, GLOBAL_GATE_KEY = "num_experts", "global_gate"
+"""Safetensors metadata keys of the Emotion MoE layout of the network that wrote an export. Two
+ablations' exports load into the full network without a name or shape error: a one-expert
+("w/o MoE") export's expert becomes the first (angry), and a gating export without the global
+gate leaves that gate untrained; both are checked against the network instead."""
 
 
 def write_export(weights: dict[str, torch.Tensor], path: str | Path,
@@ -166,15 +167,22 @@ class ArchitectureMismatchError(StageWeightsError):
 
 def load_net_weights(net: MoEENet, path: str | Path, hint: str = "") -> None:
     """Load (a subset of) MoEENet weights from ``path``; every key must exist in ``net`` with
-    the same shape, and an export's recorded expert count must be the network's (else one-line
-    :class:`ArchitectureMismatchError`)."""
-    recorded = export_metadata(path).get(EXPERTS_KEY)
+    the same shape, and an export's recorded Emotion MoE layout must fit the network's (else
+    one-line :class:`ArchitectureMismatchError`)."""
+    metadata = export_metadata(path)
+    recorded = metadata.get(EXPERTS_KEY)
     if recorded is not None and int(recorded) != net.config.num_experts:
         raise ArchitectureMismatchError(
             f"{path}: trained with {recorded} expert(s) per Emotion MoE, this network has "
             f"{net.config.num_experts}: build it with num_experts {recorded} "
             "(e.g. --net.num_experts / net.num_experts) or load the matching weights")
     state = load_weights(path, hint=hint)
+    if (metadata.get(GLOBAL_GATE_KEY) == "false" and net.config.global_gate
+            and any(".local_gate." in key for key in state)):  # trained gates, none global
+        raise ArchitectureMismatchError(
+            f"{path}: its gates were trained without the global gate, which this network has "
+            "and would leave untrained: build it with global_gate false "
+            "(e.g. --net.global_gate false / net.global_gate) or load the matching weights")
     own = net.state_dict()
     unknown = sorted(set(state) - set(own))
     if unknown:

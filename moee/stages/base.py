@@ -28,6 +28,7 @@ from moee.models.objective import DiffusionObjective
 from moee.models.sharding import shard_network
 from moee.models.weights import (
     EXPERTS_KEY,
+    GLOBAL_GATE_KEY,
     OBJECTIVE_KEY,
     check_objective,
     check_parallel_exports,
@@ -358,7 +359,8 @@ class DiffusionStage(L.LightningModule):
         return write_export(weights, path, {
             "stage": type(self).__name__, "groups": ",".join(groups or self.trainable_groups),
             OBJECTIVE_KEY: json.dumps(self.objective.schedule),
-            EXPERTS_KEY: str(self.net.config.num_experts)})
+            EXPERTS_KEY: str(self.net.config.num_experts),
+            GLOBAL_GATE_KEY: str(self.net.config.global_gate).lower()})
 
     @property
     def trainer_is_attached(self) -> bool:

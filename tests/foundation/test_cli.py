@@ -121,6 +121,26 @@ def test_weights_of_another_architecture_are_one_clear_line(tmp_path):
     assert "1 tensors are not this network's weights, e.g. unet.conv_out.bias" in last
 
 
+def test_gates_trained_without_the_global_gate_are_one_clear_line(tmp_path):
+    """A "w/o global gate" export has the full network's names and shapes, so only its recorded
+    layout keeps the full network from loading it with that gate left untrained."""
+    from safetensors.torch import save_file
+
+    from moee.models.moee_net import MoEENet, MoEENetConfig
+    from moee.models.weights import GLOBAL_GATE_KEY, load_net_weights
+
+    weights = tmp_path / "runs" / "tiny" / "weights"
+    weights.mkdir(parents=True)
+    gates = {k: v for k, v in MoEENet(MoEENetConfig(global_gate=False)).state_dict().items()
+             if ".local_gate." in k}
+    save_file(gates, weights / "backbone.safetensors", metadata={GLOBAL_GATE_KEY: "false"})
+    last = error_line("expert_sad.yaml", tmp_path)
+    assert last.startswith("error: runs/tiny/weights/backbone.safetensors: its gates were "
+                           "trained without the global gate")
+    assert "global_gate false" in last
+    load_net_weights(MoEENet(MoEENetConfig(global_gate=False)), weights / "backbone.safetensors")
+
+
 def test_experts_that_disagree_are_one_clear_line(tmp_path):
     """Expert exports that each carry their own Emotion-to-Latents (the old recipe) would hand
     every expert the last one's at load time: the gating stage and ``moee test`` refuse them

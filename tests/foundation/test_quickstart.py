@@ -227,7 +227,12 @@ def test_animate_held_out_samples_the_network_weights_and_people_it_is_given(tmp
     from moee.data.synth.cli import generate
     from moee.models.moee_net import MoEENetConfig
     from moee.models.objective import DiffusionObjective
-    from moee.models.weights import ArchitectureMismatchError
+    from moee.models.weights import (
+        EXPERTS_KEY,
+        GLOBAL_GATE_KEY,
+        ArchitectureMismatchError,
+        export_metadata,
+    )
     from moee.quickstart import animate_held_out
     from moee.showcase import held_out_people
     from moee.stages import BackboneModule
@@ -247,6 +252,8 @@ def test_animate_held_out_samples_the_network_weights_and_people_it_is_given(tmp
                 parameter.normal_(std=0.05)
         stage.net.denoiser.unet.conv_out.weight.normal_(std=0.02)
     stage.on_train_end()
+    assert {k: export_metadata(export)[k] for k in (EXPERTS_KEY, GLOBAL_GATE_KEY)} == {
+        EXPERTS_KEY: "1", GLOBAL_GATE_KEY: "true"}
     settings = dict(people=0, seconds=0.32, steps=1, weights=[str(export)], data=data)
 
     made = animate_held_out(net=one_expert, out=tmp_path / "videos", **settings)
@@ -264,3 +271,37 @@ def test_animate_held_out_samples_the_network_weights_and_people_it_is_given(tmp
     with pytest.raises(ArchitectureMismatchError, match="trained with 1 expert") as error:
         animate_held_out(out=None, **settings)
     assert "\n" not in str(error.value) and "num_experts 1" in str(error.value)
+
+
+def test_animate_held_out_samples_at_the_presets_steps_unless_told(monkeypatch):
+    from moee.inference.pipeline import MoEEPipeline
+    from moee.inference.sampling import PRESET_SAMPLING
+    from moee.quickstart import animate_held_out
+
+    class Built(Exception):
+        pass
+
+    asked = []
+
+    def from_weights(net, weights, **kwargs):
+        asked.append(kwargs["settings"].steps)
+        raise Built
+
+    monkeypatch.setattr(MoEEPipeline, "from_weights", from_weights)
+    for steps in (None, 2):
+        with pytest.raises(Built):
+            animate_held_out(steps=steps, out=None)
+    assert asked == [PRESET_SAMPLING["tiny"].steps, 2] == [4, 2]
+
+
+@pytest.mark.parametrize("option", ["image_steps", "gating_steps", "sampling_steps"])
+def test_a_step_budget_below_one_is_one_line_before_anything_runs(tmp_path, monkeypatch, option):
+    from moee import quickstart
+
+    monkeypatch.chdir(tmp_path)  # no SynthEmo here: the first step would be to write it
+    monkeypatch.setattr("moee.cli.main", lambda argv: pytest.fail(f"{argv[0]} ran"))
+    with pytest.raises(SystemExit) as stop:
+        quickstart.main([f"--{option}", "0"])
+    assert stop.value.code == (f"error: --{option} must be at least 1 (leave it out for the "
+                               "recipe's), got 0")
+    assert not (tmp_path / "runs").exists()
