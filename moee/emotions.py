@@ -24,6 +24,8 @@ import re
 from dataclasses import dataclass, field
 from typing import Literal
 
+import numpy as np
+
 from moee.errors import BadInputError
 
 BASIC_EMOTIONS: tuple[str, ...] = ("angry", "disgusted", "fear", "happy", "sad", "surprised")
@@ -88,6 +90,8 @@ ACTION_UNIT_DESCRIPTIONS: dict[str, str] = {
 """The FACS action units MoEE uses, with the muscle movement each one names."""
 ACTION_UNITS: tuple[str, ...] = tuple(ACTION_UNIT_DESCRIPTIONS)
 NUM_ACTION_UNITS = len(ACTION_UNITS)
+UPPER_FACE_UNITS = frozenset({"AU1", "AU2", "AU4", "AU5", "AU6", "AU7", "AU45"})
+"""FACS's upper-face action units (brows, lids, cheeks); the others move the lower face."""
 
 EMOTION_AU_PROTOTYPES: dict[str, dict[str, float]] = {
     NEUTRAL: {},
@@ -172,6 +176,31 @@ class EmotionCondition:
         return tuple(EmotionCondition(kind="basic", name=name, weights=_weights_tuple({name: 1.0}),
                                       intensity=self.intensity, components={name: 1.0})
                      for name in names)
+
+    def region_weights(self) -> tuple[tuple[float, ...], tuple[float, ...]] | None:
+        """How much each of a compound's parts (:meth:`compound_parts` order) draws the upper
+        and the lower face: ``((upper_main, upper_adverb), (lower_main, lower_adverb))``.
+
+        In each region the non-negative least-squares weights that rebuild the compound's AU
+        prototype there from its parts' prototypes (FACS regions, :data:`UPPER_FACE_UNITS`):
+        ``sadly surprised`` (AU1, AU4, AU25, AU26) takes its brows from sad and its open mouth
+        from surprised, ``((0, 1.05), (0.87, 0))``. ``None`` for a compound without an AU
+        prototype of its own (``happily sad``)."""
+        if self.kind != "compound":
+            raise ValueError(f"{self.name!r} is not a compound emotion")
+        if self.name not in EMOTION_AU_PROTOTYPES:
+            return None
+        from scipy.optimize import nnls
+
+        parts = [part.name for part in self.compound_parts()]
+        weights = []
+        for upper in (True, False):
+            units = [au for au in ACTION_UNITS if (au in UPPER_FACE_UNITS) == upper]
+            basis = np.array([[EMOTION_AU_PROTOTYPES[p].get(au, 0.0) for p in parts]
+                              for au in units])
+            target = np.array([EMOTION_AU_PROTOTYPES[self.name].get(au, 0.0) for au in units])
+            weights.append(tuple(round(float(w), 4) for w in nnls(basis, target)[0]))
+        return weights[0], weights[1]
 
     def au_vector(self) -> list[float]:
         """AU intensities: the given ones, or the prototype blend expected for a label."""

@@ -44,6 +44,7 @@ from moee.inference.sampling import (
     ProgressCallback,
     SamplerSettings,
     StepProgress,
+    face_region_weights,
     make_scheduler,
 )
 from moee.models.conditioner import Conditioner, Conditions
@@ -265,10 +266,12 @@ class MoEEPipeline:
         seconds: float,
         speech: torch.Tensor,
         cache: dict[tuple[int, int], torch.Tensor],
-    ) -> list[tuple[torch.Tensor, Routing]]:
-        """Emotion latents (1 m c) and routing of each emotion part of the clip centred at
-        ``seconds``: one part, or a composed compound's two basic emotions (main first) when
-        ``compose_compounds`` is set.
+    ) -> list[tuple[torch.Tensor, Routing, torch.Tensor | None]]:
+        """Emotion latents (1 m c), routing and guidance weights of each emotion part of the
+        clip centred at ``seconds``: one part (weights ``None``), or a composed compound's two
+        basic emotions (main first) when ``compose_compounds`` is set, each with its
+        ``(upper face, lower face)`` guidance weights (2,)
+        (:meth:`~moee.inference.sampling.SamplerSettings.part_weights`).
 
         ``speech`` is the clip's audio (1, f * 640); latents of conditions that do not depend on
         it are kept in ``cache`` ((entry index, part) → latents) across clips.
@@ -278,26 +281,30 @@ class MoEEPipeline:
         composed = self.settings.compose_compounds is not None and routing.kind == "shares"
         parts = []
         for part in range(2 if composed else 1):
-            latents = 0
+            latents, weights = 0, torch.zeros(2) if composed else None
             for index, share in blend:
                 condition = track.entries[index][1]
                 if composed:  # every entry is a compound of the same two emotions
+                    weights += share * torch.tensor(self.settings.part_weights(condition)[part])
                     condition = condition.compound_parts()[part]
                 if (index, part) not in cache or condition.kind == "speech":
                     inputs = emotion_inputs(condition, speech.to(self.dtype), self.device)
                     cache[index, part] = self.conditioner.encode_emotion(inputs)
                 latents = latents + share * cache[index, part]
-            parts.append((latents, Routing.of(condition) if composed else routing))
+            parts.append((latents, Routing.of(condition) if composed else routing, weights))
         return parts
 
-    def emotion_parts(self, videos: list[list[tuple[torch.Tensor, Routing]]]) -> list[dict]:
+    def emotion_parts(self, videos: list[list[tuple]]) -> list[dict]:
         """The ``emotion`` latents, ``expert`` and ``weights`` of :class:`Conditions` for each
-        emotion part of a batch of videos (see :meth:`clip_emotion`)."""
+        emotion part of a batch of videos (see :meth:`clip_emotion`), and a composed part's
+        ``face_weights`` (b 2)."""
         if len({len(parts) for parts in videos}) != 1:
             raise ValueError("videos sampled together must all be composed compounds or none: "
                              "sample compounds in their own batches")
         return [{"emotion": torch.cat([parts[p][0] for parts in videos]),
-                 **batch_routing([parts[p][1] for parts in videos], self.device)}
+                 **batch_routing([parts[p][1] for parts in videos], self.device),
+                 "face_weights": None if videos[0][p][2] is None
+                 else torch.stack([parts[p][2] for parts in videos])}
                 for p in range(len(videos[0]))]
 
     def denoise(
@@ -316,13 +323,17 @@ class MoEEPipeline:
         ``conditions`` holds the videos' reference and audio, ``parts`` their emotion parts
         (:meth:`emotion_parts`); every guidance branch of every video runs in one batched
         network call, two emotion parts with composed guidance
-        (:attr:`SamplerSettings.compound_guidance`). ``reference_latent`` (n c h w) is where
+        (:attr:`SamplerSettings.compound_guidance`, each part weighted per face region by its
+        ``face_weights``). ``reference_latent`` (n c h w) is where
         sampling starts when ``strength`` < 1; video ``i``'s noise comes from
         ``generators[i]``. ``clip`` is ``(number, count)`` of this clip (1-based), reported to
         ``on_step``.
         """
         settings = self.settings
         guidance = settings.guidance if len(parts) == 1 else settings.compound_guidance
+        part_weights = None if len(parts) == 1 else torch.stack([
+            face_region_weights(part["face_weights"], reference_latent.shape[-2],
+                                settings.compound_regions) for part in parts]).to(self.device)
         count = len(generators)
         branches = torch.tensor(guidance.branches, device=self.device)  # n 2
         n = len(branches)
@@ -350,7 +361,8 @@ class MoEEPipeline:
             model_input = scheduler.scale_model_input(latents, t).to(self.dtype)
             prediction = self.net(model_input.repeat(n, 1, 1, 1, 1), t.repeat(n * count),
                                   batched)
-            prediction = guidance.combine(prediction.float().unflatten(0, (n, count)))
+            prediction = guidance.combine(prediction.float().unflatten(0, (n, count)),
+                                          part_weights)
             # the offered samplers step deterministically: no per-video generator is needed here
             latents = scheduler.step(prediction, t, latents).prev_sample
             bar.update()

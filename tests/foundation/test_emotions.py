@@ -8,6 +8,7 @@ from moee.emotions import (
     COMPOUND_EMOTIONS,
     EMOTION_AU_PROTOTYPES,
     EMOTION_CLASSES,
+    UPPER_FACE_UNITS,
     EmotionSpecError,
     parse_emotion,
     parse_emotion_timeline,
@@ -52,6 +53,40 @@ def test_compound(spec, expected):
     for emotion, weight in expected.items():
         assert condition.weights[BASIC_EMOTIONS.index(emotion)] == pytest.approx(weight)
     assert sum(condition.weights) == pytest.approx(1.0)
+
+
+def _region_error(name: str, weights: tuple[float, float], upper: bool) -> float:
+    """Squared error of a weighted sum of a compound's parts' AU prototypes against its own, in
+    one face region."""
+    parts = [part.name for part in parse_emotion(name).compound_parts()]
+    units = [au for au in ACTION_UNITS if (au in UPPER_FACE_UNITS) == upper]
+    return sum((sum(w * EMOTION_AU_PROTOTYPES[p].get(au, 0) for w, p in zip(weights, parts))
+                - EMOTION_AU_PROTOTYPES[name].get(au, 0)) ** 2 for au in units)
+
+
+@pytest.mark.parametrize("name", COMPOUND_EMOTIONS)
+def test_compound_region_weights_rebuild_its_action_units_best(name):
+    """Per region, no other non-negative weights of the two parts come closer to the compound's
+    AU prototype (checked on a grid)."""
+    weights = parse_emotion(name).region_weights()
+    grid = [(a / 10, b / 10) for a in range(16) for b in range(16)]
+    for region, upper in zip(weights, (True, False)):
+        assert min(region) >= 0
+        best = min(_region_error(name, w, upper) for w in grid)
+        assert _region_error(name, region, upper) <= best + 1e-9
+
+
+def test_sadly_surprised_takes_sad_brows_and_surprised_mouth():
+    (upper_surprised, upper_sad), (lower_surprised, lower_sad) = \
+        parse_emotion("sadly surprised@0.5").region_weights()  # intensity changes nothing
+    assert upper_surprised == lower_sad == 0  # surprise's raised outer brows would be wrong
+    assert upper_sad == pytest.approx(1.047, abs=1e-3)  # AU1 1.0, AU4 0.8 from AU1 1.0, AU4 0.7
+    assert lower_surprised == pytest.approx(0.866, abs=1e-3)
+    happily = parse_emotion("happily surprised").region_weights()  # main part: surprised
+    assert happily[0][1] == 0 and min(happily[1]) > 0  # no cheek raise; a smiling open mouth
+    assert parse_emotion("happily sad").region_weights() is None  # no prototype of its own
+    with pytest.raises(ValueError, match="not a compound"):
+        parse_emotion("happy:0.5,sad:0.5").region_weights()
 
 
 def test_weighted_mix_is_normalised():

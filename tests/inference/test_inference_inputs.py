@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import io
 import json
+from dataclasses import replace
 
 import numpy as np
 import pytest
@@ -20,7 +21,12 @@ from moee.inference.portrait import (
     load_image,
     prepare_portrait,
 )
-from moee.inference.sampling import Guidance, SamplerSettings, make_scheduler
+from moee.inference.sampling import (
+    Guidance,
+    SamplerSettings,
+    face_region_weights,
+    make_scheduler,
+)
 from moee.models.objective import DiffusionObjective
 
 
@@ -206,6 +212,29 @@ def test_composed_guidance_sums_each_parts_emotion_direction():
     assert SamplerSettings().compound_guidance == SamplerSettings().guidance  # off by default
     louder = SamplerSettings(audio_guidance=3, compose_compounds=1.5, compound_audio_guidance=5)
     assert louder.compound_guidance.audio == 5 and louder.guidance.audio == 3
+
+
+def test_regional_composition_weights_each_face_region_by_its_parts():
+    settings = SamplerSettings(compose_compounds=2.0, compound_regions=0.5)
+    (surprised, sad) = settings.part_weights(parse_emotion("sadly surprised"))
+    assert surprised == pytest.approx((0.0, 2 * 0.8658), abs=1e-3)  # (upper, lower face)
+    assert sad == pytest.approx((2 * 1.047, 0.0), abs=1e-3)
+    whole = replace(settings, compound_regions=None)
+    assert whole.part_weights(parse_emotion("sadly surprised")) == ((1.0, 1.0), (2.0, 2.0))
+    assert settings.part_weights(parse_emotion("happily sad")) == ((1.0, 1.0), (2.0, 2.0))
+    rows = face_region_weights(torch.tensor([[3.0, 1.0], [0.0, 2.0]]), 32, 0.5)
+    assert rows.shape == (2, 1, 1, 32, 1)
+    column = rows[0].flatten()
+    assert column[0] == pytest.approx(3.0, abs=1e-3) and column[-1] == pytest.approx(1.0, abs=1e-3)
+    assert bool((column[1:] <= column[:-1]).all())  # one ramp from the upper to the lower face
+    assert column[15] > 2.0 > column[16]  # the boundary sits at half the height
+    flat = face_region_weights(torch.tensor([[3.0, 1.0]]), 32, None)
+    assert flat.shape == (1, 1, 1, 1, 1) and float(flat) == 2.0
+    uncond, audio, main, adverb = (torch.full((2, 1, 1, 32, 1), v) for v in (1., 2., 4., 7.))
+    guided = settings.compound_guidance.combine(torch.stack([uncond, audio, main, adverb]),
+                                                torch.stack([rows, rows.flip(0)]))
+    expected = 1 + 3.5 * (2 - 1) + 2.5 * (rows * (4 - 2) + rows.flip(0) * (7 - 2))
+    torch.testing.assert_close(guided, expected)
 
 
 # ---- jobs files ----------------------------------------------------------------------------

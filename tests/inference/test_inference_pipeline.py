@@ -17,7 +17,7 @@ from moee.data.sampling import SPEECH_FRAMES
 from moee.emotions import parse_emotion
 from moee.inference.conditions import EmotionTrack
 from moee.inference.pipeline import MoEEPipeline
-from moee.inference.sampling import SamplerSettings
+from moee.inference.sampling import Guidance, SamplerSettings
 from moee.models.emotion_moe import EmotionMoE
 from moee.models.moee_net import MoEENet
 from tests.inference.nets import live_tiny_net
@@ -227,6 +227,27 @@ def test_composed_compound_with_no_adverb_weight_samples_its_main_emotion(net):
     adverb = run(make_pipeline(net, compose_compounds=1.0, **settings), "sadly surprised@0.7",
                  0.3)
     assert not np.array_equal(adverb, composed)
+
+
+def test_regional_compound_guides_each_face_region_by_its_parts(net, monkeypatch):
+    """compound_regions: sadly surprised is guided by sad above the split row and by surprised
+    below it, at compose_compounds times its region weights; a compound without an AU
+    prototype of its own samples as it does composed over the whole face."""
+    weights = []
+    combine = Guidance.combine
+    monkeypatch.setattr(Guidance, "combine",
+                        lambda self, p, w=None: weights.append(w) or combine(self, p, w))
+    settings = dict(steps=2, audio_guidance=2.0, emotion_guidance=3.0, compose_compounds=2.0)
+    regional = run(make_pipeline(net, compound_regions=0.5, **settings), "sadly surprised", 0.16)
+    surprised, sad = weights[0][:, 0, 0, 0, :, 0]  # (parts, rows) of the one video
+    assert surprised[0] == pytest.approx(0, abs=1e-3) and sad[-1] == pytest.approx(0, abs=1e-3)
+    assert surprised[-1] == pytest.approx(2 * 0.8658, abs=1e-3)  # surprise's open mouth
+    assert sad[0] == pytest.approx(2 * 1.047, abs=1e-3)  # sad's raised inner brows
+    whole = run(make_pipeline(net, **settings), "sadly surprised", 0.16)
+    assert not np.array_equal(regional, whole)
+    no_prototype = [run(make_pipeline(net, **settings, **extra), "happily sad", 0.16)
+                    for extra in ({"compound_regions": 0.5}, {})]
+    assert np.abs(no_prototype[0].astype(int) - no_prototype[1].astype(int)).max() <= 1
 
 
 def test_composed_compounds_sample_apart_from_other_conditions(net):
