@@ -203,12 +203,12 @@ def face_region_weights(weights: torch.Tensor, height: int, split: float | None)
 PRESET_SAMPLING: dict[str, SamplerSettings] = {
     # the quickstart's sampling, from pure noise; compounds composed by face region at 2
     # (validation people: 22/32, against 7/32 composed over the whole face with the adverb at
-    # 1.5) and their audio at 5 (16/32 at lip sync r 0.28, against 15/32 at r 0.07 at 3.5);
-    # 4 steps read as 8 do (test people: basic 40 vs 41/48, the other kinds equal, r 0.48 vs
-    # 0.45) in half the time
+    # 1.5; split at 0.5 20/32, 0.6 21/32) and their audio at 9 (the same 22/32, their lip sync
+    # r 0.47 against 0.38 at 5); 4 steps read as 8 do (test people: basic 40 vs 41/48, the
+    # other kinds equal, r 0.48 vs 0.45) in half the time
     "tiny": SamplerSettings(steps=4, audio_guidance=3.5, emotion_guidance=3.5, clip_frames=8,
                             compose_compounds=2.0, compound_regions=0.55,
-                            compound_audio_guidance=5.0),
+                            compound_audio_guidance=9.0),
     "sd15": SamplerSettings(),
 }
 """Sampling per network preset: the quickstart, the demo page's defaults and
