@@ -30,8 +30,8 @@ CONTEXT_KEY = "moee"
 CPU_TRAINING_KERNELS = [SDPBackend.MATH]
 """The attention kernels training steps use on a CPU. Its flash kernel's backward is slow on
 the short sequences of the tiny preset (64 tokens, 8-32 keys: 2.9 ms a call against 0.3 ms
-forward); the plain matmul-softmax form makes the tiny image step 7 % faster (0.61 against
-0.65 s side by side: ``benchmarks/bench_stage_step.py``, ``bf16`` against ``bf16+flash``)."""
+forward); the plain matmul-softmax form takes the tiny image step from 0.63 to 0.59 s
+(``benchmarks/bench_stage_step.py``, ``bf16`` against ``bf16+flash``)."""
 
 
 def training_attention(device: torch.device) -> contextlib.AbstractContextManager:

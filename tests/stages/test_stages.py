@@ -223,27 +223,6 @@ def test_image_stage_with_audio_hears_each_stills_own_frame(batch):
         BackboneModule(loss=light_loss(), mode="video", image_audio=True)
 
 
-def test_cpu_training_steps_run_attention_without_the_flash_kernel(batch):
-    """The flash kernel's CPU backward is slow on the tiny preset's short sequences:
-    a stage's diffusion step keeps to the math kernel (which autograd records as matmuls)."""
-    module = BackboneModule(loss=light_loss(), mode="image")
-    kernels = []
-    original = F.scaled_dot_product_attention
-
-    def spy(*args, **kwargs):
-        out = original(*args, **kwargs)
-        if out.grad_fn is not None:  # a trained layer's attention
-            kernels.append(type(out.grad_fn).__name__)
-        return out
-
-    query = torch.randn(1, 2, 64, 8, requires_grad=True)
-    assert "Flash" in type(original(query, query, query).grad_fn).__name__  # outside a step
-    with pytest.MonkeyPatch.context() as patch:
-        patch.setattr(F, "scaled_dot_product_attention", spy)
-        module.diffusion_step(batch, cfg_dropout=False)
-    assert kernels and not any("Flash" in name for name in kernels)
-
-
 def test_weights_hand_off_between_stages(tmp_path, batch):
     backbone = BackboneModule(loss=light_loss())
     optimizer = backbone.configure_optimizers()
