@@ -7,9 +7,7 @@ them, side by side in one run, for each variant:
 * ``fp32``: float32 throughout (``precision: 32-true``, the CPU configs' default);
 * ``bf16``: bf16 autocast over float32 weights (``precision: bf16-mixed``): on CPUs with
   AMX or AVX512-BF16, oneDNN's bf16 convolutions and matrix products;
-* ``+cl``: the network's convolutions channels-last (``net.channels_last``);
-* ``+flash``: SDPA free to pick its flash kernel on the CPU, as before the stages' training
-  steps kept to the math kernel (``moee.models.attention.CPU_TRAINING_KERNELS``).
+* ``+cl``: the network's convolutions channels-last (``net.channels_last``).
 
 Prints the median seconds per step and each variant's ratio to the first. Defaults to the
 tiny image stage, four fifths of the quickstart's time. Needs SynthEmo shards where the config
@@ -22,19 +20,16 @@ from __future__ import annotations
 
 import contextlib
 import os
-from unittest import mock
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
 import torch  # noqa: E402
 from jsonargparse import CLI  # noqa: E402
 from timing import median_time  # noqa: E402
-from torch.nn.attention import SDPBackend  # noqa: E402
 
 from moee.cli import MoEECLI  # noqa: E402
-from moee.models import attention  # noqa: E402
 
-VARIANTS = ("fp32", "bf16", "fp32+cl", "bf16+cl", "bf16+flash")
+VARIANTS = ("fp32", "bf16", "fp32+cl", "bf16+cl")
 
 
 def stage_step(config: str, variant: str, batches: list | None):
@@ -57,12 +52,9 @@ def stage_step(config: str, variant: str, batches: list | None):
             return torch.autocast("cpu", dtype=torch.bfloat16)
         return contextlib.nullcontext()
 
-    kernels = [SDPBackend.FLASH_ATTENTION, SDPBackend.MATH] if variant.endswith("+flash") \
-        else attention.CPU_TRAINING_KERNELS
-
     def step():
         optimizer.zero_grad(set_to_none=True)
-        with precision(), mock.patch.object(attention, "CPU_TRAINING_KERNELS", kernels):
+        with precision():
             total = module.diffusion_step(batches[next(turn) % len(batches)])["total"]
         total.backward()
         optimizer.step()

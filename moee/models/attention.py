@@ -12,7 +12,6 @@ block call (also under gradient checkpointing, which recomputes with the same ar
 
 from __future__ import annotations
 
-import contextlib
 from dataclasses import dataclass
 
 import torch
@@ -22,24 +21,9 @@ from diffusers.models.attention import BasicTransformerBlock
 from diffusers.models.attention_processor import Attention
 from einops import rearrange
 from torch import nn
-from torch.nn.attention import SDPBackend, sdpa_kernel
 
 CONTEXT_KEY = "moee"
 """Key of the :class:`DenoiserContext` in ``cross_attention_kwargs``."""
-
-CPU_TRAINING_KERNELS = [SDPBackend.MATH]
-"""The attention kernels training steps use on a CPU. Its flash kernel's backward is slow on
-the short sequences of the tiny preset (64 tokens, 8-32 keys: 2.9 ms a call against 0.3 ms
-forward); the plain matmul-softmax form takes the tiny image step from 0.63 to 0.59 s
-(``benchmarks/bench_stage_step.py``, ``bf16`` against ``bf16+flash``)."""
-
-
-def training_attention(device: torch.device) -> contextlib.AbstractContextManager:
-    """The context a training step runs in: :data:`CPU_TRAINING_KERNELS` on a CPU, every
-    kernel (flash, memory-efficient) on an accelerator."""
-    if device.type == "cpu":
-        return sdpa_kernel(CPU_TRAINING_KERNELS)
-    return contextlib.nullcontext()
 
 
 @dataclass

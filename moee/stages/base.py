@@ -22,7 +22,6 @@ from torch.distributed.fsdp import FSDPModule, MixedPrecisionPolicy
 from torch.distributed.tensor import DTensor
 from torch.optim.swa_utils import AveragedModel, get_ema_multi_avg_fn
 
-from moee.models.attention import training_attention
 from moee.models.conditioner import ConditionDropout, Conditioner, picked
 from moee.models.moee_net import PARAMETER_GROUPS, MoEENet, MoEENetConfig, parameter_groups
 from moee.models.objective import DiffusionObjective
@@ -262,11 +261,6 @@ class DiffusionStage(L.LightningModule):
     def diffusion_step(self, batch: dict[str, Any], generator: torch.Generator | None = None,
                        cfg_dropout: bool = True) -> dict[str, torch.Tensor]:
         """Noise the batch's latents, predict, and return the loss terms."""
-        with training_attention(self.device):
-            return self._diffusion_terms(batch, generator, cfg_dropout)
-
-    def _diffusion_terms(self, batch: dict[str, Any], generator: torch.Generator | None,
-                         cfg_dropout: bool) -> dict[str, torch.Tensor]:
         pick = self.frame_pick(batch)
         frames = picked(batch["frames"], pick)
         latents = self.net.encode_frames(frames)
