@@ -199,7 +199,7 @@ class EmotionCondition:
             basis = np.array([[EMOTION_AU_PROTOTYPES[p].get(au, 0.0) for p in parts]
                               for au in units])
             target = np.array([EMOTION_AU_PROTOTYPES[self.name].get(au, 0.0) for au in units])
-            weights.append(tuple(round(float(w), 4) for w in nnls(basis, target)[0]))
+            weights.append(tuple(float(w) for w in nnls(basis, target)[0]))
         return weights[0], weights[1]
 
     def au_vector(self) -> list[float]:

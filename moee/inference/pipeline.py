@@ -114,6 +114,12 @@ class MoEEPipeline:
             raise InputError(f"steps must be ≥ 1, got {settings.steps}")
         if not 0 < settings.strength <= 1:
             raise InputError(f"strength must be in (0, 1], got {settings.strength}")
+        if settings.compound_regions is not None and not 0 < settings.compound_regions < 1:
+            raise InputError(f"compound_regions must be in (0, 1) (the face crop's row between "
+                             f"upper and lower face), got {settings.compound_regions}")
+        if settings.compound_regions is not None and settings.compose_compounds is None:
+            raise InputError("compound_regions splits composed compounds by face region: set "
+                             "compose_compounds too (2 in the tiny preset)")
         if not MOTION_FRAMES <= settings.clip_frames <= net.config.max_frames:
             raise InputError(f"clip_frames must be in [{MOTION_FRAMES}, "
                              f"{net.config.max_frames}], got {settings.clip_frames}")

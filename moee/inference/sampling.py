@@ -137,7 +137,8 @@ class SamplerSettings:
             takes sad's brows and surprised's open mouth), each at ``compose_compounds`` times
             its weight there, instead of the whole face by both. The value is the row of the
             face crop, as a fraction of its height from the top, between the upper and the
-            lower face (SynthEmo's and the prepared portraits' crops put it near 0.55). A
+            lower face, in (0, 1): SynthEmo's crops put it near 0.55 (0.5 and 0.6 read fewer
+            compounds); a crop framed otherwise needs its own. Needs ``compose_compounds``. A
             compound without an AU prototype of its own is composed over the whole face.
         compound_audio_guidance: the audio guidance scale of composed compounds (``None``:
             ``audio_guidance``). Their two emotion terms outweigh the audio's, and the mouth

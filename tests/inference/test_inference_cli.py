@@ -85,9 +85,10 @@ def animate_args(files: Path, out: Path, **overrides) -> list[str]:
         ({"weights": "missing.safetensors"}, "checkpoint not found"),
         ({"weights": "truncated.safetensors"}, "is not a complete safetensors export"),
         ({"sampler.strength": 0}, "strength must be in (0, 1]"),
+        ({"sampler.compound_regions": 1.5}, "compound_regions must be in (0, 1)"),
     ],
     ids=["no-face", "two-faces", "no-image", "silent", "unreadable-audio", "bad-emotion",
-         "no-weights", "corrupt-weights", "bad-strength"],
+         "no-weights", "corrupt-weights", "bad-strength", "bad-compound-regions"],
 )
 def test_bad_input_is_one_line_and_leaves_nothing(files, tmp_path, capsys, override, message):
     override = {k: files / v if k in ("image", "audio", "weights") else v

@@ -17,6 +17,7 @@ from moee.data.sampling import SPEECH_FRAMES
 from moee.emotions import parse_emotion
 from moee.inference.conditions import EmotionTrack
 from moee.inference.pipeline import MoEEPipeline
+from moee.inference.portrait import InputError
 from moee.inference.sampling import Guidance, SamplerSettings
 from moee.models.emotion_moe import EmotionMoE
 from moee.models.moee_net import MoEENet
@@ -248,6 +249,10 @@ def test_regional_compound_guides_each_face_region_by_its_parts(net, monkeypatch
     no_prototype = [run(make_pipeline(net, **settings, **extra), "happily sad", 0.16)
                     for extra in ({"compound_regions": 0.5}, {})]
     assert np.abs(no_prototype[0].astype(int) - no_prototype[1].astype(int)).max() <= 1
+    with pytest.raises(InputError, match="set compose_compounds too"):
+        make_pipeline(net, compound_regions=0.5)
+    with pytest.raises(InputError, match=r"compound_regions must be in \(0, 1\)"):
+        make_pipeline(net, compose_compounds=2.0, compound_regions=0.0)
 
 
 def test_composed_compounds_sample_apart_from_other_conditions(net):
