@@ -62,9 +62,12 @@ REUSED = {"shared": ["speech_emotion.safetensors"],
 """What ``--full`` takes from a quickstart's weights folder, by the variant it stands for."""
 TABLE5 = CONFIGS / "tiny" / "ablations" / "common" / "table5.yaml"
 """The ``moee test`` overlay that names every variant's weights under ``runs/table5``."""
-STEPS = {"backbone_image": 1600, "backbone": 100, "experts": 60, "speech_emotion": 1500,
-         "gating": 1720}
-"""Each stage's ``max_steps`` in ``configs/tiny/`` (``--scale`` multiplies them)."""
+
+
+def recipe(stage: str) -> dict:
+    """The ``configs/tiny/`` config of a stage (its ``max_steps`` and the gating stage's
+    ``alignment_warmup`` are what ``--scale`` multiplies)."""
+    return yaml.safe_load((CONFIGS / "tiny" / f"{stage}.yaml").read_text())
 
 
 class Bench:
@@ -94,15 +97,16 @@ class Bench:
         if done.exists():
             print(f"[bench] {name}: done before ({done})", flush=True)
             return path
-        steps = max(1, round(STEPS[stage] * self.scale))
+        steps = max(1, round(recipe(stage)["trainer"]["max_steps"] * self.scale))
         argv = ["fit", "--config", str(CONFIGS / "tiny" / f"{stage}.yaml"), *self.common,
                 "--trainer.max_steps", str(steps),
                 "--trainer.default_root_dir", str(self.out / variant_folder(variant) / stage),
                 "--model.init_args.export_path", str(path), *overrides]
         if init:
             argv += [f"--model.init_args.init_weights=[{','.join(map(str, init))}]"]
-        if stage == "gating" and self.scale < 1:  # the warm-up is part of the stage's steps
-            argv += ["--model.init_args.alignment_warmup", str(max(0, steps - 2))]
+        if stage == "gating" and self.scale < 1:
+            warmup = recipe(stage)["model"]["init_args"]["alignment_warmup"]
+            argv += ["--model.init_args.alignment_warmup", str(round(warmup * self.scale))]
         start = time.perf_counter()
         moee(argv)
         self.timings[name] = round(time.perf_counter() - start, 1)

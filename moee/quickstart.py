@@ -144,19 +144,18 @@ def quickstart(identities: int = 120, held_out: int = 8, frames: int = 24,
         head_motion: SynthEmo's head sway (1: lively; the tiny model learns emotion faster
             from a stiller head, as MEAD's studio recordings are).
         image_steps, backbone_steps, expert_steps, gating_steps: override the configs'
-            ``max_steps`` (image-mode backbone, video backbone, experts, gates: the gating
-            stage's first 1,600 steps are its alignment warm-up).
+            ``max_steps`` (image-mode backbone, video backbone, experts, gates; the gating
+            stage's alignment warm-up comes before its steps).
         people: held-out identities animated under the compound, text and speech conditions
             (``None``: all); the basic labels animate every test identity.
         seconds: length of each video.
         sampling_steps: DPM-Solver++ steps per clip (default: the tiny preset's, 4).
         strength: 1 samples from pure noise (the paper's way); below 1 starts from the noised
             portrait (``SamplerSettings.strength``).
-        precision: the training stages' ``trainer.precision`` (and the probes'); ``auto``:
-            ``bf16-mixed`` on a CPU that computes bf16 natively (AMX or AVX512-BF16: 1.5x
-            faster image steps), else ``32-true``. With ``bf16-mixed`` the videos are sampled
-            with bf16 weights too (2x faster; the same probe readings as float32 on the
-            validation people).
+        precision: the training stages' ``trainer.precision``; ``auto``: ``bf16-mixed`` on a
+            CPU that computes bf16 natively (AMX or AVX512-BF16: 1.5x faster image steps),
+            else ``32-true``. With ``bf16-mixed`` the videos are sampled with bf16 weights
+            too (2x faster; the same probe readings as float32 on the validation people).
         workers: processes for data generation.
         force: redo steps whose outputs exist.
 
@@ -183,11 +182,11 @@ def quickstart(identities: int = 120, held_out: int = 8, frames: int = 24,
             "synth", "--out", str(SYNTHEMO), "--train", str(identities), "--val", str(held_out),
             "--test", str(held_out), "--frames", str(frames), "--head_motion", str(head_motion),
             "--workers", str(workers)]))
+    if not cache_path().is_file():
+        _timed(timings, "probes", lambda: train_probes(threads=torch.get_num_threads(),
+                                                       **QUICK_PROBES))
     precision = training_precision(precision)
     print(f"[quickstart] training precision: {precision}")
-    if not cache_path().is_file():
-        _timed(timings, "probes", lambda: train_probes(
-            threads=torch.get_num_threads(), bf16=precision == "bf16-mixed", **QUICK_PROBES))
     for name, exports, config in STAGES:
         if not force and all((WEIGHTS / export).exists() for export in exports):
             print(f"[quickstart] {name}: already trained ({WEIGHTS}/{exports[0]}...)")

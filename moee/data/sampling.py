@@ -176,6 +176,21 @@ def window_frames(per_frame: np.ndarray, start: int, num_frames: int, context: i
     return out
 
 
+def apex_window_starts(aus: np.ndarray, num_frames: int, fraction: float) -> np.ndarray:
+    """The starts of the ``num_frames`` windows of a clip with per-frame AUs ``aus`` (T 17)
+    that training may draw: all of them, or with ``fraction`` those whose every frame shows at
+    least that share of the clip's apex expression (the best window when none does)."""
+    starts = np.arange(len(aus) - num_frames + 1)
+    if not fraction:
+        return starts
+    strength = np.linalg.norm(aus[:, _EXPRESSION_AUS].astype(np.float32), axis=1)
+    if strength.max() <= 0:  # neutral: every window is at its "apex"
+        return starts
+    lowest = np.lib.stride_tricks.sliding_window_view(strength, num_frames).min(1)
+    eligible = starts[lowest >= fraction * strength.max()]
+    return eligible if len(eligible) else starts[[int(lowest.argmax())]]
+
+
 def clip_audio(clip: Clip) -> np.ndarray:
     """The clip's audio trimmed or zero-padded to exactly ``frames × 640`` samples."""
     total = len(clip.frames) * SAMPLES_PER_FRAME
@@ -309,19 +324,8 @@ class ClipSampler:
         return [self.sample(clip, int(start), audio, rng) for start in starts]
 
     def window_starts(self, clip: Clip) -> np.ndarray:
-        """The window starts training may draw: all of them, or with ``apex_fraction`` those
-        whose every frame shows at least that share of the clip's apex expression (the best
-        window when none does)."""
-        f, fraction = self.options.num_frames, self.options.apex_fraction
-        starts = np.arange(len(clip.frames) - f + 1)
-        if not fraction:
-            return starts
-        strength = np.linalg.norm(clip.aus[:, _EXPRESSION_AUS].astype(np.float32), axis=1)
-        if strength.max() <= 0:  # neutral: every window is at its "apex"
-            return starts
-        lowest = np.lib.stride_tricks.sliding_window_view(strength, f).min(1)
-        eligible = starts[lowest >= fraction * strength.max()]
-        return eligible if len(eligible) else starts[[int(lowest.argmax())]]
+        """The window starts training may draw (:func:`apex_window_starts`)."""
+        return apex_window_starts(clip.aus, self.options.num_frames, self.options.apex_fraction)
 
     def sample(self, clip: Clip, start: int, audio: np.ndarray,
                rng: np.random.Generator) -> dict[str, Any]:

@@ -103,7 +103,8 @@ def _npy(array: np.ndarray) -> bytes:
     return buffer.getvalue()
 
 
-def _load_npy(data: bytes, key: str, name: str) -> np.ndarray:
+def load_npy(data: bytes, key: str, name: str) -> np.ndarray:
+    """A sample's ``.npy`` entry (``ShardError`` naming the sample when it is unreadable)."""
     try:
         return np.load(io.BytesIO(data), allow_pickle=False)
     except (ValueError, OSError) as error:
@@ -161,7 +162,7 @@ def decode_clip(sample: dict[str, Any]) -> Clip:
     except MediaError as error:
         raise ShardError(f"sample {key!r}{where}: {error}") from None
     extras = {
-        name: _load_npy(value, key, name)
+        name: load_npy(value, key, name)
         for name, value in sample.items()
         if name.endswith(".npy") and name not in ("au.npy", "lmk.npy")
     }
@@ -170,8 +171,8 @@ def decode_clip(sample: dict[str, Any]) -> Clip:
         meta=meta,
         frames=frames,
         audio=audio,
-        aus=_load_npy(sample["au.npy"], key, "au.npy").astype(np.float32),
-        landmarks=_load_npy(sample["lmk.npy"], key, "lmk.npy").astype(np.float32),
+        aus=load_npy(sample["au.npy"], key, "au.npy").astype(np.float32),
+        landmarks=load_npy(sample["lmk.npy"], key, "lmk.npy").astype(np.float32),
         extras=extras,
     )
     try:

@@ -132,16 +132,14 @@ def non_faces(x: torch.Tensor, generator: torch.Generator | None = None) -> torc
 
 
 def _train_loop(model: nn.Module, loss_fn: Callable, n: int, steps: int, batch: int,
-                seed: int, lr: float, log: Callable[[str], None], name: str,
-                bf16: bool = False) -> None:
+                seed: int, lr: float, log: Callable[[str], None], name: str) -> None:
     opt = torch.optim.AdamW(model.parameters(), lr=lr, weight_decay=1e-4)
     sched = torch.optim.lr_scheduler.OneCycleLR(opt, lr, total_steps=steps, pct_start=0.15)
     model.train()
     batches = _batches(n, batch, np.random.default_rng(seed))
     start = time.perf_counter()
     for step in range(steps):
-        with torch.autocast("cpu", dtype=torch.bfloat16, enabled=bf16):
-            loss = loss_fn(next(batches))
+        loss = loss_fn(next(batches))
         opt.zero_grad(set_to_none=True)
         loss.backward()
         opt.step()
@@ -188,11 +186,8 @@ def train_probes(size: int = 64, seed: int = 0, train_identities: int = 300,
                  frames_per_identity: int = 32, heldout_identities: int = 40,
                  expression_steps: int = 1800, identity_steps: int = 300, batch: int = 64,
                  cache_dir: str | os.PathLike | None = None, threads: int = 1,
-                 bf16: bool = False, log: Callable[[str], None] = print
-                 ) -> tuple[Path, dict[str, float]]:
+                 log: Callable[[str], None] = print) -> tuple[Path, dict[str, float]]:
     """Render probe data, train both probes, evaluate on unseen identities, save the cache.
-    ``bf16`` trains under bf16 autocast (1.8x faster steps on a CPU with native bf16; the
-    held-out scores as in float32, ``benchmarks/README.md``).
 
     Returns the cache path and the held-out metrics (also stored in the file's metadata).
     """
@@ -229,9 +224,9 @@ def train_probes(size: int = 64, seed: int = 0, train_identities: int = 300,
         return F.cross_entropy(logits, labels["identity"][idx], label_smoothing=0.1)
 
     _train_loop(probes.expression, expression_loss, len(x), expression_steps, batch, seed, 3e-3,
-                log, "expression", bf16)
+                log, "expression")
     _train_loop(probes.identity, identity_loss, len(x), identity_steps, batch, seed + 1, 3e-3,
-                log, "identity", bf16)
+                log, "identity")
     del probes.identity._train_head
     metrics = evaluate_probes(probes, held)
     metrics["train_seconds"] = time.perf_counter() - begin
@@ -243,7 +238,7 @@ def train_probes(size: int = 64, seed: int = 0, train_identities: int = 300,
 def probes_command(size: int = 64, seed: int = 0, cache_dir: str | None = None,
                    threads: int = 1, train_identities: int = 300,
                    frames_per_identity: int = 32, expression_steps: int = 1800,
-                   identity_steps: int = 300, bf16: bool = False) -> None:
+                   identity_steps: int = 300) -> None:
     """Train the SynthEmo probe networks and cache them; prints held-out accuracy.
 
     Args:
@@ -255,12 +250,11 @@ def probes_command(size: int = 64, seed: int = 0, cache_dir: str | None = None,
         frames_per_identity: frames rendered per training identity.
         expression_steps: optimiser steps of the expression probe.
         identity_steps: optimiser steps of the identity probe.
-        bf16: train under bf16 autocast (on a CPU with native bf16: AMX or AVX512-BF16).
     """
     path, _ = train_probes(size=size, seed=seed, train_identities=train_identities,
                            frames_per_identity=frames_per_identity,
                            expression_steps=expression_steps, identity_steps=identity_steps,
-                           cache_dir=cache_dir, threads=threads, bf16=bf16)
+                           cache_dir=cache_dir, threads=threads)
     print(f"probes saved to {path}")
 
 

@@ -4,7 +4,6 @@
   self-attention (``attn1``) also attends to the ReferenceNet's features of the same block;
   ``attn2`` is diffusers' cross-attention to the reference image embedding.
 * :class:`AudioAttention`, the cross-attention from each frame's tokens to its audio tokens.
-* :func:`attend`, the attention product all of them (and the emotion experts) compute.
 
 Per-call conditioning travels in one :class:`DenoiserContext` passed as
 ``cross_attention_kwargs={"moee": ctx}``: diffusers hands it to every processor and to every
@@ -63,31 +62,6 @@ class DenoiserContext:
         return value.repeat_interleave(self.num_frames, 0)
 
 
-SHORT_ATTENTION = 128 * 256
-"""Query x key counts up to which :func:`attend` on a CPU is an explicit float32 product."""
-
-
-def attend(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor,
-           mask: torch.Tensor | None = None) -> torch.Tensor:
-    """``F.scaled_dot_product_attention(q, k, v, attn_mask=mask)`` of (b h n d) tensors.
-
-    On a CPU, short attention (queries x keys up to :data:`SHORT_ATTENTION`, every layer of
-    the tiny preset) is an explicit matmul-softmax in float32 instead: faster than SDPA's CPU
-    kernels on so few tokens, forward and backward (64 x 128 in bf16: 4.8 ms against the flash
-    kernel's 12.5 ms and the math kernel's 6.9 ms, ``benchmarks/README.md``), and at least as
-    precise. Elsewhere, and on GPUs, SDPA's fused kernels are the faster.
-    """
-    if q.device.type != "cpu" or q.shape[-2] * k.shape[-2] > SHORT_ATTENTION:
-        return F.scaled_dot_product_attention(q, k, v, attn_mask=mask)
-    with torch.autocast("cpu", enabled=False):
-        scores = torch.matmul(q.float() * q.shape[-1] ** -0.5, k.float().transpose(-1, -2))
-        if mask is not None and mask.dtype == torch.bool:
-            scores = scores.masked_fill(~mask, float("-inf"))
-        elif mask is not None:
-            scores = scores + mask.float()
-        return torch.matmul(scores.softmax(-1), v.float()).to(q.dtype)
-
-
 def transformer_block_names(unet: UNet2DConditionModel) -> list[str]:
     """Names of the U-Net's spatial transformer blocks, in the order the forward runs them."""
     stage = {"down_blocks": 0, "mid_block": 1, "up_blocks": 2}
@@ -130,7 +104,8 @@ class MoEEAttnProcessor:
         q = attn.to_q(hidden_states)
         k, v = attn.to_k(context), attn.to_v(context)
         q, k, v = (rearrange(t, "b n (h d) -> b h n d", h=attn.heads) for t in (q, k, v))
-        out = attn.to_out[0](rearrange(attend(q, k, v, mask), "b h n d -> b n (h d)"))
+        out = F.scaled_dot_product_attention(q, k, v, attn_mask=mask)
+        out = attn.to_out[0](rearrange(out, "b h n d -> b n (h d)"))
         return attn.to_out[1](out)
 
 

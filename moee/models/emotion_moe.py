@@ -18,8 +18,8 @@ Two implementations share the same parameters (the experts' own ``nn.Linear`` la
   multiply-adds for the shapes at hand (:func:`absorbed_is_cheaper`):
 
   - *batched*: stack the experts' weights, project all queries with one matmul, fold the expert
-    axis into the batch for a single attention call (:func:`~moee.models.attention.attend`)
-    and mix the outputs with one gate-weighted matmul;
+    axis into the batch for a single ``F.scaled_dot_product_attention`` call and mix the outputs
+    with one gate-weighted matmul;
   - *absorbed*: with few emotion tokens ``m``, fold each head's query projection into its keys
     (``q k^T = X (W_q^T k^T)``) and its output projection and global gate into its values
     (``g_i P v W_o^T``), so that the whole mixture is two matmuls of X against ``e*h*m``
@@ -43,7 +43,6 @@ from einops import rearrange
 from torch import nn
 
 from moee.emotions import NUM_EXPERTS
-from moee.models.attention import attend
 
 SHORT_SOFTMAX = 16
 """Emotion-token counts below this take the absorbed form's (m e h) column order."""
@@ -68,7 +67,8 @@ class CrossAttentionExpert(nn.Module):
         """x (b n d), context (b m c) -> (b n d)."""
         q, k, v = self.to_q(x), self.to_k(context), self.to_v(context)
         q, k, v = (rearrange(t, "b n (h k) -> b h n k", h=self.heads) for t in (q, k, v))
-        return self.to_out(rearrange(attend(q, k, v), "b h n k -> b n (h k)"))
+        out = F.scaled_dot_product_attention(q, k, v)
+        return self.to_out(rearrange(out, "b h n k -> b n (h k)"))
 
 
 class UniformGate(nn.Module):
@@ -309,7 +309,7 @@ class EmotionMoE(nn.Module):
         k, v = (
             rearrange(context @ w.T, "b m (e h k) -> (e b) h m k", e=e, h=h) for w in (w_k, w_v)
         )
-        out = attend(q, k, v)  # (e b) h n k
+        out = F.scaled_dot_product_attention(q, k, v)  # (e b) h n k
         out = out * rearrange(global_, "b e -> (e b) 1 1 1")
         out = rearrange(out, "(e b) h n k -> b n (e h k)", e=e)
         return out @ w_o.T + (global_ @ b_o)[:, None]

@@ -25,7 +25,6 @@ import inspect
 import torch
 from diffusers import UNet2DConditionModel
 from diffusers.models.attention import BasicTransformerBlock
-from diffusers.models.attention_processor import Attention
 from einops import rearrange, repeat
 from torch import nn
 
@@ -180,9 +179,6 @@ class Denoiser(nn.Module):
             name: MoEEAttnProcessor(name.rsplit(".attn", 1)[0]) for name in unet.attn_processors
         }
         unet.set_attn_processor(dict(processors))
-        for name, module in self.blocks.named_modules():  # audio and temporal attention
-            if isinstance(module, Attention):
-                module.set_processor(MoEEAttnProcessor(f"blocks.{name}"))
 
     def motion_adapter_key_map(self) -> dict[str, str]:
         """Our temporal module prefix -> the AnimateDiff ``MotionAdapter`` module prefix.

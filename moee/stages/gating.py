@@ -10,13 +10,17 @@ import torch.nn.functional as F
 from torch import nn
 
 from moee.emotions import BASIC_EMOTIONS, NUM_EXPERTS
+from moee.errors import MoEEError
 from moee.models.emotion_latents import MODALITIES, EmotionInputs
 from moee.models.emotion_moe import EmotionMoE
 from moee.models.moee_net import SPEECH_ENCODER
 from moee.models.weights import export_metadata
-from moee.stages.base import DiffusionStage, emotion_shares
+from moee.stages.base import DiffusionStage, emotion_shares, linear_decay
 
 log = logging.getLogger(__name__)
+
+ALIGNMENT_DECAY = 0.3
+"""The share of the alignment warm-up's steps that take its learning rate linearly to zero."""
 
 
 class GatingModule(DiffusionStage):
@@ -46,9 +50,14 @@ class GatingModule(DiffusionStage):
             learnt the label.
         train_label_path: also train the label path (an ablation: the experts then see
             latents they were not trained on).
-        alignment_warmup: the first this many steps train the alignment term alone (weight 1),
-            without denoising: several times cheaper a step, they give the AU, text and speech
-            paths the examples that the stage's few denoising steps cannot.
+        alignment_warmup: before the first denoising step, this many steps of the alignment
+            term alone (:meth:`warm_up_alignment`) on clip conditions without frames: they
+            give the AU, text and speech paths the examples that the stage's few denoising
+            steps cannot, at a fraction of a denoising step's cost. Not counted in
+            ``trainer.max_steps``.
+        alignment_batch: clips per warm-up step (every modality of each at once).
+        alignment_lr: the warm-up's learning rate (``None``: the optimizer's); the denoising
+            steps after it keep the optimizer's, which may be lower so as not to undo it.
         prototype_margin: start every MoE layer's global-gate emotion term as a router to the
             nearest basic label's latents (:meth:`EmotionMoE.route_by_prototypes`), a label
             on its prototype preferring its own expert by this many logits; ``None`` keeps the
@@ -63,14 +72,17 @@ class GatingModule(DiffusionStage):
 
     def __init__(self, *args, routing_weight: float = 0.0, alignment_weight: float = 0.0,
                  train_label_path: bool = False, alignment_warmup: int = 0,
-                 prototype_margin: float | None = None, freeze_speech_encoder: bool = False,
-                 **kwargs) -> None:
+                 alignment_batch: int = 32, alignment_lr: float | None = None,
+                 prototype_margin: float | None = None,
+                 freeze_speech_encoder: bool = False, **kwargs) -> None:
         self.train_label_path = train_label_path
         self.freeze_speech_encoder = freeze_speech_encoder
         super().__init__(*args, **kwargs)
         self.routing_weight = routing_weight
         self.alignment_weight = alignment_weight
         self.alignment_warmup = alignment_warmup
+        self.alignment_batch = alignment_batch
+        self.alignment_lr = alignment_lr
         exports = {export_metadata(p).get("stage") for p in kwargs.get("init_weights") or []}
         if self._stand_in_speech_encoder() and "SpeechEmotionModule" not in exports:
             log.warning("freeze_speech_encoder keeps a random speech-emotion encoder: add the "
@@ -119,12 +131,73 @@ class GatingModule(DiffusionStage):
     def carried_parameters(self) -> dict[str, nn.Parameter]:
         return {**super().carried_parameters(), **self._stand_in_speech_encoder()}
 
-    def on_fit_start(self) -> None:
-        max_steps = self.trainer.max_steps
-        if 0 < max_steps <= self.alignment_warmup:
-            log.warning("alignment_warmup (%d) fills all of trainer.max_steps (%d): this run "
-                        "trains the AU, text and speech paths only, and never the gates",
-                        self.alignment_warmup, max_steps)
+    def on_train_start(self) -> None:
+        """A fresh run starts with the alignment warm-up (a resumed one has it in its weights)."""
+        if self.alignment_warmup and self.global_step == 0:
+            self.warm_up_alignment(self.alignment_warmup)
+
+    def warm_up_alignment(self, steps: int) -> None:
+        """Train the AU, text and speech paths on the alignment term alone for ``steps`` steps.
+
+        Each step takes ``alignment_batch`` random clips of the stage's training data, at
+        windows drawn as training draws them, with all their modalities and without their
+        frames (:class:`~moee.data.conditions.ConditionBatches`). It uses the stage's optimizer
+        at ``alignment_lr`` and its precision, clips gradients as the trainer does, averages
+        them over the ranks, and takes the learning rate linearly to zero over the last
+        :data:`ALIGNMENT_DECAY` of the steps (then restores the optimizer's for the denoising
+        steps, and starts an EMA from the warmed-up weights). The loss is logged as
+        ``train/alignment_warmup``. Not with FSDP2.
+        """
+        from tqdm import tqdm
+
+        from moee.data.conditions import ConditionBatches, read_conditions
+
+        data = self.trainer.datamodule
+        if not hasattr(data, "train_options"):
+            raise MoEEError("alignment_warmup reads its clips through MoEEDataModule: set "
+                            "data to it, or alignment_warmup to 0")
+        if self.device_mesh is not None:
+            raise MoEEError("alignment_warmup runs outside FSDP2's sharded forward: set it to 0 "
+                            "with an FSDP2 strategy, or train the gates with ddp")
+        strategy, optimizer = self.trainer.strategy, self.trainer.optimizers[0]
+        accepts = data.clip_filter.accepts if data.clip_filter is not None else None
+        batches = ConditionBatches(read_conditions(data.sources["train"], accepts),
+                                   data.train_options, self.alignment_batch,
+                                   seed=[data.stream_seed(), strategy.global_rank])
+        params = list(self.trained_parameters().values())
+        base = [group["lr"] for group in optimizer.param_groups]
+        warm = [lr * (self.alignment_lr or optimizer.defaults["lr"]) / optimizer.defaults["lr"]
+                for lr in base]  # the groups' lr_scales kept
+        factor = linear_decay(steps, ALIGNMENT_DECAY)
+        scaler = getattr(self.trainer.precision_plugin, "scaler", None)  # 16-mixed
+        clip = self.trainer.gradient_clip_val
+        for step in tqdm(range(steps), desc="alignment warm-up", unit="step",
+                         disable=not self.trainer.is_global_zero):
+            for group, lr in zip(optimizer.param_groups, warm):
+                group["lr"] = lr * factor(step)
+            with self.trainer.precision_plugin.train_step_context():
+                loss = self.alignment_loss(next(batches))
+            optimizer.zero_grad(set_to_none=True)
+            (loss if scaler is None else scaler.scale(loss)).backward()
+            for p in params:
+                if p.grad is not None:
+                    p.grad = strategy.reduce(p.grad, reduce_op="mean")
+            if scaler is not None:
+                scaler.unscale_(optimizer)
+            if clip:
+                torch.nn.utils.clip_grad_norm_(params, clip)
+            if scaler is None:
+                optimizer.step()
+            else:
+                scaler.step(optimizer)
+                scaler.update()
+            if self.logger is not None and (step + 1) % 10 == 0:
+                self.logger.log_metrics({"train/alignment_warmup": loss.item()}, step=step)
+        optimizer.zero_grad(set_to_none=True)
+        for group, lr in zip(optimizer.param_groups, base):
+            group["lr"] = lr
+        if self.ema is not None:  # the average starts from the warmed-up weights
+            self.ema.shadow = {n: p.detach() for n, p in self.trained_parameters().items()}
 
     def missing_checkpoint_hint(self) -> str:
         return (": train the backbone and the six experts first (configs/expert_<emotion>.yaml)"
@@ -185,13 +258,6 @@ class GatingModule(DiffusionStage):
         return torch.stack(losses).mean() if losses else target.new_zeros(())
 
     def training_step(self, batch: dict[str, Any], batch_idx: int) -> torch.Tensor:
-        if self.global_step < self.alignment_warmup:
-            loss = self.alignment_loss(batch)
-            if not loss.requires_grad:  # the batch is conditioned by labels alone
-                return None
-            self.log("train/alignment_warmup", loss, batch_size=batch["frames"].shape[0])
-            self.log("loss", loss, prog_bar=True, logger=False, batch_size=batch["frames"].shape[0])
-            return loss
         self._gate_sums = {}
         loss = super().training_step(batch, batch_idx)
         count = self._gate_sums.pop("count", 0)

@@ -3,7 +3,9 @@ alignment terms."""
 
 import logging
 from dataclasses import replace
+from pathlib import Path
 
+import lightning as L
 import pytest
 import torch
 from safetensors import safe_open
@@ -135,24 +137,55 @@ def test_gating_without_moe_trains_the_modality_paths_and_skips_routing(mixed_ba
                if n.startswith("emotion_to_latents.to_queries.text."))
 
 
-def test_gating_warmup_trains_the_modality_paths_alone(mixed_batch):
-    module = GatingModule(loss=loss(), alignment_warmup=5)
-    batch = {**mixed_batch, "emotion": replace(mixed_batch["emotion"],
-                                               present=torch.ones(2, 4, dtype=torch.bool))}
-    module.net.zero_grad(set_to_none=True)
-    warm = module.training_step(batch, 0)  # global step 0 < 5: alignment alone
-    torch.testing.assert_close(warm, module.alignment_loss(batch))
-    warm.backward()
-    grads = {n for n, p in module.net.named_parameters() if p.grad is not None
-             and p.grad.abs().sum() > 0}
-    # the tiny preset's random text and speech encoders learn with their query MLPs
-    for prefix in ("emotion_to_latents.text_encoder.", "emotion_to_latents.speech_encoder.",
-                   "emotion_to_latents.to_queries.au."):
-        assert any(n.startswith(prefix) for n in grads), prefix
-    assert not any("_gate." in n or ".experts." in n for n in grads)  # nothing was denoised
-    labels_only = {**batch, "emotion": replace(batch["emotion"], present=torch.tensor(
-        [[True, False, False, False]] * 2))}
-    assert module.training_step(labels_only, 0) is None  # nothing to align: step skipped
+class _FirstStep(L.Callback):
+    """What the module holds when its first denoising step starts."""
+
+    def on_train_batch_start(self, trainer, module, batch, batch_idx):
+        if not hasattr(self, "params"):
+            self.params = {n: p.detach().clone() for n, p in module.net.named_parameters()}
+            self.lrs = [group["lr"] for group in trainer.optimizers[0].param_groups]
+
+
+def test_gating_warmup_aligns_the_modality_paths_before_the_first_step(tmp_path):
+    """A fresh gating fit first trains the AU, text and speech paths on clip conditions alone
+    (no frames): by its first denoising step their alignment loss has fallen, the gates,
+    experts and label path are as they started, and the learning rate is the configured one."""
+    from moee.cli import MoEECLI
+    from moee.data.conditions import ConditionBatches, read_conditions
+    from moee.data.sampling import SamplingOptions
+    from tests.clips import write_test_shards
+
+    shards = write_test_shards(tmp_path / "shards", num_frames=24, size=32)
+    overrides = {
+        "model.init_args.init_weights": "[]", "model.init_args.export_path": "null",
+        "model.init_args.alignment_warmup": "40", "model.init_args.alignment_batch": "8",
+        "model.init_args.optimizer.init_args.lr": "0.003",
+        "data.init_args.train": str(shards), "data.init_args.val": str(shards),
+        "data.init_args.num_workers": "0", "data.init_args.sampling.num_frames": "2",
+        "data.init_args.batch_size": "2", "data.init_args.samples_per_epoch": "4",
+        "trainer.max_steps": "1", "trainer.limit_val_batches": "0", "trainer.logger": "false",
+        "trainer.enable_checkpointing": "false", "trainer.enable_progress_bar": "false",
+        "trainer.default_root_dir": str(tmp_path)}
+    config = Path(__file__).resolve().parents[2] / "configs/tiny/gating.yaml"
+    cli = MoEECLI(run=False, args=["--config", str(config),
+                                   *(f"--{k}={v}" for k, v in overrides.items())])
+    module = cli.model
+    probe = next(ConditionBatches(read_conditions(shards), SamplingOptions(num_frames=2), 16))
+    with torch.no_grad():
+        before = float(module.alignment_loss(probe))
+    start = {n: p.detach().clone() for n, p in module.net.named_parameters()}
+    first = _FirstStep()
+    cli.trainer.callbacks.append(first)
+    cli.trainer.fit(module, datamodule=cli.datamodule)
+    changed = {n for n, p in first.params.items() if not torch.equal(p, start[n])}
+    assert any(n.startswith("emotion_to_latents.to_queries.au.") for n in changed)
+    assert any(n.startswith("emotion_to_latents.to_queries.text.") for n in changed)
+    assert not any("_gate." in n or ".experts." in n or ".to_queries.label." in n
+                   for n in changed)
+    assert first.lrs == [0.003] * len(first.lrs)  # restored after the warm-up's decay
+    module.net.load_state_dict(first.params, strict=False)  # the weights at the first step
+    with torch.no_grad():
+        assert float(module.alignment_loss(probe)) < 0.7 * before
 
 
 def test_gating_keeps_a_pretrained_stand_in_speech_encoder_frozen_and_exports_it(
@@ -165,14 +198,14 @@ def test_gating_keeps_a_pretrained_stand_in_speech_encoder_frozen_and_exports_it
               if n.startswith(f"{SPEECH_ENCODER}.")}
     pretrained = tmp_path / "speech_emotion.safetensors"  # as SpeechEmotionModule writes it
     save_file({n: p.detach() + 0.5 for n, p in speech.items()}, str(pretrained))
-    module = GatingModule(loss=loss(), alignment_warmup=5, freeze_speech_encoder=True,
+    module = GatingModule(loss=loss(), freeze_speech_encoder=True,
                           init_weights=[str(pretrained)])
     encoder = module.net.emotion_to_latents.speech_encoder
     loaded = {n: p.detach().clone() for n, p in module.net.named_parameters()
               if n.startswith(f"{SPEECH_ENCODER}.")}
     torch.testing.assert_close(loaded, {n: p.detach() + 0.5 for n, p in speech.items()})
     assert not any(p.requires_grad for p in encoder.parameters())
-    module.training_step(batch, 0).backward()  # the alignment term reaches the query MLP only
+    module.alignment_loss(batch).backward()  # the alignment term reaches the query MLP only
     assert all(p.grad is None for p in encoder.parameters())
     assert module.net.emotion_to_latents.to_queries["speech"][0].weight.grad.abs().sum() > 0
     exported = module.exported_weights()  # carried, so animation needs the gating export only
@@ -181,7 +214,7 @@ def test_gating_keeps_a_pretrained_stand_in_speech_encoder_frozen_and_exports_it
     module.on_save_checkpoint(checkpoint)
     assert all(f"net.{n}" in checkpoint["state_dict"] for n in loaded)
     # without the flag the stand-in trains with its query MLP (and is exported as trained)
-    free = GatingModule(loss=loss(), alignment_warmup=5)
+    free = GatingModule(loss=loss())
     assert all(p.requires_grad for p in free.net.emotion_to_latents.speech_encoder.parameters())
 
 
@@ -195,17 +228,6 @@ def test_gating_never_trains_or_exports_a_pretrained_speech_encoder(tmp_path):
     assert not any(p.requires_grad
                    for p in module.net.emotion_to_latents.speech_encoder.parameters())
     assert not any(n.startswith(SPEECH_ENCODER) for n in module.exported_weights())
-
-
-@pytest.mark.parametrize("max_steps, warns", [(5, True), (6, False)])
-def test_gating_warns_when_the_warmup_fills_the_run(caplog, max_steps, warns):
-    import lightning as L
-
-    module = GatingModule(loss=loss(), alignment_warmup=5)
-    module.trainer = L.Trainer(max_steps=max_steps, logger=False, enable_checkpointing=False)
-    with caplog.at_level(logging.WARNING, logger="moee.stages.gating"):
-        module.on_fit_start()
-    assert ("never the gates" in caplog.text) == warns
 
 
 def test_gating_stage_starts_routing_each_label_to_its_expert(caplog):
