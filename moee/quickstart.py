@@ -131,8 +131,8 @@ def quickstart(identities: int = 120, held_out: int = 8, frames: int = 24,
                expert_steps: int | None = None, gating_steps: int | None = None,
                people: int | None = 4, seconds: float = 0.64,
                sampling_steps: int | None = None,
-               strength: float = 1.0, precision: Precision = "auto", workers: int = 2,
-               force: bool = False) -> dict[str, float]:
+               strength: float = 1.0, precision: Precision = "auto", seed: int = 0,
+               workers: int = 2, force: bool = False) -> dict[str, float]:
     """Generate SynthEmo, train the probes and every stage of the tiny model, animate the
     held-out identities and print what the probes read.
 
@@ -156,6 +156,9 @@ def quickstart(identities: int = 120, held_out: int = 8, frames: int = 24,
             CPU that computes bf16 natively (AMX or AVX512-BF16: 1.5x faster image steps),
             else ``32-true``. With ``bf16-mixed`` the videos are sampled with bf16 weights
             too (2x faster; the same probe readings as float32 on the validation people).
+        seed: seed of every training stage (initial weights, data order, windows, noise):
+            the SynthEmo data, the probes and the videos' sampling noise stay the same, so
+            two seeds (each in its own folder) differ by their training alone.
         workers: processes for data generation.
         force: redo steps whose outputs exist.
 
@@ -192,7 +195,8 @@ def quickstart(identities: int = 120, held_out: int = 8, frames: int = 24,
             print(f"[quickstart] {name}: already trained ({WEIGHTS}/{exports[0]}...)")
             continue
         steps = overrides.get(name)
-        extra = ["--trainer.precision", precision]
+        extra = ["--trainer.precision", precision, "--seed_everything", str(seed),
+                 "--data.init_args.seed", str(seed)]
         extra += ["--trainer.max_steps", str(steps)] if steps is not None else []
         _timed(timings, name, lambda c=config, e=extra: moee(
             ["fit", "--config", str(CONFIGS / c), *e]))

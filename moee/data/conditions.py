@@ -10,13 +10,14 @@ costly part of a training sample, and lets each batch carry every modality at on
 from __future__ import annotations
 
 import json
+import os
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 
 import numpy as np
 import torch
 
-from moee.data.health import manifest_folders
+from moee.data.datamodule import ShardSource, resolve_shards
 from moee.data.media import SAMPLES_PER_FRAME, MediaError, normalize_track, read_audio
 from moee.data.sampling import (
     SamplingOptions,
@@ -24,7 +25,7 @@ from moee.data.sampling import (
     draw_speech_speed,
     speech_window,
 )
-from moee.data.shards import ClipMeta, ShardError, iter_raw_samples, load_npy, shard_urls
+from moee.data.shards import ClipMeta, ShardError, iter_raw_samples, load_npy
 from moee.models.emotion_latents import EmotionInputs
 
 
@@ -37,14 +38,16 @@ class ClipConditions:
     track: np.ndarray  # (T * 640,) the speech, normalised as one track (clip_track)
 
 
-def read_conditions(source, accepts: Callable[[dict], bool] | None = None
+def read_conditions(source: ShardSource, accepts: Callable[[dict], bool] | None = None
                     ) -> list[ClipConditions]:
-    """The conditions of every clip of a shard source (a folder or a list of them) whose
-    metadata ``accepts`` (e.g. a stage's :class:`~moee.data.datamodule.ClipFilter`), read
-    without decoding any video. A sample without a readable ``json``, ``au.npy`` or ``wav`` is
-    a one-line :class:`ShardError`."""
+    """The conditions of every clip of a local shard source (as ``MoEEDataModule`` takes it)
+    whose metadata ``accepts`` (e.g. a stage's :class:`~moee.data.datamodule.ClipFilter`),
+    read without decoding any video. A remote shard, or a sample without a readable ``json``,
+    ``au.npy`` or ``wav``, is a one-line :class:`ShardError`."""
     clips = []
-    for url in (url for folder in manifest_folders(source) for url in shard_urls(folder)):
+    for url in resolve_shards(source):
+        if not os.path.isfile(url):
+            raise ShardError(f"{url}: clip conditions are read from local shards only")
         for sample in iter_raw_samples(url):
             key = sample.get("__key__", "?")
             try:

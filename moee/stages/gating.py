@@ -151,9 +151,10 @@ class GatingModule(DiffusionStage):
         from tqdm import tqdm
 
         from moee.data.conditions import ConditionBatches, read_conditions
+        from moee.data.datamodule import MoEEDataModule
 
         data = self.trainer.datamodule
-        if not hasattr(data, "train_options"):
+        if not isinstance(data, MoEEDataModule):
             raise MoEEError("alignment_warmup reads its clips through MoEEDataModule: set "
                             "data to it, or alignment_warmup to 0")
         if self.device_mesh is not None:

@@ -22,8 +22,8 @@ def test_every_stage_config_exists_and_exports_every_expert():
 
 def test_the_quickstart_runs_from_any_folder(tmp_path, monkeypatch):
     """Run from a folder that is not the repository, the quickstart trains every stage with
-    the configs shipped in the package (their includes found beside them), and everything the
-    stages read and write is under runs/ of that folder."""
+    the configs shipped in the package (their includes found beside them), at the seed asked,
+    and everything the stages read and write is under runs/ of that folder."""
     from pathlib import Path
 
     import torch
@@ -31,7 +31,7 @@ def test_the_quickstart_runs_from_any_folder(tmp_path, monkeypatch):
     import moee
     from moee import quickstart
     from moee.evaluation.probes import cache_path
-    from tests.foundation.test_configs import parse
+    from tests.foundation.test_configs import ParseOnlyCLI
 
     monkeypatch.chdir(tmp_path)
     (tmp_path / "runs/synthemo/test").mkdir(parents=True)
@@ -45,9 +45,10 @@ def test_the_quickstart_runs_from_any_folder(tmp_path, monkeypatch):
         assert argv[:2] == ["fit", "--config"]
         config = Path(argv[2])
         assert config.is_relative_to(Path(moee.__file__).resolve().parent)
-        trained[config.name] = parse(config)
+        trained[config.name] = ParseOnlyCLI(args=argv[1:], run=False).config
         Path(trained[config.name].trainer.default_root_dir).mkdir(parents=True)
-        assert argv[3:] == ["--trainer.precision", quickstart.training_precision("auto")]
+        assert argv[3:] == ["--trainer.precision", quickstart.training_precision("auto"),
+                            "--seed_everything", "3", "--data.init_args.seed", "3"]
 
     monkeypatch.setattr("moee.cli.main", fit)
     sampled = {}
@@ -55,9 +56,10 @@ def test_the_quickstart_runs_from_any_folder(tmp_path, monkeypatch):
                         lambda *args, dtype: sampled.setdefault("dtype", dtype) and [])
     monkeypatch.setattr(quickstart, "read_held_out", lambda made, probes: {})
     monkeypatch.setattr("moee.evaluation.probes.load_probes", lambda: None)
-    quickstart.quickstart()
+    quickstart.quickstart(seed=3)
     assert list(trained) == [Path(config).name for _, _, config in STAGES]
     for config in trained.values():
+        assert config.seed_everything == 3 and config.data.init_args.seed == 3  # every stage
         init = config.model.init_args
         for path in (config.trainer.default_root_dir, init.export_path, config.data.init_args.train,
                      *(init.get("init_weights") or [])):
