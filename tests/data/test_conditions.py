@@ -8,7 +8,7 @@ import pytest
 import torch
 
 from moee.data.conditions import ClipConditions, ConditionBatches, read_conditions
-from moee.data.sampling import SamplingOptions, apex_window_starts, clip_track, speech_window
+from moee.data.sampling import SamplingOptions, clip_track, speech_window
 from moee.data.shards import ClipMeta, ShardError, decode_clip, iter_raw_samples, shard_urls
 from tests.clips import write_test_shards
 
@@ -66,7 +66,8 @@ def test_condition_batches_carry_every_modality_of_apex_windows():
         * np.linspace(0, 0.01, frames, dtype=np.float32)[:, None],  # every window differs
         track=np.random.default_rng(i).standard_normal(frames * 640).astype(np.float32))
         for i, (emotion, weights, intensity) in enumerate([
-            ("happy", [0, 0, 0, 1, 0, 0], 0.5), ("happily surprised", [0, 0, 0, 0.4, 0, 0.6], 1.0)])]
+            ("happy", [0, 0, 0, 1, 0, 0], 0.5),
+            ("happily surprised", [0, 0, 0, 0.4, 0, 0.6], 1.0)])]
     options = SamplingOptions(num_frames=4, apex_fraction=0.9)
     batch = next(ConditionBatches(conditions, options, batch_size=16, seed=0))
     emotion = batch["emotion"]
