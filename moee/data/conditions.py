@@ -18,11 +18,12 @@ import numpy as np
 import torch
 
 from moee.data.datamodule import ShardSource, resolve_shards
-from moee.data.media import SAMPLES_PER_FRAME, MediaError, normalize_track, read_audio
+from moee.data.media import MediaError, normalize_track, read_audio
 from moee.data.sampling import (
     SamplingOptions,
     apex_window_starts,
     draw_speech_speed,
+    frames_audio,
     speech_window,
 )
 from moee.data.shards import ClipMeta, ShardError, iter_raw_samples, load_npy
@@ -31,19 +32,24 @@ from moee.models.emotion_latents import EmotionInputs
 
 @dataclass(frozen=True)
 class ClipConditions:
-    """One clip's emotion, as its label, AU track, description and speech track say it."""
+    """One clip's emotion, as its label, AU track, description and speech say it."""
 
     meta: ClipMeta
     aus: np.ndarray  # (T 17) per-frame AU intensities
-    track: np.ndarray  # (T * 640,) the speech, normalised as one track (clip_track)
+    audio: np.ndarray  # (T * 640,) float32 speech, trimmed or padded to the frames
+
+    @property
+    def track(self) -> np.ndarray:
+        """The speech normalised as one track, as training hears it (``clip_track``)."""
+        return normalize_track(self.audio)
 
 
 def read_conditions(source: ShardSource, accepts: Callable[[dict], bool] | None = None
                     ) -> list[ClipConditions]:
     """The conditions of every clip of a local shard source (as ``MoEEDataModule`` takes it)
     whose metadata ``accepts`` (e.g. a stage's :class:`~moee.data.datamodule.ClipFilter`),
-    read without decoding any video. A remote shard, or a sample without a readable ``json``,
-    ``au.npy`` or ``wav``, is a one-line :class:`ShardError`."""
+    read without decoding any video. A remote shard, a sample without a readable ``json``,
+    ``au.npy`` or ``wav``, or no clip accepted, is a one-line :class:`ShardError`."""
     clips = []
     for url in resolve_shards(source):
         if not os.path.isfile(url):
@@ -60,12 +66,10 @@ def read_conditions(source: ShardSource, accepts: Callable[[dict], bool] | None 
             except (KeyError, ValueError, TypeError, MediaError) as error:
                 raise ShardError(f"sample {key!r} in {url}: no readable conditions: "
                                  f"{error}") from None
-            total = len(aus) * SAMPLES_PER_FRAME
-            audio = np.pad(audio[:total], (0, max(0, total - len(audio))))
             clips.append(ClipConditions(meta, aus.astype(np.float32),
-                                        normalize_track(audio.astype(np.float32))))
+                                        frames_audio(audio, len(aus)).astype(np.float32)))
     if not clips:
-        raise ShardError(f"{source}: no clips with emotion conditions for this stage")
+        raise ShardError(f"{source}: no clips of the emotions this stage reads")
     return clips
 
 
@@ -81,32 +85,34 @@ class ConditionBatches(Iterator[dict]):
 
     def __init__(self, clips: list[ClipConditions], options: SamplingOptions, batch_size: int,
                  seed: int | list[int] = 0) -> None:
-        self.clips = clips
+        if batch_size < 1:
+            raise ValueError(f"a batch needs at least one clip, got batch_size {batch_size}")
+        self.clips = [clip for clip in clips if len(clip.aus) >= options.num_frames]
+        if not self.clips:  # as training skips them
+            raise ShardError(f"every clip is shorter than a window of {options.num_frames} "
+                             "frames: lower sampling.num_frames")
         self.options = options
         self.batch_size = batch_size
         self.rng = np.random.default_rng(seed)
 
     def __next__(self) -> dict:
-        f, rows = self.options.num_frames, []
-        for index in self.rng.integers(len(self.clips), size=self.batch_size):
-            clip = self.clips[index]
-            start = int(self.rng.choice(apex_window_starts(clip.aus, f,
-                                                           self.options.apex_fraction)))
-            speed = draw_speech_speed(self.rng, self.options.speech_speed)
-            rows.append((clip, clip.aus[start:start + f].mean(0),
-                         speech_window(clip.track, start, f, speed)))
-        intensity = torch.tensor([clip.meta.intensity for clip, _, _ in rows])
-        weights = torch.tensor([clip.meta.weights for clip, _, _ in rows], dtype=torch.float32)
-        texts = [clip.meta.text or None for clip, _, _ in rows]
-        present = torch.ones(len(rows), 4, dtype=torch.bool)
+        f, options = self.options.num_frames, self.options
+        clips = [self.clips[i] for i in self.rng.integers(len(self.clips), size=self.batch_size)]
+        aus, speech = [], []
+        for clip in clips:
+            start = int(self.rng.choice(apex_window_starts(clip.aus, f, options.apex_fraction)))
+            speed = draw_speech_speed(self.rng, options.speech_speed)
+            aus.append(clip.aus[start:start + f].mean(0))
+            speech.append(speech_window(clip.track, start, f, speed))
+        intensity = torch.tensor([clip.meta.intensity for clip in clips])
+        texts = [clip.meta.text or None for clip in clips]
+        present = torch.ones(len(clips), 4, dtype=torch.bool)
         present[:, 2] = torch.tensor([text is not None for text in texts])
         return {
             "emotion": EmotionInputs(
-                label=weights * intensity[:, None],
-                au=torch.from_numpy(np.stack([au for _, au, _ in rows])),
-                text=texts,
-                speech=torch.from_numpy(np.stack([speech for _, _, speech in rows])),
-                present=present),
+                label=torch.tensor([clip.meta.weights for clip in clips]) * intensity[:, None],
+                au=torch.from_numpy(np.stack(aus)), text=texts,
+                speech=torch.from_numpy(np.stack(speech)), present=present),
             "intensity": intensity,
-            "emotion_name": [clip.meta.emotion for clip, _, _ in rows],
+            "emotion_name": [clip.meta.emotion for clip in clips],
         }

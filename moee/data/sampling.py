@@ -191,11 +191,16 @@ def apex_window_starts(aus: np.ndarray, num_frames: int, fraction: float) -> np.
     return eligible if len(eligible) else starts[[int(lowest.argmax())]]
 
 
+def frames_audio(audio: np.ndarray, num_frames: int) -> np.ndarray:
+    """``audio`` trimmed or zero-padded to exactly ``num_frames × 640`` samples."""
+    total = num_frames * SAMPLES_PER_FRAME
+    audio = audio[:total]
+    return np.pad(audio, (0, total - len(audio))) if len(audio) < total else audio
+
+
 def clip_audio(clip: Clip) -> np.ndarray:
     """The clip's audio trimmed or zero-padded to exactly ``frames × 640`` samples."""
-    total = len(clip.frames) * SAMPLES_PER_FRAME
-    audio = clip.audio[:total]
-    return np.pad(audio, (0, total - len(audio))) if len(audio) < total else audio
+    return frames_audio(clip.audio, len(clip.frames))
 
 
 def clip_track(clip: Clip) -> np.ndarray:

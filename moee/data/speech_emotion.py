@@ -3,13 +3,12 @@
 The tiny preset's speech-emotion encoder is a random stand-in for the emotion-recognition
 HuBERT the real configuration loads (``superb/hubert-base-superb-er``). It is pretrained as that
 one was, on speech alone (:class:`~moee.stages.SpeechEmotionModule`), from the basic-emotion
-clips of the training split: only their audio is read (the ``wav`` and ``json`` of each
-sample, no video), once, into memory.
+clips of the training split: only their audio is read (the ``wav``, ``json`` and ``au.npy``
+of each sample, no video: :func:`~moee.data.conditions.read_conditions`), once, into memory.
 """
 
 from __future__ import annotations
 
-import json
 from collections.abc import Iterator
 from dataclasses import dataclass
 
@@ -17,9 +16,8 @@ import lightning as L
 import numpy as np
 import torch
 
-from moee.data.media import SAMPLES_PER_FRAME, MediaError, read_audio
+from moee.data.conditions import read_conditions
 from moee.data.sampling import SPEECH_FRAMES, draw_speech_speed, speech_window
-from moee.data.shards import ClipMeta, ShardError, iter_raw_samples, shard_urls
 from moee.emotions import BASIC_EMOTIONS
 
 
@@ -33,25 +31,12 @@ class Voice:
 
 
 def read_voices(folder: str) -> list[Voice]:
-    """The audio of every basic-emotion clip in a shard folder (one-line ``ShardError`` for a
-    sample without a readable ``wav`` or ``json``)."""
-    voices = []
-    for url in shard_urls(folder):
-        for sample in iter_raw_samples(url):
-            key = sample.get("__key__", "?")
-            try:
-                meta = ClipMeta(**json.loads(sample["json"]))
-                if meta.emotion not in BASIC_EMOTIONS:
-                    continue
-                audio = read_audio(sample["wav"], meta.sample_rate)
-            except (KeyError, ValueError, TypeError, MediaError) as error:
-                raise ShardError(f"sample {key!r} in {url}: no readable speech: {error}") from None
-            total = meta.num_frames * SAMPLES_PER_FRAME
-            audio = np.pad(audio[:total], (0, max(0, total - len(audio)))).astype(np.float32)
-            voices.append(Voice(audio, BASIC_EMOTIONS.index(meta.emotion), meta.num_frames))
-    if not voices:
-        raise ShardError(f"{folder}: no basic-emotion clips to hear")
-    return voices
+    """The audio of every basic-emotion clip in a shard folder, read without its video
+    (:func:`~moee.data.conditions.read_conditions`: one-line ``ShardError`` for a sample
+    without a readable ``json``, ``au.npy`` or ``wav``, or a folder without basic clips)."""
+    clips = read_conditions(folder, lambda meta: meta["emotion"] in BASIC_EMOTIONS)
+    return [Voice(clip.audio, BASIC_EMOTIONS.index(clip.meta.emotion), len(clip.aus))
+            for clip in clips]
 
 
 def centred_windows(voices: list[Voice]) -> tuple[torch.Tensor, torch.Tensor]:

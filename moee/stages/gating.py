@@ -75,6 +75,11 @@ class GatingModule(DiffusionStage):
                  alignment_batch: int = 32, alignment_lr: float | None = None,
                  prototype_margin: float | None = None,
                  freeze_speech_encoder: bool = False, **kwargs) -> None:
+        if alignment_warmup < 0 or alignment_batch < 1 or (alignment_lr is not None
+                                                           and alignment_lr <= 0):
+            raise ValueError(f"alignment_warmup must be >= 0, alignment_batch >= 1 and "
+                             f"alignment_lr > 0, got {alignment_warmup}, {alignment_batch} and "
+                             f"{alignment_lr}")
         self.train_label_path = train_label_path
         self.freeze_speech_encoder = freeze_speech_encoder
         super().__init__(*args, **kwargs)

@@ -64,7 +64,7 @@ def test_condition_batches_carry_every_modality_of_apex_windows():
                  num_frames=frames, size=32, text=f"a {emotion} face"),
         aus=ramp[:, None] * (np.arange(17, dtype=np.float32) + 1 + i) / 20 + ramp[:, None]
         * np.linspace(0, 0.01, frames, dtype=np.float32)[:, None],  # every window differs
-        track=np.random.default_rng(i).standard_normal(frames * 640).astype(np.float32))
+        audio=np.random.default_rng(i).standard_normal(frames * 640).astype(np.float32))
         for i, (emotion, weights, intensity) in enumerate([
             ("happy", [0, 0, 0, 1, 0, 0], 0.5),
             ("happily surprised", [0, 0, 0, 0.4, 0, 0.6], 1.0)])]
@@ -86,3 +86,11 @@ def test_condition_batches_carry_every_modality_of_apex_windows():
                                    * clip.meta.intensity)
     again = next(ConditionBatches(conditions, options, batch_size=16, seed=0))
     assert torch.equal(again["emotion"].au, emotion.au)  # seeded
+
+
+def test_condition_batches_refuse_what_they_cannot_draw(shards):
+    conditions = read_conditions(shards)
+    with pytest.raises(ValueError, match="at least one clip"):
+        ConditionBatches(conditions, SamplingOptions(num_frames=4), batch_size=0)
+    with pytest.raises(ShardError, match="shorter than a window of 13 frames"):
+        ConditionBatches(conditions, SamplingOptions(num_frames=13), batch_size=4)

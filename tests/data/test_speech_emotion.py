@@ -76,10 +76,10 @@ def test_a_sample_without_readable_speech_is_a_one_line_error(shards, tmp_path):
                 data = b"not a wav"
             member.size = len(data)
             tar.addfile(member, io.BytesIO(data))
-    with pytest.raises(ShardError, match="no readable speech") as error:
+    with pytest.raises(ShardError, match="no readable conditions") as error:
         read_voices(str(folder))
     assert "\n" not in str(error.value)
-    with pytest.raises(ShardError, match="no basic-emotion clips"):
+    with pytest.raises(ShardError, match="no clips of the emotions this stage reads"):
         read_voices(str(write_test_shards(tmp_path / "neutral", emotions=("neutral",),
                                           num_frames=20, size=32)))
 

@@ -188,6 +188,22 @@ def test_gating_warmup_aligns_the_modality_paths_before_the_first_step(tmp_path)
         assert float(module.alignment_loss(probe)) < 0.7 * before
 
 
+@pytest.mark.parametrize("option", [{"alignment_warmup": -1}, {"alignment_batch": 0},
+                                    {"alignment_lr": 0.0}])
+def test_gating_refuses_a_warmup_it_cannot_run(option):
+    with pytest.raises(ValueError, match="alignment_warmup must be >= 0"):
+        GatingModule(loss=loss(), **option)
+
+
+def test_gating_warmup_needs_the_moee_datamodule():
+    from moee.errors import MoEEError
+
+    module = GatingModule(loss=loss(), alignment_warmup=5)
+    module.trainer = L.Trainer(max_steps=1, logger=False, enable_checkpointing=False)
+    with pytest.raises(MoEEError, match="reads its clips through MoEEDataModule"):
+        module.on_train_start()
+
+
 def test_gating_keeps_a_pretrained_stand_in_speech_encoder_frozen_and_exports_it(
         tmp_path, mixed_batch):
     from moee.models.moee_net import SPEECH_ENCODER
