@@ -32,7 +32,7 @@ import torch
 from moee.data.faces import mouth_mask
 from moee.data.media import SAMPLES_PER_FRAME, normalize_track
 from moee.data.shards import Clip
-from moee.emotions import ACTION_UNITS, BASIC_EMOTIONS
+from moee.emotions import ACTION_UNITS, BASIC_EMOTIONS, NEUTRAL
 
 log = logging.getLogger(__name__)
 
@@ -74,6 +74,11 @@ class SamplingOptions:
             An inference portrait is not masked; a recipe that also trains unmasked
             other-emotion references sees that case (the portrait shows another expression
             than the one asked for) in training too.
+        mns_neutral_prob: probability that an MNS reference is the person's neutral face,
+            where the clip has one among its references (``mns_emotions`` in its metadata);
+            otherwise one of its references at random (the paper: any other emotion). An
+            animation's portrait is neutral, so a recipe that draws neutral references more
+            often trains more of the case it is used in.
         mask_dilation: growth of the mouth polygon, as a fraction of the image side.
         jitter_prob: probability that the emotion condition of a sample is jittered.
         intensity_noise: standard deviation of the intensity noise of a jitter.
@@ -100,6 +105,7 @@ class SamplingOptions:
     random_window: bool = True
     mns_prob: float = 0.0
     mns_mask_prob: float = 1.0
+    mns_neutral_prob: float | None = None
     mask_dilation: float = 0.05
     jitter_prob: float = 0.0
     intensity_noise: float = 0.1
@@ -117,10 +123,9 @@ class SamplingOptions:
         if unknown:
             raise ValueError(f"unknown emotion modalities {sorted(unknown)}; valid: "
                              f"{', '.join(MODALITIES)}")
-        for name in ("mns_prob", "mns_mask_prob", "jitter_prob", "modality_dropout",
-                     "apex_fraction",
-                     "single_modality_prob"):
-            if not 0.0 <= getattr(self, name) <= 1.0:
+        for name in ("mns_prob", "mns_mask_prob", "mns_neutral_prob", "jitter_prob",
+                     "modality_dropout", "apex_fraction", "single_modality_prob"):
+            if getattr(self, name) is not None and not 0.0 <= getattr(self, name) <= 1.0:
                 raise ValueError(f"{name} must be in [0, 1], got {getattr(self, name)}")
         if not 0.0 <= self.speech_speed < 1.0:
             raise ValueError(f"speech_speed must be in [0, 1), got {self.speech_speed}")
@@ -390,10 +395,20 @@ class ClipSampler:
         refs = clip.extras.get(MNS_REFERENCE)
         if (opts.mns_prob and refs is not None and len(refs)
                 and MNS_LANDMARKS in clip.extras and rng.random() < opts.mns_prob):
-            index = int(rng.integers(len(refs)))
+            index = self._mns_index(clip, len(refs), rng)
             return refs[index], clip.extras[MNS_LANDMARKS][index].astype(np.float32), True
         if opts.random_window:
             index = int(rng.integers(len(clip.frames)))
         else:
             index = start + opts.num_frames // 2
         return clip.frames[index], clip.landmarks[index], False
+
+    def _mns_index(self, clip: Clip, count: int, rng: np.random.Generator) -> int:
+        """Which of the clip's ``count`` MNS references to use (``mns_neutral_prob``)."""
+        names = clip.meta.extra.get("mns_emotions", [])[:count]
+        neutral = [i for i, name in enumerate(names) if name == NEUTRAL]
+        chance = self.options.mns_neutral_prob
+        if chance is None or not neutral or len(neutral) == count:
+            return int(rng.integers(count))
+        pool = neutral if rng.random() < chance else [i for i in range(count) if i not in neutral]
+        return pool[int(rng.integers(len(pool)))]

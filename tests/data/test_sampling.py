@@ -179,6 +179,26 @@ def test_unmasked_mns_references_keep_the_mouth_and_still_replace_the_motion_fra
         SamplingOptions(mns_mask_prob=1.5)
 
 
+@pytest.mark.parametrize("chance, expected", [(None, 1 / 3), (0.8, 0.8), (0.0, 0.0)])
+def test_mns_neutral_prob_sets_how_often_the_reference_is_the_neutral_face(chance, expected):
+    clip = make_test_clip(num_frames=30, size=32, mns_refs=3)
+    clip.extras["mnsref.npy"] = np.stack([np.full((32, 32, 3), 10 * (i + 1), np.uint8)
+                                          for i in range(3)])  # reference i is all 10 (i + 1)
+    clip.meta.extra["mns_emotions"] = ["angry", "neutral", "fear"]
+    options = SamplingOptions(num_frames=1, windows_per_clip=900, mns_prob=1.0,
+                              mns_mask_prob=0.0, mns_neutral_prob=chance)
+    picks = np.array([int(s["reference"][0, 0, 0]) // 10 - 1
+                      for s in ClipSampler(options, seed=0)(clip)])
+    assert abs((picks == 1).mean() - expected) < 0.05
+    assert set(picks[picks != 1]) <= {0, 2}
+    assert abs((picks == 0).mean() - (picks == 2).mean()) < 0.08  # the others alike
+    clip.meta.extra["mns_emotions"] = ["angry", "disgusted", "fear"]  # no neutral: any of them
+    none_neutral = [int(s["reference"][0, 0, 0]) // 10 - 1 for s in ClipSampler(options)(clip)]
+    assert set(none_neutral) == {0, 1, 2}
+    with pytest.raises(ValueError, match="mns_neutral_prob"):
+        SamplingOptions(mns_neutral_prob=-0.1)
+
+
 def test_mouth_mask_covers_every_mouth_landmark():
     landmarks = face_template()
     for size in (32, 64, 256):
