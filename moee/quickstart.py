@@ -28,6 +28,8 @@ from moee.emotions import BASIC_EMOTIONS, parse_emotion
 
 Precision = Literal["auto", "32-true", "bf16-mixed"]
 """The training precisions the quickstart offers (``auto``: see :func:`training_precision`)."""
+Budget = Literal["tiny", "small"]
+"""The quickstart's training budgets (:data:`BUDGETS`)."""
 CONFIGS = Path(__file__).resolve().parent / "configs"
 """The stage configs, package data (in a checkout, a link to the repository's ``configs/``)."""
 RUNS = Path("runs")
@@ -47,6 +49,17 @@ STAGES: tuple[tuple[str, tuple[str, ...], str], ...] = (
 order; the backbone first on stills of many clips (image mode), then on videos; the six
 experts train side by side in one run; the speech-emotion stand-in is pretrained before the
 gates."""
+BUDGETS: dict[str, dict[str, int]] = {
+    "tiny": {},
+    "small": {"backbone_image": 2800, "backbone": 200, "experts": 120, "gating": 240},
+}
+"""Training steps per stage of each budget (a stage it does not name keeps its config's
+``max_steps``): ``tiny``, the configs' own (~23 min on 2 cores); ``small``, 2.3x the image
+stage and twice the video, expert and gating steps (~45-60 min), the network and data the
+same."""
+STAMP = "stages.json"
+"""Under WEIGHTS: each trained stage's seed, precision and step budget, so that a rerun
+skips only a stage trained as asked."""
 
 
 def _timed(timings: dict[str, float], name: str, step: Callable[[], object]) -> None:
@@ -132,7 +145,8 @@ def quickstart(identities: int = 120, held_out: int = 8, frames: int = 24,
                people: int | None = 4, seconds: float = 0.64,
                sampling_steps: int | None = None,
                strength: float = 1.0, precision: Precision = "auto", seed: int = 0,
-               workers: int = 2, force: bool = False) -> dict[str, float]:
+               budget: Budget = "tiny", workers: int = 2,
+               force: bool = False) -> dict[str, float]:
     """Generate SynthEmo, train the probes and every stage of the tiny model, animate the
     held-out identities and print what the probes read.
 
@@ -143,7 +157,7 @@ def quickstart(identities: int = 120, held_out: int = 8, frames: int = 24,
         frames: frames per SynthEmo clip.
         head_motion: SynthEmo's head sway (1: lively; the tiny model learns emotion faster
             from a stiller head, as MEAD's studio recordings are).
-        image_steps, backbone_steps, expert_steps, gating_steps: override the configs'
+        image_steps, backbone_steps, expert_steps, gating_steps: override the budget's
             ``max_steps`` (image-mode backbone, video backbone, experts, gates; the gating
             stage's alignment warm-up comes before its steps).
         people: held-out identities animated under the compound, text and speech conditions
@@ -159,8 +173,11 @@ def quickstart(identities: int = 120, held_out: int = 8, frames: int = 24,
         seed: seed of every training stage (initial weights, data order, windows, noise):
             the SynthEmo data, the probes and the videos' sampling noise stay the same, so
             two seeds (each in its own folder) differ by their training alone.
+        budget: the training steps of every stage (:data:`BUDGETS`).
         workers: processes for data generation.
-        force: redo steps whose outputs exist.
+        force: redo steps whose outputs exist. Without it a stage whose exports exist is
+            skipped if it was trained with this seed, precision and steps, and refused with
+            one line if not.
 
     Returns:
         Wall time in seconds per step.
@@ -170,10 +187,10 @@ def quickstart(identities: int = 120, held_out: int = 8, frames: int = 24,
     from moee.evaluation.probe_training import train_probes
     from moee.evaluation.probes import cache_path, load_probes
 
-    overrides = {"backbone_image": image_steps, "backbone": backbone_steps,
-                 "experts": expert_steps, "gating": gating_steps}
+    asked = {"backbone_image": image_steps, "backbone": backbone_steps,
+             "experts": expert_steps, "gating": gating_steps}
     for option, steps in zip(("image", "backbone", "expert", "gating", "sampling"),
-                             (*overrides.values(), sampling_steps)):
+                             (*asked.values(), sampling_steps)):
         if steps is not None and steps < 1:  # found before the stages run, not after them
             raise BadInputError(f"--{option}_steps must be at least 1 (leave it out for the "
                                 f"recipe's), got {steps}")
@@ -190,16 +207,24 @@ def quickstart(identities: int = 120, held_out: int = 8, frames: int = 24,
                                                        **QUICK_PROBES))
     precision = training_precision(precision)
     print(f"[quickstart] training precision: {precision}")
+    stamps = _read_stamps()
     for name, exports, config in STAGES:
+        steps = asked[name] if asked.get(name) is not None else BUDGETS[budget].get(name)
+        recipe = {"seed": seed, "precision": precision, "max_steps": steps}
         if not force and all((WEIGHTS / export).exists() for export in exports):
+            if stamps.get(name, recipe) != recipe:
+                raise BadInputError(
+                    f"{WEIGHTS}/{exports[0]} was trained with {stamps[name]}, not {recipe}: "
+                    "run in another folder, or add --force to retrain")
             print(f"[quickstart] {name}: already trained ({WEIGHTS}/{exports[0]}...)")
             continue
-        steps = overrides.get(name)
         extra = ["--trainer.precision", precision, "--seed_everything", str(seed),
                  "--data.init_args.seed", str(seed)]
         extra += ["--trainer.max_steps", str(steps)] if steps is not None else []
         _timed(timings, name, lambda c=config, e=extra: moee(
             ["fit", "--config", str(CONFIGS / c), *e]))
+        stamps[name] = recipe
+        _write_json(WEIGHTS / STAMP, stamps)
     made: list = []
     dtype = torch.bfloat16 if precision == "bf16-mixed" else torch.float32
     _timed(timings, "animate", lambda: made.extend(animate_held_out(
@@ -208,15 +233,26 @@ def quickstart(identities: int = 120, held_out: int = 8, frames: int = 24,
     record = RUNS / "tiny" / "quickstart.json"
     if record.is_file():  # a rerun keeps the times of the steps it skipped
         timings = {**json.loads(record.read_text())["seconds"], **timings}
-    partial = record.with_name(f".{record.name}.partial")
-    partial.write_text(json.dumps({"seconds": timings, **scores}, indent=2))
-    partial.replace(record)
+    _write_json(record, {"seconds": timings, "budget": budget, "seed": seed, **scores})
     print(f"[quickstart] videos:  {VIDEOS}/ ({len(made)} mp4 with audio); sheet: {SHEET}")
     print(f"[quickstart] weights: {WEIGHTS}/")
     print(f"[quickstart] logs:    tensorboard --logdir {RUNS / 'tiny'}")
     print(f"[quickstart] total {sum(timings.values()) / 60:.1f} min; "
           f"figures in {RUNS / 'tiny' / 'quickstart.json'}")
     return timings
+
+
+def _read_stamps() -> dict[str, dict]:
+    path = WEIGHTS / STAMP
+    return json.loads(path.read_text()) if path.is_file() else {}
+
+
+def _write_json(path: Path, content: dict) -> None:
+    """Write ``content`` to ``path`` through a temporary name (never half a file)."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    partial = path.with_name(f".{path.name}.partial")
+    partial.write_text(json.dumps(content, indent=2))
+    partial.replace(path)
 
 
 def training_precision(choice: Precision) -> str:

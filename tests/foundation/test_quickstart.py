@@ -307,3 +307,62 @@ def test_a_step_budget_below_one_is_one_line_before_anything_runs(tmp_path, monk
     assert stop.value.code == (f"error: --{option} must be at least 1 (leave it out for the "
                                "recipe's), got 0")
     assert not (tmp_path / "runs").exists()
+
+
+def test_a_budget_sets_every_stage_s_steps_and_a_step_option_overrides_it(trained_runs,
+                                                                         monkeypatch):
+    """``--budget small`` trains each stage for the steps BUDGETS gives it (the configs' own
+    where it names none), ``--image_steps`` overrides one, and the weights folder records what
+    each stage was trained with."""
+    from moee import quickstart
+
+    for export in trained_runs.iterdir():
+        export.unlink()
+    steps = {}
+
+    def fit(argv):
+        config = argv[2].rsplit("/", 1)[-1]
+        tail = argv[argv.index("--trainer.max_steps") + 1] if "--trainer.max_steps" in argv \
+            else None
+        steps[config] = tail
+
+    monkeypatch.setattr("moee.cli.main", fit)
+    monkeypatch.setattr(quickstart, "animate_held_out", lambda *args, dtype: [])
+    monkeypatch.setattr(quickstart, "read_held_out", lambda made, probes: {})
+    monkeypatch.setattr("moee.evaluation.probes.load_probes", lambda: None)
+    quickstart.quickstart(budget="small", image_steps=7, seed=2)
+    small = quickstart.BUDGETS["small"]
+    assert steps == {"backbone_image.yaml": "7", "backbone.yaml": str(small["backbone"]),
+                     "experts.yaml": str(small["experts"]),
+                     "speech_emotion.yaml": None, "gating.yaml": str(small["gating"])}
+    stamps = json.loads((trained_runs / quickstart.STAMP).read_text())
+    assert stamps["backbone_image"]["max_steps"] == 7 and stamps["gating"]["seed"] == 2
+    assert stamps["speech_emotion"]["max_steps"] is None
+    record = json.loads((trained_runs.parent / "quickstart.json").read_text())
+    assert record["budget"] == "small" and record["seed"] == 2
+
+
+def test_a_rerun_with_another_seed_or_budget_refuses_the_weights_it_finds(trained_runs,
+                                                                         monkeypatch):
+    """Finished stages are skipped only when they were trained as now asked: weights of
+    another seed or budget in the folder are one line, not silently reused."""
+    from moee import quickstart
+
+    precision = quickstart.training_precision("auto")
+    stamps = {name: {"seed": 0, "precision": precision,
+                     "max_steps": quickstart.BUDGETS["tiny"].get(name)}
+              for name, _, _ in STAGES}
+    (trained_runs / quickstart.STAMP).write_text(json.dumps(stamps))
+    monkeypatch.setattr("moee.cli.main", lambda argv: pytest.fail(f"{argv[2]} retrained"))
+    for argv, what in ((["--seed", "1"], "'seed': 1"),
+                       (["--budget", "small"], "'max_steps': 2800")):
+        with pytest.raises(SystemExit) as stop:
+            quickstart.main(argv)
+        message = str(stop.value.code)
+        assert message.startswith("error: ")
+        assert "backbone_image.safetensors was trained with" in message and what in message
+        assert "--force" in message and "\n" not in message
+    monkeypatch.setattr(quickstart, "animate_held_out", lambda *args, dtype: [])
+    monkeypatch.setattr(quickstart, "read_held_out", lambda made, probes: {})
+    monkeypatch.setattr("moee.evaluation.probes.load_probes", lambda: None)
+    assert "backbone_image" not in quickstart.quickstart(seed=0)  # as trained: skipped
