@@ -1,6 +1,7 @@
 """Table 5 on SynthEmo: the tiny MoEE and its ablations, each trained by the quickstart's recipe.
 
     python benchmarks/bench_synthemo.py [--out runs/table5] [--full runs/tiny/weights]
+                                        [--budget small] [--seed N]
 
 Every variant trains every stage of the tiny recipe (``configs/tiny/``, as ``python -m moee
 quickstart`` runs them: image-mode backbone, video backbone, the six experts, the gates) with
@@ -31,7 +32,9 @@ each basic label, and on four of them each compound, text description and the sp
 sheet of two identities' basic and compound videos per variant to ``neutral_portraits.png``).
 ``--full`` reuses the full model's weights from a quickstart run with the same settings (its
 ``runs/tiny/weights``).
-``--seed`` sets every stage's seed; ``--scale`` multiplies every stage's steps (``--scale
+``--budget`` trains every variant for a quickstart budget's steps (``moee.quickstart.BUDGETS``:
+``small`` is the longer one), ``--seed`` sets every stage's seed; ``--scale`` multiplies every
+stage's steps (``--scale
 0.01 --test-batches 1`` is a smoke run of the whole path). Finished stages are skipped on a
 rerun of the same ``--out``. Needs the quickstart's SynthEmo (``runs/synthemo``) and probes.
 """
@@ -52,7 +55,7 @@ import yaml
 from moee.cli import main as moee
 from moee.emotions import BASIC_EMOTIONS
 from moee.metrics.tables import COLUMNS, markdown_table, wins_of
-from moee.quickstart import CONFIGS, animate_held_out, training_precision
+from moee.quickstart import BUDGETS, CONFIGS, STAMP, animate_held_out, training_precision
 
 FULL, NO_MOE, NO_GLOBAL, NO_MNS = "MoEE (full)", "w/o MoE", "w/o global gate", "w/o MNS"
 EXPERTS = [f"expert_{e}.safetensors" for e in BASIC_EMOTIONS]
@@ -65,16 +68,18 @@ TABLE5 = CONFIGS / "tiny" / "ablations" / "common" / "table5.yaml"
 
 
 def recipe(stage: str) -> dict:
-    """The ``configs/tiny/`` config of a stage (its ``max_steps`` and the gating stage's
-    ``alignment_warmup`` are what ``--scale`` multiplies)."""
+    """The ``configs/tiny/`` config of a stage (its ``max_steps``, unless the budget sets
+    them, and the gating stage's ``alignment_warmup`` are what ``--scale`` multiplies)."""
     return yaml.safe_load((CONFIGS / "tiny" / f"{stage}.yaml").read_text())
 
 
 class Bench:
     """Runs the stages of every variant into ``out`` and records their wall times."""
 
-    def __init__(self, out: Path, data: Path, scale: float, seed: int, precision: str) -> None:
+    def __init__(self, out: Path, data: Path, scale: float, seed: int, precision: str,
+                 budget: str = "tiny") -> None:
         self.out, self.data, self.scale, self.precision = out, data, scale, precision
+        self.seed, self.budget = seed, budget
         self.common = ["--seed_everything", str(seed), "--trainer.precision", precision,
                        "--trainer.enable_progress_bar", "false",
                        "--trainer.limit_val_batches", "0",
@@ -97,7 +102,8 @@ class Bench:
         if done.exists():
             print(f"[bench] {name}: done before ({done})", flush=True)
             return path
-        steps = max(1, round(recipe(stage)["trainer"]["max_steps"] * self.scale))
+        budget = BUDGETS[self.budget].get(stage) or recipe(stage)["trainer"]["max_steps"]
+        steps = max(1, round(budget * self.scale))
         argv = ["fit", "--config", str(CONFIGS / "tiny" / f"{stage}.yaml"), *self.common,
                 "--trainer.max_steps", str(steps),
                 "--trainer.default_root_dir", str(self.out / variant_folder(variant) / stage),
@@ -142,6 +148,7 @@ class Bench:
             if missing:
                 sys.exit(f"error: --full {full} lacks {', '.join(missing)}: pass the weights "
                          f"folder of a finished quickstart (runs/tiny/weights)")
+            self.check_full(full)
             for name, variant in reused.items():
                 target = self.weights(variant) / name
                 target.parent.mkdir(parents=True, exist_ok=True)
@@ -153,6 +160,17 @@ class Bench:
                    backbone_and_experts=full_model[:-1])
         self.train(NO_MNS, speech, [], ["--data.init_args.sampling.mns_prob", "0"])
         self.train(NO_MOE, speech, ["--model.init_args.net.num_experts", "1"], [])
+
+    def check_full(self, full: Path) -> None:
+        """Refuse a quickstart's weights trained at another seed or budget than this bench's
+        (its ``stages.json``; folders from before it was written are taken as they are)."""
+        stamps = json.loads((full / STAMP).read_text()) if (full / STAMP).is_file() else {}
+        for stage, stamp in stamps.items():
+            steps = BUDGETS[self.budget].get(stage)
+            if self.scale != 1 or stamp["seed"] != self.seed or stamp["max_steps"] != steps:
+                trained = f"seed {stamp['seed']}, max_steps {stamp['max_steps'] or 'as config'}"
+                sys.exit(f"error: --full {full} holds a {stage} stage of {trained}; this bench "
+                         f"trains seed {self.seed}, budget {self.budget} x {self.scale}")
 
     def evaluate(self, test_batches: int | None) -> dict:
         """``moee test`` of every variant and the ground truth, with the Table 5 overlay
@@ -224,6 +242,8 @@ def main() -> None:
     parser.add_argument("--data", default="runs/synthemo", help="the quickstart's SynthEmo")
     parser.add_argument("--full", help="reuse the full model's exports from this folder")
     parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--budget", default="tiny", choices=sorted(BUDGETS),
+                        help="the quickstart budget of every variant's steps")
     parser.add_argument("--scale", type=float, default=1.0, help="multiplies every step count")
     parser.add_argument("--precision", default="auto",
                         choices=["auto", "32-true", "bf16-mixed"], help="as the quickstart's")
@@ -232,8 +252,10 @@ def main() -> None:
     args = parser.parse_args()
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
     precision = training_precision(args.precision)
-    bench = Bench(Path(args.out), Path(args.data), args.scale, args.seed, precision)
-    print(f"[bench] the tiny recipe x {args.scale} per variant, seed {args.seed}, "
+    bench = Bench(Path(args.out), Path(args.data), args.scale, args.seed, precision,
+                  args.budget)
+    print(f"[bench] the tiny recipe, budget {args.budget} x {args.scale} per variant, "
+          f"seed {args.seed}, "
           f"{precision}; data {args.data}", flush=True)
     start = time.perf_counter()
     bench.run(Path(args.full) if args.full else None)
