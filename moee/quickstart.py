@@ -186,6 +186,7 @@ def quickstart(identities: int = 120, held_out: int = 8, frames: int = 24,
     from moee.errors import BadInputError
     from moee.evaluation.probe_training import train_probes
     from moee.evaluation.probes import cache_path, load_probes
+    from moee.utils import write_text
 
     asked = {"backbone_image": image_steps, "backbone": backbone_steps,
              "experts": expert_steps, "gating": gating_steps}
@@ -224,7 +225,7 @@ def quickstart(identities: int = 120, held_out: int = 8, frames: int = 24,
         _timed(timings, name, lambda c=config, e=extra: moee(
             ["fit", "--config", str(CONFIGS / c), *e]))
         stamps[name] = recipe
-        _write_json(WEIGHTS / STAMP, stamps)
+        write_text(WEIGHTS / STAMP, json.dumps(stamps, indent=2))
     made: list = []
     dtype = torch.bfloat16 if precision == "bf16-mixed" else torch.float32
     _timed(timings, "animate", lambda: made.extend(animate_held_out(
@@ -233,7 +234,8 @@ def quickstart(identities: int = 120, held_out: int = 8, frames: int = 24,
     record = RUNS / "tiny" / "quickstart.json"
     if record.is_file():  # a rerun keeps the times of the steps it skipped
         timings = {**json.loads(record.read_text())["seconds"], **timings}
-    _write_json(record, {"seconds": timings, "budget": budget, "seed": seed, **scores})
+    write_text(record, json.dumps({"seconds": timings, "budget": budget, "seed": seed,
+                                   **scores}, indent=2))
     print(f"[quickstart] videos:  {VIDEOS}/ ({len(made)} mp4 with audio); sheet: {SHEET}")
     print(f"[quickstart] weights: {WEIGHTS}/")
     print(f"[quickstart] logs:    tensorboard --logdir {RUNS / 'tiny'}")
@@ -243,16 +245,15 @@ def quickstart(identities: int = 120, held_out: int = 8, frames: int = 24,
 
 
 def _read_stamps() -> dict[str, dict]:
+    """The stamps of the stages trained in WEIGHTS (:data:`STAMP`; none before any)."""
+    from moee.errors import BadInputError
+
     path = WEIGHTS / STAMP
-    return json.loads(path.read_text()) if path.is_file() else {}
-
-
-def _write_json(path: Path, content: dict) -> None:
-    """Write ``content`` to ``path`` through a temporary name (never half a file)."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    partial = path.with_name(f".{path.name}.partial")
-    partial.write_text(json.dumps(content, indent=2))
-    partial.replace(path)
+    try:
+        return json.loads(path.read_text()) if path.is_file() else {}
+    except (ValueError, OSError) as error:
+        raise BadInputError(f"{path} is unreadable ({error}): delete it, or add --force to "
+                            "retrain") from None
 
 
 def training_precision(choice: Precision) -> str:

@@ -366,3 +366,8 @@ def test_a_rerun_with_another_seed_or_budget_refuses_the_weights_it_finds(traine
     monkeypatch.setattr(quickstart, "read_held_out", lambda made, probes: {})
     monkeypatch.setattr("moee.evaluation.probes.load_probes", lambda: None)
     assert "backbone_image" not in quickstart.quickstart(seed=0)  # as trained: skipped
+    (trained_runs / quickstart.STAMP).write_text('{"backbone_image": ')  # a killed writer's
+    with pytest.raises(SystemExit) as stop:
+        quickstart.main([])
+    assert "stages.json is unreadable" in str(stop.value.code)
+    assert "--force" in str(stop.value.code) and "\n" not in str(stop.value.code)
