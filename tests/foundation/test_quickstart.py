@@ -371,3 +371,32 @@ def test_a_rerun_with_another_seed_or_budget_refuses_the_weights_it_finds(traine
         quickstart.main([])
     assert "stages.json is unreadable" in str(stop.value.code)
     assert "--force" in str(stop.value.code) and "\n" not in str(stop.value.code)
+
+
+def test_the_table5_bench_trains_a_budget_and_refuses_weights_of_another(tmp_path, monkeypatch):
+    """``bench_synthemo.py --budget small`` gives every stage the budget's steps (the config's
+    where the budget names none) and takes a quickstart's weights only of its seed and budget."""
+    from pathlib import Path
+
+    from moee import quickstart
+
+    monkeypatch.syspath_prepend(str(Path(__file__).resolve().parents[2] / "benchmarks"))
+    import bench_synthemo
+
+    ran = []
+    monkeypatch.setattr(bench_synthemo, "moee", ran.append)
+    bench = bench_synthemo.Bench(tmp_path / "out", tmp_path / "data", 1.0, 1, "32-true", "small")
+    for stage in ("backbone_image", "speech_emotion"):
+        bench.fit(bench_synthemo.FULL, stage, [], f"{stage}.safetensors")
+    steps = [argv[argv.index("--trainer.max_steps") + 1] for argv in ran]
+    assert steps == [str(quickstart.BUDGETS["small"]["backbone_image"]),
+                     str(bench_synthemo.recipe("speech_emotion")["trainer"]["max_steps"])]
+    full = tmp_path / "full"
+    full.mkdir()
+    stamp = {"seed": 1, "precision": "32-true", "max_steps": 2800}
+    (full / quickstart.STAMP).write_text(json.dumps({"backbone_image": stamp}))
+    bench.check_full(full)  # the same seed and budget: taken
+    (full / quickstart.STAMP).write_text(json.dumps({"backbone_image": {**stamp, "seed": 0}}))
+    with pytest.raises(SystemExit) as stop:
+        bench.check_full(full)
+    assert "seed 0" in str(stop.value.code) and "budget small" in str(stop.value.code)
