@@ -274,10 +274,10 @@ class MoEEPipeline:
         cache: dict[tuple[int, int], torch.Tensor],
     ) -> list[tuple[torch.Tensor, Routing, torch.Tensor | None]]:
         """Emotion latents (1 m c), routing and guidance weights of each emotion part of the
-        clip centred at ``seconds``: one part (weights ``None``), or a composed compound's two
-        basic emotions (main first) when ``compose_compounds`` is set, each with its
-        ``(upper face, lower face)`` guidance weights (2,)
-        (:meth:`~moee.inference.sampling.SamplerSettings.part_weights`).
+        clip centred at ``seconds``: one part (weights ``None``, or its intensity twice with
+        ``intensity_guidance``), or a composed compound's two basic emotions (main first) when
+        ``compose_compounds`` is set, each with its ``(upper face, lower face)`` guidance
+        weights (2,) (:meth:`~moee.inference.sampling.SamplerSettings.part_weights`).
 
         ``speech`` is the clip's audio (1, f * 640); latents of conditions that do not depend on
         it are kept in ``cache`` ((entry index, part) → latents) across clips.
@@ -285,14 +285,17 @@ class MoEEPipeline:
         blend = track.blend(seconds)
         routing = track.routing(blend)
         composed = self.settings.compose_compounds is not None and routing.kind == "shares"
+        weighted = composed or self.settings.intensity_guidance
         parts = []
         for part in range(2 if composed else 1):
-            latents, weights = 0, torch.zeros(2) if composed else None
+            latents, weights = 0, torch.zeros(2) if weighted else None
             for index, share in blend:
                 condition = track.entries[index][1]
                 if composed:  # every entry is a compound of the same two emotions
                     weights += share * torch.tensor(self.settings.part_weights(condition)[part])
                     condition = condition.compound_parts()[part]
+                elif weighted:
+                    weights += share * condition.intensity
                 if (index, part) not in cache or condition.kind == "speech":
                     inputs = emotion_inputs(condition, speech.to(self.dtype), self.device)
                     cache[index, part] = self.conditioner.encode_emotion(inputs)
@@ -337,9 +340,10 @@ class MoEEPipeline:
         """
         settings = self.settings
         guidance = settings.guidance if len(parts) == 1 else settings.compound_guidance
-        part_weights = None if len(parts) == 1 else torch.stack([
-            face_region_weights(part["face_weights"], reference_latent.shape[-2],
-                                settings.compound_regions) for part in parts]).to(self.device)
+        split = settings.compound_regions if len(parts) > 1 else None
+        part_weights = None if parts[0]["face_weights"] is None else torch.stack([
+            face_region_weights(part["face_weights"], reference_latent.shape[-2], split)
+            for part in parts]).to(self.device)
         count = len(generators)
         branches = torch.tensor(guidance.branches, device=self.device)  # n 2
         n = len(branches)

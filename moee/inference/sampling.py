@@ -143,6 +143,12 @@ class SamplerSettings:
         compound_audio_guidance: the audio guidance scale of composed compounds (``None``:
             ``audio_guidance``). Their two emotion terms outweigh the audio's, and the mouth
             follows the speech less; a larger scale restores it.
+        intensity_guidance: an emotion's intensity (``happy@0.5``) also weighs its guidance
+            term, ``ε_u + audio (ε_a − ε_u) + emotion · i · (ε_full − ε_a)`` (a composed
+            compound's parts likewise), besides scaling its label. A model trained on strong
+            expressions only (SynthEmo's 0.55–1) otherwise draws the same face at every
+            intensity. Every video then runs the audio-only branch too: three network
+            branches per step where equal scales need two.
     """
 
     sampler: SamplerName = "dpmpp"
@@ -156,11 +162,14 @@ class SamplerSettings:
     compose_compounds: float | None = None
     compound_regions: float | None = None
     compound_audio_guidance: float | None = None
+    intensity_guidance: bool = False
 
     @property
     def guidance(self) -> Guidance:
-        """The guidance scales as a :class:`Guidance`."""
-        return Guidance(self.audio_guidance, self.emotion_guidance)
+        """The guidance scales as a :class:`Guidance`: one emotion part of per-video weight
+        (its intensity) with ``intensity_guidance``."""
+        parts = (1.0,) if self.intensity_guidance else ()
+        return Guidance(self.audio_guidance, self.emotion_guidance, parts)
 
     @property
     def compound_guidance(self) -> Guidance:
@@ -177,11 +186,12 @@ class SamplerSettings:
         emotion first: the :attr:`compound_guidance` parts' λ over the whole face, or, with
         :attr:`compound_regions`, ``compose_compounds`` times the compound's region weights."""
         w = self.compose_compounds
+        i = compound.intensity if self.intensity_guidance else 1.0
         regions = None if self.compound_regions is None else compound.region_weights()
         if regions is None:
-            return tuple((weight, weight) for weight in self.compound_guidance.parts)
+            return tuple((i * weight, i * weight) for weight in self.compound_guidance.parts)
         upper, lower = regions
-        return tuple((w * u, w * v) for u, v in zip(upper, lower))
+        return tuple((i * w * u, i * w * v) for u, v in zip(upper, lower))
 
 
 REGION_RAMP = 0.06

@@ -255,6 +255,20 @@ def test_regional_compound_guides_each_face_region_by_its_parts(net, monkeypatch
         make_pipeline(net, compose_compounds=2.0, compound_regions=0.0)
 
 
+def test_intensity_guidance_scales_the_emotion_term_by_the_intensity(net):
+    """happy@0.25 with intensity_guidance is ε_u + a (ε_a − ε_u) + e · 0.25 (ε_full − ε_a):
+    the plain sampler's video at emotion scale e / 4; at @1 the plain sampler's own video."""
+    settings = dict(steps=2, audio_guidance=2.0)
+    weighted = make_pipeline(net, emotion_guidance=3.0, intensity_guidance=True, **settings)
+    quarter = run(weighted, "happy@0.25", 0.16)
+    scaled = run(make_pipeline(net, emotion_guidance=0.75, **settings), "happy@0.25", 0.16)
+    assert np.abs(quarter.astype(int) - scaled.astype(int)).max() <= 1
+    plain = make_pipeline(net, emotion_guidance=3.0, **settings)
+    assert not np.array_equal(quarter, run(plain, "happy@0.25", 0.16))
+    full = run(weighted, "happy", 0.16)
+    assert np.abs(full.astype(int) - run(plain, "happy", 0.16).astype(int)).max() <= 1
+
+
 def test_composed_compounds_sample_apart_from_other_conditions(net):
     pipeline = make_pipeline(net, compose_compounds=1.0)
     with pytest.raises(ValueError, match="composed compounds or none"):
