@@ -340,10 +340,16 @@ class MoEEPipeline:
         """
         settings = self.settings
         guidance = settings.guidance if len(parts) == 1 else settings.compound_guidance
+        weights = [part["face_weights"] for part in parts]
+        if len(parts) == 1 and weights[0] is not None:  # intensity_guidance
+            if bool((weights[0] == 1).all()):  # full intensity: the plain guidance's branches
+                weights = [None]
+            else:
+                guidance = replace(guidance, parts=(1.0,))
         split = settings.compound_regions if len(parts) > 1 else None
-        part_weights = None if parts[0]["face_weights"] is None else torch.stack([
-            face_region_weights(part["face_weights"], reference_latent.shape[-2], split)
-            for part in parts]).to(self.device)
+        part_weights = None if weights[0] is None else torch.stack([
+            face_region_weights(w, reference_latent.shape[-2], split)
+            for w in weights]).to(self.device)
         count = len(generators)
         branches = torch.tensor(guidance.branches, device=self.device)  # n 2
         n = len(branches)

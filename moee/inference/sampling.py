@@ -147,8 +147,8 @@ class SamplerSettings:
             term, ``ε_u + audio (ε_a − ε_u) + emotion · i · (ε_full − ε_a)`` (a composed
             compound's parts likewise), besides scaling its label. A model trained on strong
             expressions only (SynthEmo's 0.55–1) otherwise draws the same face at every
-            intensity. Every video then runs the audio-only branch too: three network
-            branches per step where equal scales need two.
+            intensity. A batch with a video below full intensity then runs the audio-only
+            branch too: three network branches per step where equal scales need two.
     """
 
     sampler: SamplerName = "dpmpp"
@@ -166,10 +166,8 @@ class SamplerSettings:
 
     @property
     def guidance(self) -> Guidance:
-        """The guidance scales as a :class:`Guidance`: one emotion part of per-video weight
-        (its intensity) with ``intensity_guidance``."""
-        parts = (1.0,) if self.intensity_guidance else ()
-        return Guidance(self.audio_guidance, self.emotion_guidance, parts)
+        """The guidance scales as a :class:`Guidance`."""
+        return Guidance(self.audio_guidance, self.emotion_guidance)
 
     @property
     def compound_guidance(self) -> Guidance:

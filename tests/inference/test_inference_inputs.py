@@ -215,12 +215,7 @@ def test_composed_guidance_sums_each_parts_emotion_direction():
 
 
 def test_intensity_guidance_weighs_each_emotion_part_by_its_intensity():
-    plain = SamplerSettings(audio_guidance=2, emotion_guidance=3)
-    weighted = replace(plain, intensity_guidance=True)
-    assert weighted.guidance == Guidance(2, 3, (1.0,))  # the per-video weight replaces λ
-    equal = replace(weighted, audio_guidance=3)  # the audio-only branch even at equal scales
-    assert len(equal.guidance.branches) == 3
-    assert len(replace(equal, intensity_guidance=False).guidance.branches) == 2
+    weighted = SamplerSettings(audio_guidance=2, emotion_guidance=3, intensity_guidance=True)
     regional = replace(weighted, compose_compounds=2.0, compound_regions=0.5)
     half, full = (regional.part_weights(parse_emotion(f"sadly surprised@{i}")) for i in (0.5, 1))
     assert np.allclose(half, np.array(full) / 2)

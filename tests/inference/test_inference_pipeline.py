@@ -255,9 +255,14 @@ def test_regional_compound_guides_each_face_region_by_its_parts(net, monkeypatch
         make_pipeline(net, compose_compounds=2.0, compound_regions=0.0)
 
 
-def test_intensity_guidance_scales_the_emotion_term_by_the_intensity(net):
+def test_intensity_guidance_scales_the_emotion_term_by_the_intensity(net, spy):
     """happy@0.25 with intensity_guidance is ε_u + a (ε_a − ε_u) + e · 0.25 (ε_full − ε_a):
-    the plain sampler's video at emotion scale e / 4; at @1 the plain sampler's own video."""
+    the plain sampler's video at emotion scale e / 4; at @1 the plain sampler's own video,
+    through its two branches when the scales are equal."""
+    equal = make_pipeline(net, audio_guidance=3.0, emotion_guidance=3.0, intensity_guidance=True)
+    run(equal, "happy@0.5", 0.16)
+    run(equal, "happy", 0.16)
+    assert [call["batch"] for call in spy.calls] == [3, 2]  # the audio-only branch when weak
     settings = dict(steps=2, audio_guidance=2.0)
     weighted = make_pipeline(net, emotion_guidance=3.0, intensity_guidance=True, **settings)
     quarter = run(weighted, "happy@0.25", 0.16)
