@@ -22,7 +22,7 @@ person-averaged. It writes ``docs/intensity_sheet.png`` (a row per emotion, colu
 intensity) and ``docs/compound_sheet.png`` (each compound between its two components).
 
     python benchmarks/bench_control.py [--weights runs/tiny/weights] [--people 4] [--steps 4]
-        [--intensity_guidance true]
+        [--intensity_guidance false]
 """
 
 from __future__ import annotations
@@ -212,19 +212,21 @@ def sheets(made: dict[str, np.ndarray], out: str) -> None:
 
 def main(weights: str = "runs/tiny/weights", test: str = "runs/synthemo/test", people: int = 4,
          seconds: float = 0.64, steps: int | None = None, batch: int = 8,
-         sheet_dir: str = "docs", intensity_guidance: bool = False) -> None:
+         sheet_dir: str = "docs", intensity_guidance: bool | None = None) -> None:
     """Animate every condition of the module table for ``people`` held-out identities, print
     the four tables and write the two contact sheets (of the first identity);
-    ``intensity_guidance`` samples with the emotion term weighted by the intensity
-    (:class:`~moee.inference.sampling.SamplerSettings`)."""
+    ``intensity_guidance`` (default: the tiny preset's) weighs the emotion term by the
+    intensity (:class:`~moee.inference.sampling.SamplerSettings`)."""
+    preset = PRESET_SAMPLING["tiny"]
+    if intensity_guidance is not None:
+        preset = replace(preset, intensity_guidance=intensity_guidance)
     if people < 1:
         sys.exit(f"error: --people must be at least 1, got {people}")
     start = time.perf_counter()
     try:
         pipeline = MoEEPipeline.from_weights(
             MoEENetConfig(preset="tiny"), stage_weights([weights]), progress=False,
-            settings=replace(PRESET_SAMPLING["tiny"], intensity_guidance=intensity_guidance,
-                             steps=PRESET_SAMPLING["tiny"].steps if steps is None else steps))
+            settings=replace(preset, steps=preset.steps if steps is None else steps))
         everyone = held_out_people(test)
         probes = load_probes()
     except (FileNotFoundError, StageWeightsError, ShardError) as error:
