@@ -345,11 +345,13 @@ def test_timeline_transition_mixes_expert_weights(net, spy):
                                         ("happily surprised", "sadly fearful"),
                                         ("text:a broad smile", "AU6:0.8,AU12:1")])
 @pytest.mark.parametrize("compose", [None, 1.5])
-def test_videos_sampled_together_equal_each_sampled_alone(net, conditions, compose):
+@pytest.mark.parametrize("intensity", [False, True])
+def test_videos_sampled_together_equal_each_sampled_alone(net, conditions, compose, intensity):
     """generate_many: one batched network call per step, each video from its own noise, the
-    same frames (to float tolerance) as one generate call per video; guidance on, 2 clips."""
+    same frames (to float tolerance) as one generate call per video; guidance on, 2 clips;
+    with intensity_guidance, a full-intensity video batched with a weaker one too."""
     pipeline = make_pipeline(net, steps=2, audio_guidance=2.0, emotion_guidance=3.0,
-                             compose_compounds=compose)
+                             compose_compounds=compose, intensity_guidance=intensity)
     reference = torch.rand(3, SIZE, SIZE, generator=torch.Generator().manual_seed(1)) * 2 - 1
     audios = [speech(0.3) * (1 + i) for i in range(len(conditions))]
     tracks = [EmotionTrack.parse(c) for c in conditions]
