@@ -92,6 +92,22 @@ def normalize_images(batch: dict[str, Any]) -> dict[str, Any]:
     return batch
 
 
+def downsampled_images(batch: dict[str, Any], size: int) -> dict[str, Any]:
+    """A shallow copy of a normalised batch with its images (``IMAGE_KEYS``) area-averaged to
+    ``size`` × ``size`` and its ``mouth_mask`` to match (a coarse pixel is mouth where any of
+    its fine ones is). Landmarks are in [0, 1] and stay as they are."""
+    if size > batch["frames"].shape[-1]:
+        raise ValueError(f"cannot downsample {batch['frames'].shape[-1]} px frames to {size} px")
+    smaller = dict(batch)
+    for key in (*IMAGE_KEYS, "mouth_mask"):
+        images = batch[key]
+        flat = images.reshape(-1, *images.shape[-3:])
+        flat = torch.nn.functional.interpolate(flat, size=(size, size), mode="area")
+        smaller[key] = flat.reshape(*images.shape[:-2], size, size)
+    smaller["mouth_mask"] = smaller["mouth_mask"].gt(0).to(batch["mouth_mask"].dtype)
+    return smaller
+
+
 def from_numpy_frames(frames: np.ndarray) -> torch.Tensor:
     """``(..., H, W, 3) uint8`` → ``(..., 3, H, W)`` float32 in [-1, 1] (the model's images; the
     inverse of :func:`to_numpy_frames`)."""

@@ -22,6 +22,7 @@ from torch.distributed.fsdp import FSDPModule, MixedPrecisionPolicy
 from torch.distributed.tensor import DTensor
 from torch.optim.swa_utils import AveragedModel, get_ema_multi_avg_fn
 
+from moee.data.batch import downsampled_images
 from moee.models.conditioner import ConditionDropout, Conditioner, picked
 from moee.models.moee_net import PARAMETER_GROUPS, MoEENet, MoEENetConfig, parameter_groups
 from moee.models.objective import DiffusionObjective
@@ -107,6 +108,12 @@ class DiffusionStage(L.LightningModule):
         lr_decay: the last this fraction of ``trainer.max_steps`` decays every learning rate
             linearly to zero (0: constant; instead of ``lr_scheduler``). A short run ends
             with its weights settled rather than at the noise of a constant rate.
+        coarse_size, coarse_steps: a resolution curriculum. The first ``coarse_steps``
+            training steps see the batch's images area-averaged to ``coarse_size`` px, the rest
+            at full size (the low-resolution pretraining of Imagen and SD, within one stage).
+            The U-Net is convolutional and its attention has no positions, so what it learns
+            of faces and expressions at 32 px carries over, at ~2.6x the steps per second of
+            64 px. Validation stays at full size.
     """
 
     trainable_groups: tuple[str, ...] = ()
@@ -130,6 +137,8 @@ class DiffusionStage(L.LightningModule):
         max_nonfinite_steps: int = 3,
         lr_scales: dict[str, float] | None = None,
         lr_decay: float = 0.0,
+        coarse_size: int | None = None,
+        coarse_steps: int = 0,
     ) -> None:
         super().__init__()
         self.save_hyperparameters(ignore=["objective", "loss", "optimizer", "lr_scheduler"])
@@ -149,6 +158,7 @@ class DiffusionStage(L.LightningModule):
             raise ValueError(f"lr_decay must be in [0, 1] and without an lr_scheduler, got "
                              f"{lr_decay} with {lr_scheduler}")
         self.lr_decay = lr_decay
+        self.coarse_size, self.coarse_steps = coarse_size, coarse_steps
         self.nonfinite_guard = NonFiniteGuard(max_nonfinite_steps)
         self.strict_loading = False  # checkpoints hold only what the stage trains
         check_parallel_exports(init_weights or [])
@@ -158,6 +168,7 @@ class DiffusionStage(L.LightningModule):
         self.conditioner = Conditioner(self.net, condition_dropout, self.trainable_groups)
         self.ema = ExponentialMovingAverage(self.trained_parameters(), ema_decay) \
             if ema_decay else None
+        self.check_coarse_size()
 
     # ---- parameters -------------------------------------------------------------------------
 
@@ -166,6 +177,18 @@ class DiffusionStage(L.LightningModule):
         this stage's prediction type and noise schedule."""
         load_net_weights(self.net, path, hint=self.missing_checkpoint_hint())
         check_objective(path, self.objective)
+
+    def check_coarse_size(self) -> None:
+        """A one-line ValueError unless the resolution curriculum's ``coarse_size`` is a side
+        every level of the U-Net can halve (or there is no curriculum)."""
+        if not self.coarse_steps:
+            return
+        levels = len(self.net.denoiser.unet.config.block_out_channels) - 1
+        step = self.net.vae.downsample * 2**levels
+        if not self.coarse_size or self.coarse_size % step or self.coarse_steps < 0:
+            raise ValueError(f"coarse_steps {self.coarse_steps} needs a coarse_size that is a "
+                             f"positive multiple of {step} (the first stage's and the U-Net's "
+                             f"downsampling), got {self.coarse_size}")
 
     def missing_checkpoint_hint(self) -> str:
         """What the user should do when an earlier stage's weights are missing."""
@@ -284,6 +307,8 @@ class DiffusionStage(L.LightningModule):
                          self.objective.pixel_weight(timesteps), landmarks, chosen_landmarks)
 
     def training_step(self, batch: dict[str, Any], batch_idx: int) -> torch.Tensor:
+        if self.global_step < self.coarse_steps:
+            batch = downsampled_images(batch, self.coarse_size)
         terms = self.diffusion_step(batch)
         b = batch["frames"].shape[0]
         self.log_dict({f"train/{k}": v for k, v in terms.items()}, prog_bar=False,

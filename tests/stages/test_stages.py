@@ -445,3 +445,39 @@ def test_validation_in_a_run_measures_the_ema_and_checkpoints_see_the_live_weigh
     for name in live:  # validated: the EMA the stage exports (the last step's, here)
         assert torch.equal(seen["validated"][name], module.ema.shadow[name]), name
         assert torch.equal(seen["saved"][name], live[name]), name
+
+
+def test_downsampled_images_average_each_block_and_keep_any_mouth(batch):
+    from moee.data.batch import downsampled_images
+
+    small = downsampled_images(batch, 32)
+    for key in ("frames", "reference", "motion_frames"):
+        full = batch[key]
+        blocks = full.reshape(*full.shape[:-2], 32, 2, 32, 2).mean((-3, -1))
+        torch.testing.assert_close(small[key], blocks)
+    mouth = batch["mouth_mask"].reshape(-1, 1, 32, 2, 32, 2).amax((-3, -1))
+    assert torch.equal(small["mouth_mask"], mouth)
+    assert small["landmarks"] is batch["landmarks"] and batch["frames"].shape[-1] == 64
+    with pytest.raises(ValueError, match="cannot downsample 64 px frames to 128 px"):
+        downsampled_images(batch, 128)
+
+
+def test_coarse_steps_train_at_the_coarse_size_then_at_full_size(tmp_path, batch):
+    module = BackboneModule(loss=light_loss(), mode="image", coarse_size=32, coarse_steps=2)
+    seen = []
+    original = module.diffusion_step
+
+    def spy(batch, **kwargs):
+        seen.append(batch["frames"].shape[-1])
+        return original(batch, **kwargs)
+
+    module.diffusion_step = spy
+    L.Trainer(max_steps=3, accelerator="cpu", logger=False, enable_progress_bar=False,
+              enable_model_summary=False, enable_checkpointing=False,
+              default_root_dir=tmp_path).fit(
+        module, train_dataloaders=torch.utils.data.DataLoader([batch] * 3, batch_size=None))
+    assert seen == [32, 32, 64]
+    with pytest.raises(ValueError, match="needs a coarse_size that is a positive multiple of 8"):
+        BackboneModule(loss=light_loss(), coarse_size=36, coarse_steps=2)
+    with pytest.raises(ValueError, match="positive multiple of 8"):
+        BackboneModule(loss=light_loss(), coarse_steps=2)
