@@ -110,10 +110,11 @@ class DiffusionStage(L.LightningModule):
             with its weights settled rather than at the noise of a constant rate.
         coarse_size, coarse_steps: a resolution curriculum. The first ``coarse_steps``
             training steps see the batch's images area-averaged to ``coarse_size`` px, the rest
-            at full size (the low-resolution pretraining of Imagen and SD, within one stage).
-            The U-Net is convolutional and its attention has no positions, so what it learns
-            of faces and expressions at 32 px carries over, at ~2.6x the steps per second of
-            64 px. Validation stays at full size.
+            at full size (the low-resolution pretraining of Imagen and SD, within one stage;
+            the U-Net is convolutional and its attention has no positions). Validation stays
+            at full size. On the tiny image stage, 32 px steps run 2.6x as fast as 64 px ones;
+            1,600 of them before 400 at 64 px bought lip sync and cost emotion on two seeds
+            (``benchmarks/README.md``), so the CPU recipe does not use it.
     """
 
     trainable_groups: tuple[str, ...] = ()
@@ -179,13 +180,16 @@ class DiffusionStage(L.LightningModule):
         check_objective(path, self.objective)
 
     def check_coarse_size(self) -> None:
-        """A one-line ValueError unless the resolution curriculum's ``coarse_size`` is a side
-        every level of the U-Net can halve (or there is no curriculum)."""
+        """A one-line ValueError unless the resolution curriculum is off (neither argument) or
+        runs a positive number of steps at a side every level of the U-Net can halve."""
+        if self.coarse_steps < 0 or (self.coarse_size is not None and not self.coarse_steps):
+            raise ValueError(f"coarse_size {self.coarse_size} needs a positive coarse_steps "
+                             f"(the steps trained at that size), got {self.coarse_steps}")
         if not self.coarse_steps:
             return
         levels = len(self.net.denoiser.unet.config.block_out_channels) - 1
         step = self.net.vae.downsample * 2**levels
-        if not self.coarse_size or self.coarse_size % step or self.coarse_steps < 0:
+        if not self.coarse_size or self.coarse_size % step:
             raise ValueError(f"coarse_steps {self.coarse_steps} needs a coarse_size that is a "
                              f"positive multiple of {step} (the first stage's and the U-Net's "
                              f"downsampling), got {self.coarse_size}")

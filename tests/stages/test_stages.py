@@ -481,3 +481,6 @@ def test_coarse_steps_train_at_the_coarse_size_then_at_full_size(tmp_path, batch
         BackboneModule(loss=light_loss(), coarse_size=36, coarse_steps=2)
     with pytest.raises(ValueError, match="positive multiple of 8"):
         BackboneModule(loss=light_loss(), coarse_steps=2)
+    for steps in (0, -1):  # a size with no steps to train at it
+        with pytest.raises(ValueError, match="coarse_size 32 needs a positive coarse_steps"):
+            BackboneModule(loss=light_loss(), coarse_size=32, coarse_steps=steps)
