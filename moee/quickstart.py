@@ -54,7 +54,7 @@ BUDGETS: dict[str, dict[str, int]] = {
     "small": {"backbone_image": 2800, "backbone": 200, "experts": 120, "gating": 240},
 }
 """Training steps per stage of each budget (a stage it does not name keeps its config's
-``max_steps``): ``tiny``, the configs' own (~23 min on 2 cores); ``small``, 2.3x the image
+``max_steps``): ``tiny``, the configs' own (23-27 min on 2 cores); ``small``, 2.3x the image
 stage and twice the video, expert and gating steps (~45-60 min), the network and data the
 same."""
 STAMP = "stages.json"
