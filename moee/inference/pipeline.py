@@ -117,6 +117,9 @@ class MoEEPipeline:
         if settings.compound_regions is not None and not 0 < settings.compound_regions < 1:
             raise InputError(f"compound_regions must be in (0, 1) (the face crop's row between "
                              f"upper and lower face), got {settings.compound_regions}")
+        if settings.emotion_onset < 0:
+            raise InputError(f"emotion_onset must be ≥ 0 seconds (0: the full emotion from the "
+                             f"first frame), got {settings.emotion_onset}")
         if settings.compound_regions is not None and settings.compose_compounds is None:
             raise InputError("compound_regions splits composed compounds by face region: set "
                              "compose_compounds too (2 in the tiny preset)")
@@ -261,7 +264,8 @@ class MoEEPipeline:
                     image, motion, reference_latent=latent,
                     audio=window.to(self.device, self.dtype))
                 latents = self.denoise(conditions, parts, f, latent, generators, bar,
-                                       (k + 1, clips)).to(self.dtype)  # the sampler's float32
+                                       (k + 1, clips), self.settings.onset_weights(start, f)
+                                       ).to(self.dtype)  # the sampler's float32
                 motion = latents[:, -MOTION_FRAMES:]
                 frames.append(to_numpy_frames(net.vae.decode(latents)))
         return [np.concatenate([clip[i] for clip in frames])[:total] for i in range(count)]
@@ -325,6 +329,7 @@ class MoEEPipeline:
         generators: list[torch.Generator | None],
         bar: tqdm,
         clip: tuple[int, int] = (1, 1),
+        onset: torch.Tensor | None = None,
     ) -> torch.Tensor:
         """Run the sampler on fresh noise for one clip of ``n`` videos; returns clean latents
         (n f c h w).
@@ -341,16 +346,19 @@ class MoEEPipeline:
         settings = self.settings
         guidance = settings.guidance if len(parts) == 1 else settings.compound_guidance
         weights = [part["face_weights"] for part in parts]
-        if len(parts) == 1 and weights[0] is not None:  # intensity_guidance
-            if bool((weights[0] == 1).all()):  # full intensity: the plain guidance's branches
-                weights = [None]
+        count = len(generators)
+        if len(parts) == 1:  # weighted by intensity_guidance or the onset, or plain
+            if onset is None and (weights[0] is None or bool((weights[0] == 1).all())):
+                weights = [None]  # full intensity: the plain guidance's branches
             else:
                 guidance = replace(guidance, parts=(1.0,))
+                weights = [torch.ones(count, 2) if weights[0] is None else weights[0]]
         split = settings.compound_regions if len(parts) > 1 else None
         part_weights = None if weights[0] is None else torch.stack([
             face_region_weights(w, reference_latent.shape[-2], split)
-            for w in weights]).to(self.device)
-        count = len(generators)
+            for w in weights]).to(self.device)  # K b 1 1 h 1
+        if onset is not None:
+            part_weights = part_weights * onset.to(self.device).view(1, 1, -1, 1, 1, 1)
         branches = torch.tensor(guidance.branches, device=self.device)  # n 2
         n = len(branches)
         batched = replace(

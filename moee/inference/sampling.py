@@ -11,6 +11,7 @@ import torch
 from diffusers import DDIMScheduler, DPMSolverMultistepScheduler, EulerDiscreteScheduler
 from diffusers.schedulers.scheduling_utils import SchedulerMixin
 
+from moee.data.media import VIDEO_FPS
 from moee.emotions import EmotionCondition
 from moee.models.objective import DiffusionObjective
 
@@ -149,6 +150,12 @@ class SamplerSettings:
             expressions only (SynthEmo's 0.55–1) otherwise draws the same face at every
             intensity. A batch with a video below full intensity then runs the audio-only
             branch too: three network branches per step where equal scales need two.
+        emotion_onset: seconds over which the asked emotion sets in at the start of a video:
+            its guidance term is weighed per frame by a smoothstep from 0 on the first frame
+            to 1 at ``emotion_onset`` (:meth:`onset_weights`), so the video starts from the
+            portrait's own expression and the emotion develops as it does in recorded clips
+            (SynthEmo's, like MEAD's, start near neutral). 0: the full emotion from the first
+            frame. The clips within the onset run the audio-only branch too.
     """
 
     sampler: SamplerName = "dpmpp"
@@ -163,6 +170,7 @@ class SamplerSettings:
     compound_regions: float | None = None
     compound_audio_guidance: float | None = None
     intensity_guidance: bool = False
+    emotion_onset: float = 0.0
 
     @property
     def guidance(self) -> Guidance:
@@ -190,6 +198,16 @@ class SamplerSettings:
             return tuple((i * weight, i * weight) for weight in self.compound_guidance.parts)
         upper, lower = regions
         return tuple((i * w * u, i * w * v) for u, v in zip(upper, lower))
+
+
+    def onset_weights(self, first_frame: int, frames: int) -> torch.Tensor | None:
+        """The emotion term's weight (frames,) on each frame of the clip that starts at video
+        frame ``first_frame`` (see ``emotion_onset``); ``None`` where every weight is 1."""
+        if self.emotion_onset <= 0:
+            return None
+        seconds = (torch.arange(frames, dtype=torch.float32) + first_frame) / VIDEO_FPS
+        rise = (seconds / self.emotion_onset).clamp(0, 1)
+        return None if bool((rise == 1).all()) else rise * rise * (3 - 2 * rise)
 
 
 REGION_RAMP = 0.06

@@ -269,3 +269,13 @@ def test_bad_jobs_file_is_one_line(tmp_path):
         read_jobs(tmp_path / "jobs.csv")
     with pytest.raises(InputError, match="not found"):
         read_jobs(tmp_path / "nope.csv")
+
+
+def test_onset_weights_rise_smoothly_from_zero_to_one_over_the_onset():
+    settings = SamplerSettings(emotion_onset=0.32)  # 8 frames at 25 fps
+    first = settings.onset_weights(0, 8)
+    assert first[0] == 0 and bool((first.diff() > 0).all()) and first[-1] < 1
+    assert first[4] == pytest.approx(0.5)  # the smoothstep's midpoint at half the onset
+    assert settings.onset_weights(8, 8) is None  # a clip after the onset: the plain guidance
+    torch.testing.assert_close(settings.onset_weights(4, 8)[:4], first[4:])
+    assert SamplerSettings().onset_weights(0, 8) is None

@@ -373,3 +373,19 @@ def test_videos_sampled_together_must_be_routed_alike_and_of_one_length(net):
     with pytest.raises(ValueError, match="one length"):
         pipeline.generate_many(reference, [speech(0.2), speech(0.3)],
                                [EmotionTrack.parse("happy")] * 2)
+
+
+def test_emotion_onset_starts_the_video_without_the_emotion_term(net, spy):
+    """emotion_onset 0.04 s (one frame at 25 fps): the first frame is ε_u + a (ε_a − ε_u), the
+    video sampled without the emotion term, and the next frames the plain sampler's; only the
+    first clip runs the audio-only branch (3 branches, then the equal scales' 2)."""
+    settings = dict(audio_guidance=3.0, emotion_guidance=3.0)
+    onset = run(make_pipeline(net, emotion_onset=0.04, **settings), "happy", 0.32)
+    assert [call["batch"] for call in spy.calls] == [3, 2]
+    without = run(make_pipeline(net, audio_guidance=3.0, emotion_guidance=0.0), "happy", 0.32)
+    plain = run(make_pipeline(net, **settings), "happy", 0.32)
+    assert np.abs(onset[0].astype(int) - without[0].astype(int)).max() <= 1
+    assert np.abs(onset[1:4].astype(int) - plain[1:4].astype(int)).max() <= 1
+    assert np.abs(onset[0].astype(int) - plain[0].astype(int)).max() > 1
+    with pytest.raises(InputError, match="emotion_onset must be ≥ 0"):
+        make_pipeline(net, emotion_onset=-0.1)
