@@ -234,10 +234,15 @@ PRESET_SAMPLING: dict[str, SamplerSettings] = {
     # r 0.47 against 0.38 at 5); 4 steps read as 8 do (test people: basic 40 vs 41/48, the
     # other kinds equal, r 0.48 vs 0.45) in half the time; the intensity weighs the emotion
     # term (AU magnitude 0.57 -> 1.13 from @0.25 to @1 against a flat 1.16-1.19; `moee test`
-    # on the small budget's weights: FID 14.5 vs 18.2, Emotion-Acc 0.94 vs 0.88)
+    # on the small budget's weights: FID 14.5 vs 18.2, Emotion-Acc 0.94 vs 0.88); the emotion
+    # sets in over the first clip (0.32 s, as SynthEmo's expressions do), where it used to show
+    # in full from the first frame: on the validation people (seed-1 weights), lip sync r
+    # 0.41 -> 0.64 (0.2 s: 0.58, 0.48 s: 0.68, the second clip then weighed
+    # too), surprised's and fear's opening jaw no longer hiding the speech's from the start
     "tiny": SamplerSettings(steps=4, audio_guidance=3.5, emotion_guidance=3.5, clip_frames=8,
                             compose_compounds=2.0, compound_regions=0.55,
-                            compound_audio_guidance=9.0, intensity_guidance=True),
+                            compound_audio_guidance=9.0, intensity_guidance=True,
+                            emotion_onset=0.32),
     "sd15": SamplerSettings(),
 }
 """Sampling per network preset: the quickstart, the demo page's defaults and
