@@ -14,7 +14,9 @@ speech     ``speech``                                       each basic emotion's
 
 A video counts as right only if the probes see a face in it, its nearest portrait by identity
 is its own, and the frame-averaged emotion is the one asked (:class:`ProbeJudge`); lip sync is
-the correlation of the probes' mouth opening with the speech clip's ground-truth mouth track.
+the correlation of the probes' mouth opening with the speech clip's ground-truth mouth track,
+over all videos and per the speech clip's emotion (an expression that opens the jaw, as
+surprise does, moves the truth's mouth as much as the speech).
 """
 
 from __future__ import annotations
@@ -117,6 +119,7 @@ class ShowcaseScores:
     emotion: dict[str, tuple[int, int]]  # kind -> (right, videos)
     identity: tuple[int, int]
     lip_sync: float
+    lip_sync_by_emotion: dict[str, float]  # the speech clip's emotion -> r of its videos
 
     def lines(self) -> list[str]:
         """The report, one figure per line."""
@@ -126,20 +129,23 @@ class ShowcaseScores:
         emotion = ", ".join(f"{kind} {share(h)}" for kind, h in self.emotion.items())
         return [f"emotion read as asked (on a face of the right person): {emotion}",
                 f"identity: own portrait nearest in {share(self.identity)} videos",
-                f"lip sync: mouth opening vs ground truth r = {self.lip_sync:.2f}"]
+                f"lip sync: mouth opening vs ground truth r = {self.lip_sync:.2f}",
+                "lip sync by the speech clip's emotion: " + ", ".join(
+                    f"{e} {r:.2f}" for e, r in self.lip_sync_by_emotion.items())]
 
     def as_dict(self) -> dict:
         """JSON-ready figures."""
         return {"emotion_accuracy": {k: h[0] / max(h[1], 1) for k, h in self.emotion.items()},
                 "identity_accuracy": self.identity[0] / max(self.identity[1], 1),
-                "lip_sync_r": self.lip_sync}
+                "lip_sync_r": self.lip_sync, "lip_sync_r_by_emotion": self.lip_sync_by_emotion}
 
 
 def score_videos(judge: ProbeJudge, made: list[tuple[PlannedVideo, np.ndarray]]) -> ShowcaseScores:
     """Read every made video ``(plan, frames (T, H, W, 3) uint8)`` with the probes."""
     emotion: dict[str, list[int]] = {}
     identity = [0, 0]
-    mouths, targets = [], []
+    mouths: dict[str, list[np.ndarray]] = defaultdict(list)
+    targets: dict[str, list[np.ndarray]] = defaultdict(list)
     for video, frames in made:
         reading = judge.read(frames, video.person.identity)
         hits = emotion.setdefault(video.kind, [0, 0])
@@ -147,10 +153,11 @@ def score_videos(judge: ProbeJudge, made: list[tuple[PlannedVideo, np.ndarray]])
         hits[1] += 1
         identity[0] += reading.is_face and reading.identity == video.person.identity
         identity[1] += 1
-        mouths.append(reading.mouth)
-        targets.append(speech_of(video, len(frames))[1])
-    return ShowcaseScores({k: tuple(v) for k, v in emotion.items()}, tuple(identity),
-                          lip_sync_correlation(mouths, targets))
+        mouths[video.speech_clip.meta.emotion].append(reading.mouth)
+        targets[video.speech_clip.meta.emotion].append(speech_of(video, len(frames))[1])
+    pooled = lip_sync_correlation(sum(mouths.values(), []), sum(targets.values(), []))
+    return ShowcaseScores({k: tuple(v) for k, v in emotion.items()}, tuple(identity), pooled,
+                          {e: lip_sync_correlation(mouths[e], targets[e]) for e in mouths})
 
 
 def showcase_sheet(made: list[tuple[PlannedVideo, np.ndarray]], identities: int = 2,

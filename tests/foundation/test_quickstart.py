@@ -137,9 +137,13 @@ def test_ground_truth_videos_score_and_still_portraits_do_not(monkeypatch):
     truth = score_videos(TruthJudge(), [(v, v.speech_clip.frames) for v in plan])
     assert truth.emotion == {"basic": (6, 6), "compound": (4, 4)}
     assert truth.identity == (10, 10) and truth.lip_sync == pytest.approx(1.0)
+    assert sorted(truth.lip_sync_by_emotion) == sorted((*BASIC_EMOTIONS, *COMPOUND_EMOTIONS))
+    assert all(r == pytest.approx(1.0) for r in truth.lip_sync_by_emotion.values())
     still = score_videos(TruthJudge(), [(v, np.repeat(people.portrait[None], 8, 0))
                                         for v in plan])
     assert still.emotion == {"basic": (0, 6), "compound": (0, 4)} and still.lip_sync == 0.0
+    assert set(still.lip_sync_by_emotion.values()) == {0.0}
+    assert truth.lines()[3].startswith("lip sync by the speech clip's emotion: ")
     assert "basic 6/6 (100%)" in truth.lines()[0]
 
 
