@@ -123,6 +123,8 @@ def main() -> None:
                         help="noise draws per person (the sheet shows the first)")
     parser.add_argument("--sheet", default=None, help="PNG of the last guidance's stills")
     args = parser.parse_args()
+    if args.noise_seeds < 1:
+        parser.error(f"--noise_seeds must be at least 1, got {args.noise_seeds}")
     torch.manual_seed(0)
     try:  # missing weights, probes or split; exports of other runs: one line, no traceback
         read_stills(args)

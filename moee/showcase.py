@@ -24,6 +24,7 @@ from __future__ import annotations
 from collections import defaultdict
 from collections.abc import Iterable
 from dataclasses import dataclass
+from itertools import chain
 from pathlib import Path
 
 import numpy as np
@@ -155,7 +156,7 @@ def score_videos(judge: ProbeJudge, made: list[tuple[PlannedVideo, np.ndarray]])
         identity[1] += 1
         mouths[video.speech_clip.meta.emotion].append(reading.mouth)
         targets[video.speech_clip.meta.emotion].append(speech_of(video, len(frames))[1])
-    pooled = lip_sync_correlation(sum(mouths.values(), []), sum(targets.values(), []))
+    pooled = lip_sync_correlation([*chain(*mouths.values())], [*chain(*targets.values())])
     return ShowcaseScores({k: tuple(v) for k, v in emotion.items()}, tuple(identity), pooled,
                           {e: lip_sync_correlation(mouths[e], targets[e]) for e in mouths})
 

@@ -199,7 +199,6 @@ class SamplerSettings:
         upper, lower = regions
         return tuple((i * w * u, i * w * v) for u, v in zip(upper, lower))
 
-
     def onset_weights(self, first_frame: int, frames: int) -> torch.Tensor | None:
         """The emotion term's weight (frames,) on each frame of the clip that starts at video
         frame ``first_frame`` (see ``emotion_onset``); ``None`` where every weight is 1."""
@@ -237,8 +236,8 @@ PRESET_SAMPLING: dict[str, SamplerSettings] = {
     # on the small budget's weights: FID 14.5 vs 18.2, Emotion-Acc 0.94 vs 0.88); the emotion
     # sets in over the first clip (0.32 s, as SynthEmo's expressions do), where it used to show
     # in full from the first frame: on the validation people (seed-1 weights), lip sync r
-    # 0.41 -> 0.64 (0.2 s: 0.58, 0.48 s: 0.68, the second clip then weighed
-    # too), surprised's and fear's opening jaw no longer hiding the speech's from the start
+    # 0.41 -> 0.64 (0.2 s: 0.58; 0.48 s: 0.68, weighing the second clip too), surprised's and
+    # fear's opening jaw no longer hiding the speech's from the start
     "tiny": SamplerSettings(steps=4, audio_guidance=3.5, emotion_guidance=3.5, clip_frames=8,
                             compose_compounds=2.0, compound_regions=0.55,
                             compound_audio_guidance=9.0, intensity_guidance=True,

@@ -389,3 +389,17 @@ def test_emotion_onset_starts_the_video_without_the_emotion_term(net, spy):
     assert np.abs(onset[0].astype(int) - plain[0].astype(int)).max() > 1
     with pytest.raises(InputError, match="emotion_onset must be ≥ 0"):
         make_pipeline(net, emotion_onset=-0.1)
+
+
+@pytest.mark.parametrize("spec, extra", [("happily surprised", {"compose_compounds": 2.0}),
+                                         ("happy@0.5", {"intensity_guidance": True})])
+def test_emotion_onset_also_weighs_composed_and_weaker_emotions(net, spec, extra):
+    """With a one-frame onset a composed compound's parts and an intensity-weighted emotion
+    start without their emotion terms too, and frames 1-3 are the sampler's without onset."""
+    scales = dict(audio_guidance=3.0, **extra)
+    onset = run(make_pipeline(net, emotion_onset=0.04, emotion_guidance=3.0, **scales), spec, 0.32)
+    without = run(make_pipeline(net, emotion_guidance=0.0, **scales), spec, 0.32)
+    full = run(make_pipeline(net, emotion_guidance=3.0, **scales), spec, 0.32)
+    assert np.abs(onset[0].astype(int) - without[0].astype(int)).max() <= 1
+    assert np.abs(onset[1:4].astype(int) - full[1:4].astype(int)).max() <= 1
+    assert np.abs(onset[0].astype(int) - full[0].astype(int)).max() > 1
