@@ -48,6 +48,13 @@ class GatingModule(DiffusionStage):
             modality alone (AUs, text, speech) and those of the clip's label alone (held fixed
             as the target), so that every way of naming an emotion lands where the experts
             learnt the label.
+        alignment_routing_weight: weight of a second alignment term: the cross-entropy,
+            against the clip's emotion shares, of every MoE layer's global-gate emotion term
+            (``context_gate``, held fixed here) on each other modality's latents. The squared
+            distance alone pulls an uncertain condition (a voice heard as 0.6 angry) to the
+            average of the labels' latents, which the gates send to the one expert nearest
+            that average whatever the clip; this term pulls it to where the gates route it
+            to its own emotion's expert.
         train_label_path: also train the label path (an ablation: the experts then see
             latents they were not trained on).
         alignment_warmup: before the first denoising step, this many steps of the alignment
@@ -71,8 +78,9 @@ class GatingModule(DiffusionStage):
     """
 
     def __init__(self, *args, routing_weight: float = 0.0, alignment_weight: float = 0.0,
-                 train_label_path: bool = False, alignment_warmup: int = 0,
-                 alignment_batch: int = 32, alignment_lr: float | None = None,
+                 alignment_routing_weight: float = 0.0, train_label_path: bool = False,
+                 alignment_warmup: int = 0, alignment_batch: int = 32,
+                 alignment_lr: float | None = None,
                  prototype_margin: float | None = None,
                  freeze_speech_encoder: bool = False, **kwargs) -> None:
         if alignment_warmup < 0 or alignment_batch < 1 or (alignment_lr is not None
@@ -85,6 +93,7 @@ class GatingModule(DiffusionStage):
         super().__init__(*args, **kwargs)
         self.routing_weight = routing_weight
         self.alignment_weight = alignment_weight
+        self.alignment_routing_weight = alignment_routing_weight
         self.alignment_warmup = alignment_warmup
         self.alignment_batch = alignment_batch
         self.alignment_lr = alignment_lr
@@ -248,20 +257,39 @@ class GatingModule(DiffusionStage):
 
     def alignment_loss(self, batch: dict[str, Any]) -> torch.Tensor:
         """Squared distance of each other modality's latents, alone, to those of the clip's
-        own label (shares x intensity) alone."""
+        own label (shares x intensity) alone; plus ``alignment_routing_weight`` times the
+        cross-entropy of the gates' emotion terms on them (:meth:`emotion_routing_loss`)."""
         inputs = batch["emotion"]
         present = inputs.presence(self.device)
         intensity = torch.as_tensor(batch["intensity"], device=self.device, dtype=torch.float32)
-        label = emotion_shares(batch, self.device) * intensity[:, None]
+        shares = emotion_shares(batch, self.device)
         with torch.no_grad():
-            target = self.net.encode_emotion(EmotionInputs(label=label))
+            target = self.net.encode_emotion(EmotionInputs(label=shares * intensity[:, None]))
+        shares = shares / shares.sum(1, keepdim=True).clamp_min(1e-6)
         losses = []
         for column, name in enumerate(MODALITIES[1:], start=1):
             rows = present[:, column]
             if rows.any():
-                latents = self.net.encode_emotion(only_modality(inputs, name, present))
-                losses.append(F.mse_loss(latents[rows], target[rows]))
+                latents = self.net.encode_emotion(only_modality(inputs, name, present))[rows]
+                loss = F.mse_loss(latents, target[rows])
+                if self.alignment_routing_weight:
+                    loss = loss + self.alignment_routing_weight * self.emotion_routing_loss(
+                        latents, shares[rows])
+                losses.append(loss)
         return torch.stack(losses).mean() if losses else target.new_zeros(())
+
+    def emotion_routing_loss(self, latents: torch.Tensor, shares: torch.Tensor) -> torch.Tensor:
+        """Mean over the MoE layers of the cross-entropy between the softmax of each layer's
+        global-gate emotion term on ``latents`` (b m c) and ``shares`` (b 6, summing to 1).
+        The gates' weights are held fixed: only the latents learn from it. Zero for a network
+        without a learned global gate (the ablations)."""
+        pooled = latents.mean(1)
+        losses = [-(shares * F.log_softmax(F.linear(pooled, layer.context_gate.weight.detach(),
+                                                    layer.context_gate.bias.detach()).float(),
+                                           -1)).sum(1).mean()
+                  for layer in self.net.modules()
+                  if isinstance(layer, EmotionMoE) and layer.context_gate is not None]
+        return torch.stack(losses).mean() if losses else pooled.new_zeros(())
 
     def training_step(self, batch: dict[str, Any], batch_idx: int) -> torch.Tensor:
         self._gate_sums = {}

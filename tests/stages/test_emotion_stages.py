@@ -121,6 +121,42 @@ def test_gating_routing_and_alignment_terms_train_gates_and_latents(mixed_batch)
     assert not any(n.startswith("emotion_to_latents.to_queries.label.") for n in grads)
 
 
+def test_gating_alignment_routing_term_is_the_emotion_terms_cross_entropy(mixed_batch):
+    """The routing part of the alignment term: each MoE layer's global-gate emotion term on a
+    modality's latents, against the clip's shares; it moves the latents, never the gates."""
+    import torch.nn.functional as F
+
+    from moee.models.emotion_latents import EmotionInputs
+    from moee.models.emotion_moe import EmotionMoE
+    from moee.models.moee_net import MoEENetConfig
+
+    module = GatingModule(loss=loss(), prototype_margin=4.0)
+    latents = module.net.encode_emotion(EmotionInputs(label=torch.eye(6)))
+    layers = [m for m in module.net.modules() if isinstance(m, EmotionMoE)]
+    expected = torch.stack([F.cross_entropy(layer.context_gate(latents.mean(1)), torch.arange(6))
+                            for layer in layers]).mean()
+    own = module.emotion_routing_loss(latents, torch.eye(6))
+    torch.testing.assert_close(own, expected)
+    wrong = module.emotion_routing_loss(latents, torch.eye(6).roll(1, 0))
+    assert own < 0.1 < wrong  # each label routes to its own expert by the prototype margin
+
+    batch = {**mixed_batch, "emotion": replace(mixed_batch["emotion"],
+                                               present=torch.ones(2, 4, dtype=torch.bool))}
+    plain = float(module.alignment_loss(batch))
+    module.alignment_routing_weight = 0.5
+    routed = module.alignment_loss(batch)
+    assert float(routed) > plain
+    module.net.zero_grad(set_to_none=True)
+    routed.backward()
+    grads = {n for n, p in module.net.named_parameters() if p.grad is not None
+             and p.grad.abs().sum() > 0}
+    assert not any(".context_gate." in n or ".global_gate." in n for n in grads)
+    for modality in ("au", "text", "speech"):
+        assert any(n.startswith(f"emotion_to_latents.to_queries.{modality}.") for n in grads)
+    no_gates = GatingModule(loss=loss(), net=MoEENetConfig(num_experts=1))
+    assert float(no_gates.emotion_routing_loss(latents, torch.eye(6))) == 0.0
+
+
 def test_gating_without_moe_trains_the_modality_paths_and_skips_routing(mixed_batch):
     """The "w/o MoE" ablation's gating stage: one cross-attention, no gates to record or
     route; the alignment term still trains the AU, text and speech paths."""
