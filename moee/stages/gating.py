@@ -262,10 +262,10 @@ class GatingModule(DiffusionStage):
         inputs = batch["emotion"]
         present = inputs.presence(self.device)
         intensity = torch.as_tensor(batch["intensity"], device=self.device, dtype=torch.float32)
-        shares = emotion_shares(batch, self.device)
+        label = emotion_shares(batch, self.device) * intensity[:, None]
         with torch.no_grad():
-            target = self.net.encode_emotion(EmotionInputs(label=shares * intensity[:, None]))
-        shares = shares / shares.sum(1, keepdim=True).clamp_min(1e-6)
+            target = self.net.encode_emotion(EmotionInputs(label=label))
+        shares = self._share_targets(batch)
         losses = []
         for column, name in enumerate(MODALITIES[1:], start=1):
             rows = present[:, column]
