@@ -32,7 +32,7 @@ import torch
 from moee.data.faces import mouth_mask
 from moee.data.media import SAMPLES_PER_FRAME, normalize_track
 from moee.data.shards import Clip
-from moee.emotions import ACTION_UNITS, BASIC_EMOTIONS, NEUTRAL, canonical_emotion_name
+from moee.emotions import ACTION_UNITS, BASIC_EMOTIONS, NEUTRAL
 
 log = logging.getLogger(__name__)
 
@@ -67,11 +67,6 @@ class SamplingOptions:
         num_frames: frames per window (the clip length the denoiser sees).
         image_size: output side in pixels; ``None`` keeps the shard's size.
         windows_per_clip: windows drawn from each decoded clip (decoding is the costly part).
-        emotion_windows: windows drawn from each clip of these emotions instead (canonical or
-            alias names): more examples of an under-represented or late-learnt emotion in the
-            same steps, at the others' expense. (The tiny recipe does not use it: happy at 8
-            windows against 4 read more happy stills, 14 -> 20 and 15 -> 21 of 24 at two
-            seeds, but surprised ones fell to fear, 24 -> 12 and 13 -> 4.)
         random_window: draw window starts and reference frames at random (training); otherwise
             the centred window and its middle frame as reference (evaluation, reproducible).
         mns_prob: probability of a masked noisy emotion reference, for clips that have one.
@@ -107,7 +102,6 @@ class SamplingOptions:
     num_frames: int = 16
     image_size: int | None = None
     windows_per_clip: int = 1
-    emotion_windows: dict[str, int] | None = None
     random_window: bool = True
     mns_prob: float = 0.0
     mns_mask_prob: float = 1.0
@@ -125,11 +119,6 @@ class SamplingOptions:
     def __post_init__(self) -> None:
         if self.num_frames < 1 or self.windows_per_clip < 1:
             raise ValueError("num_frames and windows_per_clip must be ≥ 1")
-        if self.emotion_windows is not None:
-            if any(count < 1 for count in self.emotion_windows.values()):
-                raise ValueError(f"emotion_windows must be ≥ 1 each, got {self.emotion_windows}")
-            named = {canonical_emotion_name(name): n for name, n in self.emotion_windows.items()}
-            object.__setattr__(self, "emotion_windows", named)
         unknown = set(self.modalities or ()) - set(MODALITIES)
         if unknown:
             raise ValueError(f"unknown emotion modalities {sorted(unknown)}; valid: "
@@ -327,13 +316,8 @@ class ClipSampler:
             self._rng = np.random.default_rng([self.seed, self.rank, worker])
         return self._rng
 
-    def windows(self, emotion: str) -> int:
-        """How many windows a training clip of ``emotion`` gives."""
-        return (self.options.emotion_windows or {}).get(emotion, self.options.windows_per_clip)
-
     def __call__(self, clip: Clip) -> list[dict[str, Any]]:
-        """All samples of one clip (:meth:`windows` of them in training; none if it is too
-        short)."""
+        """All samples of one clip (``windows_per_clip`` of them; none if it is too short)."""
         f = self.options.num_frames
         total = len(clip.frames)
         if total < f:
@@ -342,7 +326,7 @@ class ClipSampler:
             return []
         if self.options.random_window:
             rng = self.rng
-            starts = rng.choice(self.window_starts(clip), size=self.windows(clip.meta.emotion))
+            starts = rng.choice(self.window_starts(clip), size=self.options.windows_per_clip)
         else:
             rng = np.random.default_rng(zlib.crc32(clip.key.encode()))
             starts = [(total - f) // 2]

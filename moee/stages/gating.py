@@ -54,7 +54,8 @@ class GatingModule(DiffusionStage):
             distance alone pulls an uncertain condition (a voice heard as 0.6 angry) to the
             average of the labels' latents, which the gates send to the one expert nearest
             that average whatever the clip; this term pulls it to where the gates route it
-            to its own emotion's expert.
+            to its own emotion's expert. Part of the alignment term, so in the denoising steps
+            it is scaled by ``alignment_weight`` too.
         train_label_path: also train the label path (an ablation: the experts then see
             latents they were not trained on).
         alignment_warmup: before the first denoising step, this many steps of the alignment
@@ -83,6 +84,9 @@ class GatingModule(DiffusionStage):
                  alignment_lr: float | None = None,
                  prototype_margin: float | None = None,
                  freeze_speech_encoder: bool = False, **kwargs) -> None:
+        if alignment_routing_weight < 0:
+            raise ValueError(f"alignment_routing_weight must be >= 0, got "
+                             f"{alignment_routing_weight}")
         if alignment_warmup < 0 or alignment_batch < 1 or (alignment_lr is not None
                                                            and alignment_lr <= 0):
             raise ValueError(f"alignment_warmup must be >= 0, alignment_batch >= 1 and "
@@ -284,9 +288,8 @@ class GatingModule(DiffusionStage):
         The gates' weights are held fixed: only the latents learn from it. Zero for a network
         without a learned global gate (the ablations)."""
         pooled = latents.mean(1)
-        losses = [-(shares * F.log_softmax(F.linear(pooled, layer.context_gate.weight.detach(),
-                                                    layer.context_gate.bias.detach()).float(),
-                                           -1)).sum(1).mean()
+        losses = [F.cross_entropy(F.linear(pooled, layer.context_gate.weight.detach(),
+                                           layer.context_gate.bias.detach()).float(), shares)
                   for layer in self.net.modules()
                   if isinstance(layer, EmotionMoE) and layer.context_gate is not None]
         return torch.stack(losses).mean() if losses else pooled.new_zeros(())

@@ -122,19 +122,6 @@ def test_random_windows_are_seeded(clip):
     assert all(0 <= s <= 26 for s in starts(3))
 
 
-def test_emotion_windows_give_the_named_emotions_more_windows_and_refuse_zero():
-    options = SamplingOptions(num_frames=4, windows_per_clip=3, emotion_windows={"joy": 7})
-    assert options.emotion_windows == {"happy": 7}  # aliases are read as the emotion
-    sampler = ClipSampler(options, seed=0)
-    happy, sad = (make_test_clip(emotion=e, num_frames=12, size=32) for e in ("happy", "sad"))
-    assert [len(sampler(happy)), len(sampler(sad))] == [7, 3]
-    assert all(s["emotion_name"] == "happy" for s in sampler(happy))
-    evaluation = ClipSampler(SamplingOptions.evaluation(num_frames=4))
-    assert len(evaluation(happy)) == 1  # validation stays one centred window a clip
-    with pytest.raises(ValueError, match="emotion_windows must be ≥ 1"):
-        SamplingOptions(emotion_windows={"happy": 0})
-
-
 def test_too_short_clip_gives_no_sample():
     short = make_test_clip(num_frames=5, size=32)
     assert ClipSampler(SamplingOptions(num_frames=8))(short) == []

@@ -13,6 +13,7 @@ from safetensors.torch import load_file, save_file
 
 from moee.emotions import BASIC_EMOTIONS
 from moee.stages import BackboneModule, ExpertModule, GatingModule
+from moee.stages.gating import only_modality
 from moee.stages.losses import MoEELoss
 from tests.clips import make_batch, make_test_clip
 
@@ -142,10 +143,15 @@ def test_gating_alignment_routing_term_is_the_emotion_terms_cross_entropy(mixed_
 
     batch = {**mixed_batch, "emotion": replace(mixed_batch["emotion"],
                                                present=torch.ones(2, 4, dtype=torch.bool))}
-    plain = float(module.alignment_loss(batch))
+    plain = module.alignment_loss(batch)
     module.alignment_routing_weight = 0.5
     routed = module.alignment_loss(batch)
-    assert float(routed) > plain
+    shares = module._share_targets(batch)  # each modality's term: its mse + 0.5 x its CE
+    cross_entropies = [module.emotion_routing_loss(module.net.encode_emotion(
+        only_modality(batch["emotion"], name, torch.ones(2, 4, dtype=torch.bool))), shares)
+        for name in ("au", "text", "speech")]
+    torch.testing.assert_close(routed, plain + 0.5 * torch.stack(cross_entropies).mean())
+    assert float(torch.stack(cross_entropies).min()) > 0
     module.net.zero_grad(set_to_none=True)
     routed.backward()
     grads = {n for n, p in module.net.named_parameters() if p.grad is not None
@@ -155,6 +161,8 @@ def test_gating_alignment_routing_term_is_the_emotion_terms_cross_entropy(mixed_
         assert any(n.startswith(f"emotion_to_latents.to_queries.{modality}.") for n in grads)
     no_gates = GatingModule(loss=loss(), net=MoEENetConfig(num_experts=1))
     assert float(no_gates.emotion_routing_loss(latents, torch.eye(6))) == 0.0
+    with pytest.raises(ValueError, match="alignment_routing_weight must be >= 0"):
+        GatingModule(loss=loss(), alignment_routing_weight=-0.5)
 
 
 def test_gating_without_moe_trains_the_modality_paths_and_skips_routing(mixed_batch):
