@@ -27,6 +27,7 @@ from moee.models.conditioner import ConditionDropout, Conditioner, picked
 from moee.models.moee_net import PARAMETER_GROUPS, MoEENet, MoEENetConfig, parameter_groups
 from moee.models.objective import DiffusionObjective
 from moee.models.sharding import shard_network
+from moee.models.vae import PatchCodec
 from moee.models.weights import (
     EXPERTS_KEY,
     GLOBAL_GATE_KEY,
@@ -150,6 +151,10 @@ class DiffusionStage(L.LightningModule):
                         "for the clean-latent objective; %r prediction learns it away",
                         self.net.config.preset, self.objective.prediction_type)
         self.loss = loss or MoEELoss()
+        if self.loss.chroma_weight != 1 and not isinstance(self.net.vae, PatchCodec):
+            raise ValueError("loss.chroma_weight needs latents that are pixels (a preset with "
+                             "a patch codec, patch_size); a VAE's latents have no colour "
+                             "channels: leave it at 1")
         self.optimizer_factory = optimizer
         self.scheduler_factory = lr_scheduler
         self.export_path = export_path

@@ -5,6 +5,12 @@ Optionally every term is weighted per pixel by an *expression map*
 the brows, eyes, cheeks and mouth of each frame's face landmarks, so that the few pixels that
 carry an emotion (a brow lowered by two pixels, lifted mouth corners) weigh as much as the
 hair and background they are lost in (region-weighted losses as in Hallo, Xu et al. 2024).
+
+Where the latents are pixels (the tiny preset's patch codec) the latent term can also weigh
+colour against brightness (``chroma_weight``): the error is taken in an orthonormal basis of
+each pixel's colour, the grey axis and the two opponent axes orthogonal to it, and the
+opponent parts count ``chroma_weight`` times. A blush changes a face's colour but hardly its
+brightness, and under a plain squared error it weighs a thirtieth of a brow lowered by a pixel.
 """
 
 from __future__ import annotations
@@ -13,7 +19,6 @@ from pathlib import Path
 from typing import Literal
 
 import torch
-import torch.nn.functional as F
 from torch import nn
 from torchvision.models import vgg19
 from torchvision.models.feature_extraction import create_feature_extractor
@@ -24,6 +29,11 @@ EXPRESSION_LANDMARKS = (*range(17, 27), *range(36, 48), *range(48, 68))
 """iBUG-68 points whose surroundings carry an expression: brows, eyes, mouth."""
 CHEEKS = ((36, 48), (45, 54))
 """(outer eye corner, mouth corner) pairs: a cheek sits between the two of each pair."""
+
+OPPONENT_COLOURS = ((3**-0.5, 3**-0.5, 3**-0.5),
+                    (2**-0.5, -(2**-0.5), 0.0),
+                    (6**-0.5, 6**-0.5, -2 * 6**-0.5))
+"""An orthonormal basis of RGB: brightness (the grey axis), red-green and yellow-blue."""
 
 VGG_LAYERS = (3, 8, 17, 26, 35)
 """Indices in torchvision's VGG19 ``features`` after relu1_2, 2_2, 3_4, 4_4 and 5_4."""
@@ -115,6 +125,15 @@ def expression_weight_map(landmarks: torch.Tensor, size: tuple[int, int], gain: 
     return (1 + gain * bumps)[:, :, None]
 
 
+def opponent_colours(pixels: torch.Tensor, chroma_scale: float = 1.0) -> torch.Tensor:
+    """Pixel-patch latents (..., 3p², h, w; colour-major, as ``pixel_unshuffle`` lays them
+    out) in the :data:`OPPONENT_COLOURS` basis, the two colour axes times ``chroma_scale``."""
+    basis = torch.tensor(OPPONENT_COLOURS, dtype=pixels.dtype, device=pixels.device)
+    basis[1:] *= chroma_scale
+    colours = pixels.unflatten(-3, (3, -1))
+    return torch.einsum("ij,...jphw->...iphw", basis, colours).flatten(-4, -3)
+
+
 def _weighted_mean(error: torch.Tensor, weight: torch.Tensor | None) -> torch.Tensor:
     # the weights are normalised to mean 1, so the loss keeps its scale (and learning rates)
     if weight is None:
@@ -134,12 +153,19 @@ class MoEELoss(nn.Module):
         expression_weight: height of the expression map's bumps (0: the paper's unweighted
             loss); the stages pass each frame's landmarks (see :func:`expression_weight_map`).
         expression_sigma: their radius, as a fraction of the image side.
+        chroma_weight: how much the latent term's colour error counts against its brightness
+            error (1: plain RGB; see :func:`opponent_colours`); only for latents that are
+            pixels (the stages refuse it with a VAE).
     """
 
     def __init__(self, pixel_weight: float = 0.1, perceptual_weights: str | None = "imagenet",
                  perceptual_depth: int = 5, latent_loss: Literal["mse", "l1"] = "mse",
-                 expression_weight: float = 0.0, expression_sigma: float = 0.04) -> None:
+                 expression_weight: float = 0.0, expression_sigma: float = 0.04,
+                 chroma_weight: float = 1.0) -> None:
         super().__init__()
+        if chroma_weight <= 0:
+            raise ValueError(f"chroma_weight must be positive, got {chroma_weight}")
+        self.chroma_weight = chroma_weight
         self.expression_weight = expression_weight
         self.expression_sigma = expression_sigma
         self.pixel_weight = pixel_weight
@@ -185,8 +211,12 @@ class MoEELoss(nn.Module):
         Returns:
             ``{"latent", "l1", "perceptual", "total"}`` (pixel terms only when used).
         """
-        regress = F.mse_loss if self.latent_loss == "mse" else F.l1_loss
-        error = regress(prediction.float(), target.float(), reduction="none")
+        difference = prediction.float() - target.float()
+        squared = self.latent_loss == "mse"
+        if self.chroma_weight != 1:  # a squared error's colour parts weigh the scale squared
+            scale = self.chroma_weight**0.5 if squared else self.chroma_weight
+            difference = opponent_colours(difference, scale)
+        error = difference.square() if squared else difference.abs()
         terms = {"latent": _weighted_mean(error, self.expression_maps(landmarks,
                                                                       prediction.shape[-2:]))}
         total = terms["latent"]

@@ -1,6 +1,7 @@
 """Training stages: the objective and loss against reference maths, freezing, hand-off, resume."""
 
 import math
+from dataclasses import replace
 
 import lightning as L
 import pytest
@@ -12,6 +13,7 @@ from torchvision.models import vgg19
 from moee.inference.pipeline import MoEEPipeline
 from moee.inference.sampling import make_scheduler
 from moee.models.objective import DiffusionObjective
+from moee.models.pretrained import PRESETS
 from moee.models.weights import ExportsDisagreeError, MissingCheckpointError, trained_objective
 from moee.stages import BackboneModule, ExpertModule, GatingModule
 from moee.stages.losses import CHEEKS, EXPRESSION_LANDMARKS, MoEELoss, expression_weight_map
@@ -119,6 +121,32 @@ def test_expression_map_weights_the_expressive_landmarks_and_the_loss_against_re
     torch.testing.assert_close(loss(prediction, target, landmarks=landmarks)["latent"], expected)
     # without landmarks (or with the weight off) it is the paper's plain mean
     torch.testing.assert_close(loss(prediction, target)["latent"], F.mse_loss(prediction, target))
+
+
+def test_chroma_weight_weighs_colour_against_brightness_per_pixel():
+    frames, truth = torch.rand(2, 3, 3, 8, 8) * 2 - 1, torch.rand(2, 3, 3, 8, 8) * 2 - 1
+    prediction, target = (F.pixel_unshuffle(x.flatten(0, 1), 2).unflatten(0, (2, 3))
+                          for x in (frames, truth))  # the patch codec's latents (b f 12 h w)
+    error = (frames - truth).movedim(2, -1)  # every pixel's RGB error
+    grey = error.mean(-1, keepdim=True)
+    brightness, colour = 3 * grey.square().sum(-1), (error - grey).square().sum(-1)
+    for weight in (1.0, 8.0):
+        expected = (brightness + weight * colour).sum() / prediction.numel()
+        latent = MoEELoss(pixel_weight=0, chroma_weight=weight)(prediction, target)["latent"]
+        torch.testing.assert_close(latent, expected)
+    grey_error = grey.movedim(-1, 2).expand(-1, -1, 3, -1, -1)  # the same error in every colour
+    grey_latents = F.pixel_unshuffle(grey_error.flatten(0, 1), 2).unflatten(0, (2, 3))
+    torch.testing.assert_close(MoEELoss(pixel_weight=0, chroma_weight=8.0)(
+        target + grey_latents, target)["latent"], F.mse_loss(target + grey_latents, target))
+    with pytest.raises(ValueError, match="chroma_weight must be positive"):
+        MoEELoss(chroma_weight=0)
+
+
+def test_a_chroma_weight_is_refused_where_latents_are_not_pixels(monkeypatch):
+    # the tiny preset with its autoencoder instead of the patch codec: latents, not pixels
+    monkeypatch.setitem(PRESETS, "tiny", replace(PRESETS["tiny"], patch_size=None))
+    with pytest.raises(ValueError, match="latents that are pixels"):
+        BackboneModule(loss=MoEELoss(pixel_weight=0, chroma_weight=4.0))
 
 
 STAGES = [
