@@ -156,7 +156,8 @@ class MoEELoss(nn.Module):
         expression_sigma: their radius, as a fraction of the image side.
         chroma_weight: how much the latent term's colour error counts against its brightness
             error (1: plain RGB; see :func:`opponent_colours`); only for latents that are
-            pixels (the stages refuse it with a VAE).
+            pixels (the stages refuse it with a VAE). Away from 1 an ``"l1"`` latent term
+            takes its absolute values on the opponent axes, not on R, G and B.
     """
 
     def __init__(self, pixel_weight: float = 0.1, perceptual_weights: str | None = "imagenet",

@@ -134,6 +134,12 @@ def test_chroma_weight_weighs_colour_against_brightness_per_pixel():
         expected = (brightness + weight * colour).sum() / prediction.numel()
         latent = MoEELoss(pixel_weight=0, chroma_weight=weight)(prediction, target)["latent"]
         torch.testing.assert_close(latent, expected)
+    # an l1 latent term takes absolute values on the same axes, colour weighted 8x
+    opponent = torch.stack([error.sum(-1) / 3**0.5, (error[..., 0] - error[..., 1]) / 2**0.5,
+                            (error[..., 0] + error[..., 1] - 2 * error[..., 2]) / 6**0.5], -1)
+    expected = (opponent[..., 0].abs() + 8 * opponent[..., 1:].abs().sum(-1)).sum()
+    torch.testing.assert_close(MoEELoss(pixel_weight=0, latent_loss="l1", chroma_weight=8.0)(
+        prediction, target)["latent"], expected / prediction.numel())
     grey_error = grey.movedim(-1, 2).expand(-1, -1, 3, -1, -1)  # the same error in every colour
     grey_latents = F.pixel_unshuffle(grey_error.flatten(0, 1), 2).unflatten(0, (2, 3))
     torch.testing.assert_close(MoEELoss(pixel_weight=0, chroma_weight=8.0)(
