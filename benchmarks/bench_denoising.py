@@ -23,10 +23,10 @@ from dataclasses import replace
 
 import numpy as np
 import torch
+from bench_stills import apex_audio, apex_frame
 from jsonargparse import CLI
 
 from moee.data.batch import from_numpy_frames
-from moee.data.sampling import clip_track, window_audio
 from moee.data.shards import ShardError
 from moee.data.synth.sheet import write_png
 from moee.emotions import BASIC_EMOTIONS, EMOTION_CLASSES, parse_emotion
@@ -38,27 +38,20 @@ from moee.models.moee_net import MoEENetConfig
 from moee.models.weights import StageWeightsError
 from moee.showcase import held_out_people
 
-APEX = 0.8
-"""Where in each clip the truth frame is taken (the expression has set in)."""
-
 
 @torch.no_grad()
 def denoising_rows(pipeline: MoEEPipeline, probes, people: list, emotion: str,
                    timesteps: list[int]) -> tuple[list[dict], list[torch.Tensor]]:
-    """Per t: the model's, the naive and the portrait's MSE and the probes' p(emotion) of the
-    prediction; and the decoded truth and predictions (n 3 H W) at every t."""
+    """Per t: the model's, the naive (``None`` where ᾱ = 0) and the portrait's MSE and the
+    probes' p(emotion) of the prediction; and the decoded truth and predictions (n 3 H W)
+    at every t."""
     net, objective = pipeline.net, pipeline.objective
-    truth, portraits, audio = [], [], []
-    for person in people:
-        clip = person.clips[emotion]
-        index = int(APEX * len(clip.frames))
-        truth.append(clip.frames[index])
-        portraits.append(person.portrait)
-        audio.append(window_audio(clip_track(clip), index, 1))
-    truth, portraits = from_numpy_frames(np.stack(truth)), from_numpy_frames(np.stack(portraits))
+    clips = [person.clips[emotion] for person in people]
+    truth = from_numpy_frames(np.stack([clip.frames[apex_frame(clip)] for clip in clips]))
+    portraits = from_numpy_frames(np.stack([person.portrait for person in people]))
     count = len(people)
     conditions = pipeline.conditioner.encode(
-        portraits, audio=torch.from_numpy(np.stack(audio)).float(),
+        portraits, audio=torch.cat([apex_audio(person, (emotion,)) for person in people]),
         expert=torch.full((count,), BASIC_EMOTIONS.index(emotion)))
     label = pipeline.conditioner.encode_emotion(
         emotion_inputs(parse_emotion(emotion), torch.zeros(1, 640), "cpu"))
@@ -74,9 +67,9 @@ def denoising_rows(pipeline: MoEEPipeline, probes, people: list, emotion: str,
         decoded = net.vae.decode(predicted)[:, 0].clamp(-1, 1)
         images.append(decoded)
         p = probes.emotion_logits(decoded).softmax(-1)[:, EMOTION_CLASSES.index(emotion)]
-        naive = (noisy / alpha.sqrt() - clean).pow(2).mean() if alpha > 0 else float("nan")
+        naive = float((noisy / alpha.sqrt() - clean).pow(2).mean()) if alpha > 0 else None
         rows.append({"t": t, "model": float((predicted - clean).pow(2).mean()),
-                     "naive": float(naive), "portrait": float((portrait - clean).pow(2).mean()),
+                     "naive": naive, "portrait": float((portrait - clean).pow(2).mean()),
                      "p": float(p.mean())})
     return rows, images
 
@@ -94,6 +87,12 @@ def main(weights: str = "runs/tiny/weights", emotions: list[str] | None = None,
         sheet: PNG of the truth over the predictions at the two lowest t, per emotion.
     """
     timesteps = sorted(timesteps or [50, 100, 249, 499, 749, 999])
+    emotions = emotions or ["happy", "angry", "surprised"]
+    if not 0 <= timesteps[0] <= timesteps[-1] <= 999:
+        sys.exit(f"error: --timesteps must lie in 0..999, got {timesteps}")
+    if unknown := [e for e in emotions if e not in BASIC_EMOTIONS]:
+        sys.exit(f"error: --emotions must be basic emotions ({', '.join(BASIC_EMOTIONS)}), "
+                 f"got {unknown}")
     try:
         pipeline = MoEEPipeline.from_weights(MoEENetConfig(preset="tiny"),
                                              stage_weights(weights.split(",")),
@@ -104,12 +103,13 @@ def main(weights: str = "runs/tiny/weights", emotions: list[str] | None = None,
         sys.exit(f"error: {error}")
     pipeline.net.eval()
     panels = []
-    for emotion in emotions or ["happy", "angry", "surprised"]:
+    for emotion in emotions:
         rows, images = denoising_rows(pipeline, probes, people, emotion, timesteps)
         print(f"{emotion} ({len(people)} people): t, MSE of the model / the naive x_t/√ᾱ / "
               f"the portrait, p({emotion}) of the prediction")
         for row in rows:
-            print(f"  t {row['t']:4d}  {row['model']:.4f} / {row['naive']:.4f} / "
+            naive = "–" if row["naive"] is None else f"{row['naive']:.4f}"
+            print(f"  t {row['t']:4d}  {row['model']:.4f} / {naive} / "
                   f"{row['portrait']:.4f}   p {row['p']:.2f}")
         panels += [torch.cat(list(image[:4]), 2) for image in images[:3]]
     if sheet:

@@ -12,34 +12,34 @@ probes ignore (and an independent classifier may not) and still score.
 
 from __future__ import annotations
 
+import sys
+
 import numpy as np
 import torch
 from jsonargparse import CLI
 
 from moee.data.batch import from_numpy_frames
 from moee.data.synth.generator import renderer
-from moee.emotions import ACTION_UNITS, BASIC_EMOTIONS, EMOTION_AU_PROTOTYPES, EMOTION_CLASSES
+from moee.emotions import BASIC_EMOTIONS, EMOTION_AU_PROTOTYPES, EMOTION_CLASSES, parse_emotion
 from moee.evaluation.probes import load_probes
 
 UNSEEN_POPULATION = 777
 """SynthEmo's population seed for the renders: the shards and the probes draw population 0."""
 
 
-def au_vector(units: dict[str, float]) -> np.ndarray:
-    """(17,) AU intensities from ``{"AU6": 0.9, ...}``."""
-    vector = np.zeros(len(ACTION_UNITS), np.float32)
-    for unit, value in units.items():
-        vector[ACTION_UNITS.index(unit)] = value
-    return vector
-
-
-def variants(emotion: str) -> dict[str, dict[str, float]]:
-    """The prototype, the prototype without each unit, and each unit alone."""
+def variants(emotion: str) -> dict[str, str]:
+    """The prototype, the prototype without each unit, and each unit alone, as the AU
+    conditions a user would write (``"AU6:0.9,AU12:1.0"``)."""
     prototype = EMOTION_AU_PROTOTYPES[emotion]
-    out = {"prototype": prototype}
+
+    def spec(units: dict[str, float]) -> str:
+        return ",".join(f"{unit}:{value}" for unit, value in units.items())
+
+    out = {"prototype": spec(prototype)}
     if len(prototype) > 1:
-        out |= {f"without {u}": {k: v for k, v in prototype.items() if k != u} for u in prototype}
-        out |= {f"{u} alone": {u: v} for u, v in prototype.items()}
+        out |= {f"without {u}": spec({k: v for k, v in prototype.items() if k != u})
+                for u in prototype}
+        out |= {f"{u} alone": spec({u: v}) for u, v in prototype.items()}
     return out
 
 
@@ -53,14 +53,19 @@ def main(people: int = 24, jaw: float = 0.3, size: int = 64) -> None:
         jaw: the speech's jaw opening in every render (0: a closed mouth).
         size: render size in px (the probes' own).
     """
-    probes = load_probes().eval()
+    if people < 1 or not 0 <= jaw <= 1:
+        sys.exit(f"error: --people must be at least 1 and --jaw in [0, 1], got {people}, {jaw}")
+    try:
+        probes = load_probes(size)
+    except FileNotFoundError as error:
+        sys.exit(f"error: {error}")
     faces = [renderer(UNSEEN_POPULATION, i, size) for i in range(people)]
     print(f"{people} unseen identities, speech jaw {jaw}; p = the probes' mean probability "
           "of the emotion")
     for emotion in BASIC_EMOTIONS:
         for name, units in variants(emotion).items():
-            frames = np.stack([face.render(au_vector(units), (jaw, 0.0, 0.0))[0]
-                               for face in faces])
+            aus = np.array(parse_emotion(units).au_vector(), np.float32)
+            frames = np.stack([face.render(aus, (jaw, 0.0, 0.0))[0] for face in faces])
             probabilities = probes.emotion_logits(from_numpy_frames(frames)).softmax(-1)
             counts = np.bincount(probabilities.argmax(-1).numpy(), minlength=len(EMOTION_CLASSES))
             read = ", ".join(f"{EMOTION_CLASSES[i]} {counts[i]}"

@@ -67,12 +67,15 @@ def draw_stills(pipeline: MoEEPipeline, portrait: torch.Tensor, latents: torch.T
     return ((frames + 1) * 127.5).round().byte().permute(0, 2, 3, 1).numpy()
 
 
-def apex_audio(person: Person) -> torch.Tensor:
-    """(e, 5 * 640): each basic emotion's clip's audio around its apex frame (80 % through)."""
-    windows = []
-    for emotion in BASIC_EMOTIONS:
-        clip = person.clips[emotion]
-        windows.append(window_audio(clip_track(clip), int(0.8 * len(clip.frames)), 1))
+def apex_frame(clip) -> int:
+    """The index of a clip's apex frame, 80 % through (SynthEmo's expression has set in)."""
+    return int(0.8 * len(clip.frames))
+
+
+def apex_audio(person: Person, emotions: tuple[str, ...] = BASIC_EMOTIONS) -> torch.Tensor:
+    """(e, 5 * 640): each emotion's clip's audio around its apex frame."""
+    windows = [window_audio(clip_track(clip), apex_frame(clip), 1)
+               for clip in (person.clips[emotion] for emotion in emotions)]
     return torch.from_numpy(np.stack(windows)).float()
 
 
