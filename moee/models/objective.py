@@ -24,7 +24,11 @@ class DiffusionObjective:
             the model change overall brightness (0 disables).
         timestep_power: training timesteps are drawn with density ∝ t^(p-1): 1 is uniform;
             2 rises linearly towards pure noise, where a sample's expression is decided and
-            where few-step sampling spends its steps (4 trailing steps never ask below t=T/4).
+            where few-step sampling spends its steps (4 trailing steps never ask below t=T/4);
+            below 1 the density crowds the clean end, where fine detail is drawn. A list of
+            powers draws from their mixture, weighted by ``timestep_shares``.
+        timestep_shares: the mixture's weights, one per power (they need not sum to 1);
+            ``None`` for a single power.
         num_train_timesteps, beta_schedule, beta_start, beta_end: the SD-1.5 schedule by default.
     """
 
@@ -33,7 +37,8 @@ class DiffusionObjective:
         prediction_type: Prediction = "epsilon",
         zero_terminal_snr: bool = False,
         noise_offset: float = 0.0,
-        timestep_power: float = 1.0,
+        timestep_power: float | list[float] = 1.0,
+        timestep_shares: list[float] | None = None,
         num_train_timesteps: int = 1000,
         beta_schedule: str = "scaled_linear",
         beta_start: float = 0.00085,
@@ -46,10 +51,16 @@ class DiffusionObjective:
             clip_sample=False,
         )
         self.prediction_type = prediction_type
-        if timestep_power <= 0:
+        powers = [timestep_power] if isinstance(timestep_power, (int, float)) else timestep_power
+        shares = [1.0] * len(powers) if timestep_shares is None else timestep_shares
+        if not powers or min(powers) <= 0:
             raise ValueError(f"timestep_power must be positive (1: uniform), got {timestep_power}")
+        if len(shares) != len(powers) or min(shares) < 0 or sum(shares) <= 0:
+            raise ValueError(f"timestep_shares must give one non-negative weight per "
+                             f"timestep_power ({len(powers)}), got {timestep_shares}")
         self.noise_offset = noise_offset
-        self.timestep_power = timestep_power
+        self.timestep_powers = torch.tensor(powers, dtype=torch.float64)
+        self.timestep_shares = torch.tensor(shares, dtype=torch.float64) / sum(shares)
         self.num_train_timesteps = num_train_timesteps
 
     @property
@@ -67,12 +78,19 @@ class DiffusionObjective:
     def sample_timesteps(self, batch_size: int, device: torch.device,
                          generator: torch.Generator | None = None) -> torch.Tensor:
         """Training timesteps (b,) in [0, T): uniform, or with density ∝ t^(p-1) for
-        ``timestep_power`` p (``T u^(1/p)`` for uniform u)."""
-        if self.timestep_power == 1:
+        ``timestep_power`` p (``T u^(1/p)`` for uniform u), each sample's p drawn from the
+        mixture when there are several."""
+        if self.timestep_powers.tolist() == [1.0]:
             return torch.randint(0, self.num_train_timesteps, (batch_size,), device=device,
                                  generator=generator)
         u = torch.rand(batch_size, device=device, generator=generator)
-        t = self.num_train_timesteps * u ** (1 / self.timestep_power)
+        if len(self.timestep_powers) == 1:
+            power = self.timestep_powers.item()
+        else:
+            pick = torch.multinomial(self.timestep_shares.to(device), batch_size,
+                                     replacement=True, generator=generator)
+            power = self.timestep_powers.to(device, torch.float32)[pick]
+        t = self.num_train_timesteps * u ** (1 / power)
         return t.long().clamp_max(self.num_train_timesteps - 1)
 
     def sample_noise(self, latents: torch.Tensor,

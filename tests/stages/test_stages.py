@@ -65,6 +65,20 @@ def test_timestep_power_draws_density_t_to_the_p_minus_1(power):
         DiffusionObjective(timestep_power=0)
 
 
+def test_timestep_mixture_draws_the_weighted_sum_of_its_densities():
+    objective = DiffusionObjective(timestep_power=[2.0, 0.5], timestep_shares=[3, 1])
+    t = objective.sample_timesteps(200_000, torch.device("cpu"), torch.Generator().manual_seed(0))
+    assert t.min() >= 0 and t.max() <= 999
+    tenths = torch.bincount(t // 100, minlength=10).float() / t.numel()
+    edges = torch.arange(11, dtype=torch.float64) / 10
+    cdf = 0.75 * edges**2 + 0.25 * edges**0.5
+    torch.testing.assert_close(tenths, cdf.diff().float(), atol=0.005, rtol=0)
+    assert tenths[0] > 0.08  # the recipe's power 2 alone puts 1 % below t = 100
+    for shares in ([1.0], [1.0, -1.0]):
+        with pytest.raises(ValueError, match="one non-negative weight per timestep_power"):
+            DiffusionObjective(timestep_power=[2.0, 0.5], timestep_shares=shares)
+
+
 def test_pixel_weight_is_the_papers_cosine():
     objective = DiffusionObjective()
     t = torch.tensor([0, 250, 500, 999])
