@@ -34,7 +34,7 @@ from moee.data.shards import Clip, ShardError, decode_clip, iter_raw_samples, sh
 from moee.data.synth.face import mouth_opening_from_landmarks
 from moee.data.synth.sheet import with_header
 from moee.emotions import BASIC_EMOTIONS, COMPOUND_EMOTIONS, NEUTRAL
-from moee.evaluation.probe_judge import ProbeJudge, lip_sync_correlation
+from moee.evaluation.probe_judge import ProbeJudge, VideoReading, lip_sync_correlation
 
 KINDS = ("basic", "compound", "text", "speech")
 """The condition kinds, in report order."""
@@ -121,24 +121,43 @@ class ShowcaseScores:
     identity: tuple[int, int]
     lip_sync: float
     lip_sync_by_emotion: dict[str, float]  # the speech clip's emotion -> r of its videos
+    basic_reads: dict[str, dict[str, int]]  # basic label -> {what its videos read as: count}
 
     def lines(self) -> list[str]:
         """The report, one figure per line."""
         def share(hits: tuple[int, int]) -> str:
             return f"{hits[0]}/{hits[1]} ({hits[0] / max(hits[1], 1):.0%})"
 
+        def label_reads(asked: str, reads: dict[str, int]) -> str:
+            misses = ", ".join(f"{read} {n}" for read, n in reads.items() if read != asked)
+            hits = f"{asked} {reads.get(asked, 0)}/{sum(reads.values())}"
+            return f"{hits} ({misses})" if misses else hits
+
         emotion = ", ".join(f"{kind} {share(h)}" for kind, h in self.emotion.items())
         return [f"emotion read as asked (on a face of the right person): {emotion}",
                 f"identity: own portrait nearest in {share(self.identity)} videos",
                 f"lip sync: mouth opening vs ground truth r = {self.lip_sync:.2f}",
                 "lip sync by the speech clip's emotion: " + ", ".join(
-                    f"{e} {r:.2f}" for e, r in self.lip_sync_by_emotion.items())]
+                    f"{e} {r:.2f}" for e, r in self.lip_sync_by_emotion.items()),
+                "basic labels read as (misses in brackets): " + ", ".join(
+                    label_reads(asked, reads) for asked, reads in self.basic_reads.items())]
 
     def as_dict(self) -> dict:
         """JSON-ready figures."""
         return {"emotion_accuracy": {k: h[0] / max(h[1], 1) for k, h in self.emotion.items()},
                 "identity_accuracy": self.identity[0] / max(self.identity[1], 1),
-                "lip_sync_r": self.lip_sync, "lip_sync_r_by_emotion": self.lip_sync_by_emotion}
+                "lip_sync_r": self.lip_sync, "lip_sync_r_by_emotion": self.lip_sync_by_emotion,
+                "basic_reads": self.basic_reads}
+
+
+def read_as(judge: ProbeJudge, reading: VideoReading, asked: str, portrait: str) -> str:
+    """What a video made from ``portrait`` reads as: ``asked`` when the judge counts it,
+    else ``"not a face"``, ``"another person"`` or the emotion the probes read."""
+    if judge.reads_as(reading, asked, portrait):
+        return asked
+    if not reading.is_face:
+        return "not a face"
+    return reading.emotion if reading.identity == portrait else "another person"
 
 
 def score_videos(judge: ProbeJudge, made: list[tuple[PlannedVideo, np.ndarray]]) -> ShowcaseScores:
@@ -147,18 +166,25 @@ def score_videos(judge: ProbeJudge, made: list[tuple[PlannedVideo, np.ndarray]])
     identity = [0, 0]
     mouths: dict[str, list[np.ndarray]] = defaultdict(list)
     targets: dict[str, list[np.ndarray]] = defaultdict(list)
+    basic_reads: dict[str, dict[str, int]] = {}
     for video, frames in made:
         reading = judge.read(frames, video.person.identity)
+        read = read_as(judge, reading, video.asked, video.person.identity)
         hits = emotion.setdefault(video.kind, [0, 0])
-        hits[0] += judge.reads_as(reading, video.asked, video.person.identity)
+        hits[0] += read == video.asked
         hits[1] += 1
+        if video.kind == "basic":
+            reads = basic_reads.setdefault(video.asked, {})
+            reads[read] = reads.get(read, 0) + 1
         identity[0] += reading.is_face and reading.identity == video.person.identity
         identity[1] += 1
         mouths[video.speech_clip.meta.emotion].append(reading.mouth)
         targets[video.speech_clip.meta.emotion].append(speech_of(video, len(frames))[1])
     pooled = lip_sync_correlation([*chain(*mouths.values())], [*chain(*targets.values())])
     return ShowcaseScores({k: tuple(v) for k, v in emotion.items()}, tuple(identity), pooled,
-                          {e: lip_sync_correlation(mouths[e], targets[e]) for e in mouths})
+                          {e: lip_sync_correlation(mouths[e], targets[e]) for e in mouths},
+                          {asked: dict(sorted(reads.items(), key=lambda item: -item[1]))
+                           for asked, reads in basic_reads.items()})
 
 
 def showcase_sheet(made: list[tuple[PlannedVideo, np.ndarray]], identities: int = 2,

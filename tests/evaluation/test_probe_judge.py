@@ -10,6 +10,7 @@ from moee.emotions import ACTION_UNITS
 from moee.evaluation.probe_judge import ProbeJudge, lip_sync_correlation
 from moee.evaluation.probe_training import train_probes
 from moee.evaluation.probes import load_probes
+from moee.showcase import read_as
 
 PEOPLE = range(100, 104)
 
@@ -60,6 +61,11 @@ def test_noise_still_portraits_and_other_people_score_as_what_they_are(probes, c
     other = judge.read(clips[PEOPLE[1], "happy"].frames[24:40], own)
     assert other.is_face and other.identity == f"p{PEOPLE[1]}"
     assert not judge.reads_as(other, "happy", own)
+    # what the quickstart's report says each of them read as
+    assert read_as(judge, real, "happy", own) == "happy"
+    assert read_as(judge, reading, "happy", own) == "not a face"
+    assert read_as(judge, other, "happy", own) == "another person"
+    assert read_as(judge, still, "happy", own) == still.emotion != "happy"
 
 
 def test_lip_sync_correlation_centres_each_video():

@@ -145,6 +145,11 @@ def test_ground_truth_videos_score_and_still_portraits_do_not(monkeypatch):
     assert set(still.lip_sync_by_emotion.values()) == {0.0}
     assert truth.lines()[3].startswith("lip sync by the speech clip's emotion: ")
     assert "basic 6/6 (100%)" in truth.lines()[0]
+    assert truth.basic_reads == {e: {e: 1} for e in BASIC_EMOTIONS}
+    assert still.basic_reads == {e: {"neutral": 1} for e in BASIC_EMOTIONS}
+    assert still.lines()[4] == "basic labels read as (misses in brackets): " + ", ".join(
+        f"{e} 0/1 (neutral 1)" for e in BASIC_EMOTIONS)
+    assert still.as_dict()["basic_reads"]["happy"] == {"neutral": 1}
 
 
 def test_a_split_without_complete_identities_is_one_clear_line(tmp_path):
