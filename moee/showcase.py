@@ -152,12 +152,15 @@ class ShowcaseScores:
 
 def read_as(judge: ProbeJudge, reading: VideoReading, asked: str, portrait: str) -> str:
     """What a video made from ``portrait`` reads as: ``asked`` when the judge counts it,
-    else ``"not a face"``, ``"another person"`` or the emotion the probes read."""
+    else ``"not a face"``, ``"another person"`` or the emotion the probes read (so a video
+    counts as ``asked`` exactly when the judge says it reads so)."""
     if judge.reads_as(reading, asked, portrait):
         return asked
     if not reading.is_face:
         return "not a face"
-    return reading.emotion if reading.identity == portrait else "another person"
+    if reading.identity != portrait:
+        return "another person"
+    return reading.emotion if reading.emotion != asked else "refused by the judge"
 
 
 def score_videos(judge: ProbeJudge, made: list[tuple[PlannedVideo, np.ndarray]]) -> ShowcaseScores:

@@ -151,6 +151,14 @@ def test_ground_truth_videos_score_and_still_portraits_do_not(monkeypatch):
         f"{e} 0/1 (neutral 1)" for e in BASIC_EMOTIONS)
     assert still.as_dict()["basic_reads"]["happy"] == {"neutral": 1}
 
+    class RefusingJudge(TruthJudge):
+        def reads_as(self, reading, emotion, portrait):
+            return False
+
+    refused = score_videos(RefusingJudge(), [(v, v.speech_clip.frames) for v in plan])
+    assert refused.emotion == {"basic": (0, 6), "compound": (0, 4)}  # the judge's verdict counts
+    assert refused.basic_reads == {e: {"refused by the judge": 1} for e in BASIC_EMOTIONS}
+
 
 def test_a_split_without_complete_identities_is_one_clear_line(tmp_path):
     from moee.data.shards import ShardError
