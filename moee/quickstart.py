@@ -55,10 +55,10 @@ BUDGETS: dict[str, dict[str, int]] = {
 }
 """Training steps per stage of each budget (a stage it does not name keeps its config's
 ``max_steps``): ``tiny``, the configs' own (~26 min on 2 cores with native bf16, ~65 min in
-float32); ``small``, 2.3x the image stage and twice the video and expert steps (~45-60 min in
-bf16), the network and data the same. Its
-gates keep the tiny 120 denoising steps: 240 drifted from the alignment warm-up (speech
-routed right for 0.61 of held-out clips against 0.75, speech videos 10/24 against 14/24)."""
+float32); ``small``, 1.9x the image stage and twice the video and expert steps (~45-60 min in
+bf16), the network and data the same. Its gates keep the tiny 120 denoising steps: 240 drifted
+from the alignment warm-up (speech routed right for 0.61 of held-out clips against 0.75, speech
+videos 10/24 against 14/24)."""
 STAMP = "stages.json"
 """Under WEIGHTS: each trained stage's seed, precision and step budget, so that a rerun
 skips only a stage trained as asked."""
