@@ -57,6 +57,18 @@ ALIASES: dict[str, str] = {
 }
 """Other common names of the basic emotions (the names real data sets use)."""
 
+CLASSIFIER_LABELS: dict[str, str] = {
+    "neu": NEUTRAL,
+    "hap": "happy",
+    "exc": "happy",  # IEMOCAP's "excited", merged into happy as the SUPERB task does
+    "ang": "angry",
+    "fea": "fear",
+    "dis": "disgusted",
+    "sur": "surprised",
+}
+"""The abbreviated class names of emotion-recognition checkpoints (SUPERB's IEMOCAP classes:
+``neu``, ``hap``, ``ang``, ``sad``), for :func:`classifier_emotion_weights`."""
+
 COMPOUND_WEIGHT = 0.6
 """Share of the head emotion in a compound; the adverb's emotion gets the rest."""
 
@@ -260,6 +272,24 @@ def emotion_components(name: str) -> dict[str, float]:
         return dict(COMPOUND_EMOTIONS[name])
     adverb, head = name.split(" ")
     return {head: COMPOUND_WEIGHT, ADVERBS[adverb]: 1 - COMPOUND_WEIGHT}
+
+
+def classifier_emotion_weights(labels: list[str]) -> tuple[np.ndarray, list[str]]:
+    """Basic-emotion weights of each class of an emotion classifier: (k 6), and the labels
+    that name no emotion of MoEE's (their rows are zero, as neutral's is).
+
+    Accepts every spelling :func:`canonical_emotion_name` does and the abbreviations of
+    :data:`CLASSIFIER_LABELS`; a compound class gets its components' weights.
+    """
+    rows, unknown = [], []
+    for label in labels:
+        try:
+            name = canonical_emotion_name(CLASSIFIER_LABELS.get(label.strip().lower(), label))
+        except EmotionSpecError:
+            name = NEUTRAL
+            unknown.append(label)
+        rows.append(_weights_tuple(emotion_components(name)))
+    return np.asarray(rows, dtype=np.float32).reshape(len(labels), NUM_EXPERTS), unknown
 
 
 def _weights_tuple(components: dict[str, float]) -> tuple[float, ...]:

@@ -6,7 +6,10 @@ Each modality is encoded, then mapped by FC layers to ``m`` query tokens of a co
   weighted mixes; neutral is all zeros);
 * ``au``: action-unit intensities (b 17), a 2-layer MLP (fine-grained control);
 * ``text``: a T5 encoder, mean-pooled over tokens;
-* ``speech``: an emotion2vec-like speech encoder (a wav2vec2-family model), mean-pooled.
+* ``speech``: an emotion2vec-like speech encoder (a wav2vec2-family model), mean-pooled; where
+  the encoder is an emotion classifier, the basic emotions it hears also go through the label
+  MLP and add to the speech query (a voice heard as 0.8 happy asks as ``happy@0.8`` would, the
+  features correcting it).
 
 The queries of the modalities present for a sample are averaged and attend to a set of learnable
 embeddings (keys and values); the attention output is the emotion latent (b m d). A sample with
@@ -16,6 +19,7 @@ null latent instead.
 
 from __future__ import annotations
 
+import logging
 from dataclasses import dataclass
 
 import torch
@@ -23,8 +27,10 @@ from einops import rearrange
 from torch import nn
 from transformers import PreTrainedModel, PreTrainedTokenizerBase, T5EncoderModel
 
-from moee.emotions import NUM_ACTION_UNITS, NUM_EXPERTS
+from moee.emotions import NUM_ACTION_UNITS, NUM_EXPERTS, classifier_emotion_weights
 from moee.models.audio import normalize_waveform
+
+log = logging.getLogger(__name__)
 
 MODALITIES = ("label", "au", "text", "speech")
 """Order of the columns of :attr:`EmotionInputs.present`."""
@@ -105,25 +111,62 @@ class TextEmotionEncoder(nn.Module):
         return (hidden * mask).sum(1) / mask.sum(1).clamp(min=1)
 
 
-class SpeechEmotionEncoder(nn.Module):
-    """An emotion2vec-like speech encoder: waveform (b s) -> mean-pooled features (b c).
+@dataclass
+class SpeechEmotion:
+    """What the speech-emotion encoder hears in a batch of waveforms.
 
-    Any transformers wav2vec2-family model with ``last_hidden_state`` fits (``Wav2Vec2Model``,
-    ``HubertModel``, ``Data2VecAudioModel``).
+    Attributes:
+        features: (b c) mean-pooled hidden states of its last layer.
+        logits: (b k) its classifier's scores of its own classes (``None`` without one).
+        emotions: (b 6) its posterior mapped onto basic-emotion weights, ``BASIC_EMOTIONS``
+            order (a neutral class weighs nothing; ``None`` without a classifier).
+    """
+
+    features: torch.Tensor
+    logits: torch.Tensor | None = None
+    emotions: torch.Tensor | None = None
+
+
+class SpeechEmotionEncoder(nn.Module):
+    """An emotion2vec-like speech encoder: waveform (b s) -> :class:`SpeechEmotion`.
+
+    Any transformers wav2vec2-family model fits: a bare one (``Wav2Vec2Model``, ``HubertModel``,
+    ``Data2VecAudioModel``) gives features, an emotion classifier (``...ForSequenceClassification``
+    such as SUPERB's emotion-recognition HuBERT) also the emotions it hears, its classes mapped
+    onto the basic emotions by name (:func:`~moee.emotions.classifier_emotion_weights`).
     """
 
     def __init__(self, model: PreTrainedModel) -> None:
         super().__init__()
         self.model = model
+        class_emotions = None
+        if getattr(model, "classifier", None) is not None:
+            labels = [model.config.id2label[i] for i in range(model.config.num_labels)]
+            weights, unknown = classifier_emotion_weights(labels)
+            if unknown:
+                log.warning("speech-emotion classes %s name no basic emotion: they weigh "
+                            "nothing, as neutral does", unknown)
+            class_emotions = torch.from_numpy(weights)
+        self.register_buffer("class_emotions", class_emotions, persistent=False)
 
     @property
     def hidden_size(self) -> int:
         """Width of the pooled features."""
         return self.model.config.hidden_size
 
-    def forward(self, waveform: torch.Tensor) -> torch.Tensor:
-        """(b s) 16 kHz -> (b c)."""
-        return self.model(normalize_waveform(waveform)).last_hidden_state.mean(1)
+    @property
+    def hears_emotion(self) -> bool:
+        """Whether the encoder has an emotion classifier (:attr:`SpeechEmotion.emotions`)."""
+        return self.class_emotions is not None
+
+    def forward(self, waveform: torch.Tensor) -> SpeechEmotion:
+        """(b s) 16 kHz -> features (b c) and, with a classifier, its logits and emotions."""
+        out = self.model(normalize_waveform(waveform), output_hidden_states=self.hears_emotion)
+        if not self.hears_emotion:
+            return SpeechEmotion(out.last_hidden_state.mean(1))
+        emotions = out.logits.float().softmax(-1) @ self.class_emotions
+        return SpeechEmotion(out.hidden_states[-1].mean(1), out.logits,
+                             emotions.to(out.logits.dtype))
 
 
 class EmotionToLatents(nn.Module):
@@ -137,6 +180,10 @@ class EmotionToLatents(nn.Module):
         num_embeddings: size of the learnable key/value embedding set.
         heads: attention heads of the query-to-embedding attention.
         hidden_dim: hidden width of the label and AU MLPs.
+        speech_posterior: add the label query of the emotions the speech encoder hears to the
+            speech query (only with a classifier: :attr:`SpeechEmotionEncoder.hears_emotion`);
+            the speech MLP then starts at zero, so speech first asks exactly as that label.
+            ``False`` is the paper's speech path (features alone).
     """
 
     def __init__(
@@ -148,9 +195,11 @@ class EmotionToLatents(nn.Module):
         num_embeddings: int = 64,
         heads: int = 8,
         hidden_dim: int = 256,
+        speech_posterior: bool = True,
     ) -> None:
         super().__init__()
         self.num_tokens = num_tokens
+        self.speech_posterior = speech_posterior and speech_encoder.hears_emotion
         self.text_encoder = text_encoder
         self.speech_encoder = speech_encoder
         queries = num_tokens * dim
@@ -168,6 +217,9 @@ class EmotionToLatents(nn.Module):
         # geometry) and from label to label, before this module has trained at all.
         for mlp in self.to_queries.values():  # condition queries on the tokens' unit scale
             nn.init.normal_(mlp[-1].weight, std=4 * hidden_dim**-0.5)
+        if self.speech_posterior:  # speech starts as the label it is heard as
+            nn.init.zeros_(self.to_queries["speech"][-1].weight)
+            nn.init.zeros_(self.to_queries["speech"][-1].bias)
         self.query_tokens = nn.Parameter(torch.randn(num_tokens, dim))
         self.embeddings = nn.Parameter(torch.randn(num_embeddings, dim))
         self.attention = nn.MultiheadAttention(dim, heads, batch_first=True)
@@ -178,12 +230,17 @@ class EmotionToLatents(nn.Module):
         """The learned null condition, (b m d), for classifier-free guidance."""
         return self.null_latent.expand(batch_size, -1, -1)
 
-    def _features(self, inputs: EmotionInputs, name: str) -> torch.Tensor:
+    def _queries(self, inputs: EmotionInputs, name: str) -> torch.Tensor:
+        """One modality's queries (b (m d))."""
         if name == "text":
-            return self.text_encoder([t or "" for t in inputs.text])
+            return self.to_queries["text"](self.text_encoder([t or "" for t in inputs.text]))
         if name == "speech":
-            return self.speech_encoder(inputs.speech)
-        return getattr(inputs, name).to(self.embeddings.dtype)
+            heard = self.speech_encoder(inputs.speech)
+            queries = self.to_queries["speech"](heard.features)
+            if self.speech_posterior:
+                queries = queries + self.to_queries["label"](heard.emotions)
+            return queries
+        return self.to_queries[name](getattr(inputs, name).to(self.embeddings.dtype))
 
     def forward(self, inputs: EmotionInputs) -> torch.Tensor:
         """Emotion latents (b m d)."""
@@ -193,8 +250,8 @@ class EmotionToLatents(nn.Module):
                               dtype=dtype)
         for column, name in enumerate(MODALITIES):
             if present[:, column].any():
-                q = self.to_queries[name](self._features(inputs, name))  # b (m d)
-                q = rearrange(q, "b (m d) -> b m d", m=self.num_tokens)
+                q = rearrange(self._queries(inputs, name), "b (m d) -> b m d",
+                              m=self.num_tokens)
                 queries = queries + q * present[:, column, None, None]
         queries = self.query_tokens + queries / present.sum(1).clamp(min=1)[:, None, None]
         kv = self.embeddings.expand(b, -1, -1)

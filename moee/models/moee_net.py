@@ -86,6 +86,8 @@ class MoEENetConfig:
             "w/o MoE" ablation (one cross-attention on the emotion latents, no gates).
         global_gate: learn the global gate; ``False`` is the "w/o global gate" ablation
             (local gates only, equal expert weights). See :class:`EmotionMoE`.
+        speech_posterior: speech also asks as the label its emotion classifier hears
+            (``EmotionToLatents(speech_posterior=...)``); ``False`` is the paper's speech path.
     """
 
     preset: pretrained.Preset = "tiny"
@@ -96,6 +98,7 @@ class MoEENetConfig:
     max_frames: int = 32
     num_experts: int = NUM_EXPERTS
     global_gate: bool = True
+    speech_posterior: bool = True
 
     def __post_init__(self) -> None:
         if self.num_experts not in (1, NUM_EXPERTS):
@@ -155,6 +158,7 @@ class MoEENet(nn.Module):
             num_embeddings=arch.emotion_embeddings,
             heads=arch.emotion_heads,
             hidden_dim=arch.emotion_hidden,
+            speech_posterior=config.speech_posterior,
         )
         if config.num_experts != NUM_EXPERTS or not config.global_gate:
             for extras in self.denoiser.blocks.values():

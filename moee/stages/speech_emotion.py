@@ -6,7 +6,6 @@ import lightning as L
 import torch
 import torch.nn.functional as F
 from lightning.pytorch.cli import OptimizerCallable
-from torch import nn
 
 from moee.emotions import NUM_EXPERTS
 from moee.models import pretrained
@@ -18,8 +17,8 @@ from moee.stages.guard import check_finite
 
 
 class SpeechEmotionModule(L.LightningModule):
-    """A speech-emotion recogniser: the preset's speech-emotion encoder (random) and a linear
-    head over its pooled features, trained with cross-entropy on basic-emotion speech windows
+    """A speech-emotion recogniser: the preset's speech-emotion encoder (random) with its 6-way
+    classifier head, trained with cross-entropy on basic-emotion speech windows
     (:class:`~moee.data.speech_emotion.SpeechEmotionDataModule`).
 
     The real configuration loads an emotion-recognition HuBERT that hears tone in any voice and
@@ -29,7 +28,8 @@ class SpeechEmotionModule(L.LightningModule):
     its head stayed at chance, and the speech videos read 8 of 48 emotions against 25 of 48
     with this pretraining (``benchmarks/README.md``).
 
-    The export holds the encoder alone, under its MoEENet names; the head is the training aid.
+    The export holds the encoder with its head, under their MoEENet names: Emotion-to-Latents
+    reads the head's posterior as a label (``EmotionToLatents(speech_posterior=True)``).
 
     Args:
         preset: the architecture preset whose speech-emotion encoder to train.
@@ -45,14 +45,17 @@ class SpeechEmotionModule(L.LightningModule):
         self.save_hyperparameters(ignore=["optimizer"])
         self.encoder = SpeechEmotionEncoder(
             pretrained.build_speech_encoder(pretrained.PRESETS[preset], None))
-        self.head = nn.Linear(self.encoder.hidden_size, NUM_EXPERTS)
+        if self.encoder.class_emotions is None or not torch.equal(
+                self.encoder.class_emotions, torch.eye(NUM_EXPERTS)):
+            raise ValueError(f"preset {preset!r}'s speech-emotion encoder has no classifier of "
+                             "the basic emotions (its speech_encoder config needs their id2label)")
         self.optimizer_factory = optimizer
         self.lr_decay = lr_decay
         self.export_path = export_path
 
     def forward(self, speech: torch.Tensor) -> torch.Tensor:
         """(b s) 16 kHz → basic-emotion logits (b 6)."""
-        return self.head(self.encoder(speech))
+        return self.encoder(speech).logits
 
     def training_step(self, batch: tuple[torch.Tensor, torch.Tensor], batch_idx: int):
         speech, emotions = batch
@@ -75,7 +78,7 @@ class SpeechEmotionModule(L.LightningModule):
                                                          "interval": "step"}}
 
     def exported_weights(self) -> dict[str, torch.Tensor]:
-        """The encoder's weights under their MoEENet names."""
+        """The encoder's and its head's weights under their MoEENet names."""
         return {f"{SPEECH_ENCODER}.{name}": tensor.detach().cpu().contiguous()
                 for name, tensor in self.encoder.state_dict().items()}
 

@@ -1,15 +1,18 @@
 """parse_emotion and the vocabulary: every form a user writes, and every error."""
 
+import numpy as np
 import pytest
 
 from moee.emotions import (
     ACTION_UNITS,
     BASIC_EMOTIONS,
     COMPOUND_EMOTIONS,
+    COMPOUND_WEIGHT,
     EMOTION_AU_PROTOTYPES,
     EMOTION_CLASSES,
     UPPER_FACE_UNITS,
     EmotionSpecError,
+    classifier_emotion_weights,
     parse_emotion,
     parse_emotion_timeline,
 )
@@ -165,3 +168,17 @@ def test_timeline():
     assert parse_emotion_timeline("happy")[0][1].expert == 3
     with pytest.raises(EmotionSpecError, match="increase"):
         parse_emotion_timeline("0s:sad,3s:happy,2s:fear")
+
+
+def test_classifier_classes_map_onto_basic_emotions():
+    """An emotion classifier's class names (SUPERB's abbreviations, aliases, compounds) become
+    basic-emotion weights; a class naming no emotion of MoEE's weighs nothing and is reported."""
+    weights, unknown = classifier_emotion_weights(
+        ["neu", "hap", "Anger", "sad", "fru", "happily surprised"])
+    happy, angry, sad, surprised = (BASIC_EMOTIONS.index(e)
+                                    for e in ("happy", "angry", "sad", "surprised"))
+    expected = np.zeros((6, 6), dtype=np.float32)
+    expected[1, happy] = expected[2, angry] = expected[3, sad] = 1.0
+    expected[5, surprised], expected[5, happy] = COMPOUND_WEIGHT, 1 - COMPOUND_WEIGHT
+    np.testing.assert_allclose(weights, expected)
+    assert unknown == ["fru"]

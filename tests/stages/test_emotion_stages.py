@@ -267,7 +267,7 @@ def test_gating_keeps_a_pretrained_stand_in_speech_encoder_frozen_and_exports_it
     assert not any(p.requires_grad for p in encoder.parameters())
     module.alignment_loss(batch).backward()  # the alignment term reaches the query MLP only
     assert all(p.grad is None for p in encoder.parameters())
-    assert module.net.emotion_to_latents.to_queries["speech"][0].weight.grad.abs().sum() > 0
+    assert module.net.emotion_to_latents.to_queries["speech"][-1].weight.grad.abs().sum() > 0
     exported = module.exported_weights()  # carried, so animation needs the gating export only
     torch.testing.assert_close({n: exported[n] for n in loaded}, loaded)
     checkpoint = {"state_dict": {f"net.{n}": v for n, v in module.net.state_dict().items()}}

@@ -39,7 +39,7 @@ def test_recogniser_fits_its_speech_and_exports_the_network_s_encoder(tmp_path):
     """Trained through Lightning, the recogniser learns the emotions of a batch of voices (the
     encoder's power to hear tone in unseen voices is tests/models/test_encoders.py's), its lr
     decays to zero, and the export loads into MoEENet as its speech encoder, which then hears
-    exactly what the module heard."""
+    exactly what the module heard, its classifier included."""
     export = tmp_path / "speech_emotion.safetensors"
     module = SpeechEmotionModule(export_path=str(export), lr_decay=0.3)
     waves, labels = voices(0, 16)
@@ -59,8 +59,11 @@ def test_recogniser_fits_its_speech_and_exports_the_network_s_encoder(tmp_path):
     with safe_open(str(export), "pt") as file:
         assert file.metadata()["stage"] == "SpeechEmotionModule"
         assert all(k.startswith(f"{SPEECH_ENCODER}.") for k in file.keys())
+        assert f"{SPEECH_ENCODER}.model.classifier.weight" in file.keys()  # the head too
     net = MoEENet(MoEENetConfig(preset="tiny"))
     load_net_weights(net, export)
     with torch.no_grad():
-        torch.testing.assert_close(net.emotion_to_latents.speech_encoder(waves),
-                                   module.encoder(waves))
+        heard, expected = net.emotion_to_latents.speech_encoder(waves), module.encoder(waves)
+    torch.testing.assert_close(heard.features, expected.features)
+    torch.testing.assert_close(heard.logits, logits)
+    assert torch.equal(heard.emotions.argmax(1), labels)  # the network hears what it learnt
