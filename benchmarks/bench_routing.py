@@ -7,8 +7,10 @@ clip it prints how often the largest weight goes to the clip's main emotion (top
 cross-entropy of ``g`` against the clip's emotion shares (a uniform gate scores ln 6 = 1.79)
 and the mean ``g``: a gate that routes reads top-1 near 1 and a cross-entropy well below 1.79;
 one that ignores the condition shows the same mean ``g`` in every row. ~1 min on 2 cores.
+``--by_emotion`` adds, per modality, the mean ``g`` of the basic clips of each emotion (a row
+per clip emotion: where each emotion's voices, texts or AUs are sent).
 
-    python benchmarks/bench_routing.py [--weights runs/tiny/weights] [--batches 3]
+    python benchmarks/bench_routing.py [--weights runs/tiny/weights] [--batches 3] [--by_emotion]
 """
 
 from __future__ import annotations
@@ -41,7 +43,8 @@ def gated_module(weights: str) -> GatingModule:
 
 @torch.no_grad()
 def routing_table(module: GatingModule, shards: str, batches: int) -> dict:
-    """{(modality, kind): [clips, top-1 hits, summed cross-entropy, summed g]}."""
+    """{(modality, kind): [clips, top-1 hits, summed cross-entropy, summed g]}, and for the
+    basic clips {(modality, emotion): [clips, 0, 0.0, summed g]} too."""
     data = MoEEDataModule(train=shards, batch_size=16, num_workers=0,
                           clips=ClipFilter(emotions=[*BASIC_EMOTIONS, *COMPOUND_EMOTIONS]),
                           sampling=SamplingOptions(num_frames=4, mns_prob=0.8, apex_fraction=0.8,
@@ -70,7 +73,10 @@ def routing_table(module: GatingModule, shards: str, batches: int) -> dict:
             g = torch.stack([x.view(len(shares), -1, x.shape[-1]).mean(1) for x in gates]).mean(0)
             entropy = -(shares * g.clamp_min(1e-6).log()).sum(1)
             hits = g.argmax(1) == shares.argmax(1)
-            for kind, rows in (("basic", ~compound), ("compound", compound)):
+            kinds = [("basic", ~compound), ("compound", compound)]
+            kinds += [(e, torch.tensor([n == e for n in batch["emotion_name"]]))
+                      for e in BASIC_EMOTIONS]
+            for kind, rows in kinds:
                 rows = rows & present[:, column]
                 if rows.any():
                     row = table.setdefault((modality, kind), [0, 0, 0.0, torch.zeros(6)])
@@ -86,6 +92,8 @@ def main() -> None:
     parser.add_argument("--weights", default="runs/tiny/weights")
     parser.add_argument("--shards", default="runs/synthemo/val")
     parser.add_argument("--batches", type=int, default=3)
+    parser.add_argument("--by_emotion", action="store_true",
+                        help="also the mean g per basic clip emotion, for every modality")
     args = parser.parse_args()
     torch.manual_seed(0)
     try:
@@ -95,7 +103,9 @@ def main() -> None:
                  "quickstart)")
     print("modality  kind      clips  top-1  CE (uniform 1.79)  mean g "
           f"({', '.join(e[:3] for e in BASIC_EMOTIONS)})")
-    for (modality, kind), (clips, hits, entropy, g) in sorted(table.items()):
+    kinds = ("basic", "compound", *(BASIC_EMOTIONS if args.by_emotion else ()))
+    for modality, kind in ((m, k) for m in MODALITIES for k in kinds if (m, k) in table):
+        clips, hits, entropy, g = table[modality, kind]
         mean_g = ", ".join(f"{v:.2f}" for v in (g / clips).tolist())
         print(f"{modality:9s} {kind:9s} {clips:5d}  {hits / clips:5.2f}  {entropy / clips:17.2f}"
               f"  {mean_g}")
