@@ -37,6 +37,8 @@ from moee.emotions import BASIC_EMOTIONS, COMPOUND_EMOTIONS, NEUTRAL
 from moee.evaluation.probe_judge import ProbeJudge, VideoReading, lip_sync_correlation
 
 KINDS = ("basic", "compound", "text", "speech")
+READ_KINDS = {"basic": "basic labels", "speech": "speech voices"}
+"""The kinds whose reads are reported per asked emotion (what each one's videos read as)."""
 """The condition kinds, in report order."""
 SHEET_LABELS = 84
 """Width in pixels of the emotion-label column on the left of :func:`showcase_sheet`."""
@@ -121,7 +123,7 @@ class ShowcaseScores:
     identity: tuple[int, int]
     lip_sync: float
     lip_sync_by_emotion: dict[str, float]  # the speech clip's emotion -> r of its videos
-    basic_reads: dict[str, dict[str, int]]  # basic label -> {what its videos read as: count}
+    reads: dict[str, dict[str, dict[str, int]]]  # kind of READ_KINDS -> asked -> {read: count}
 
     def lines(self) -> list[str]:
         """The report, one figure per line."""
@@ -139,15 +141,16 @@ class ShowcaseScores:
                 f"lip sync: mouth opening vs ground truth r = {self.lip_sync:.2f}",
                 "lip sync by the speech clip's emotion: " + ", ".join(
                     f"{e} {r:.2f}" for e, r in self.lip_sync_by_emotion.items()),
-                "basic labels read as (misses in brackets): " + ", ".join(
-                    label_reads(asked, reads) for asked, reads in self.basic_reads.items())]
+                *(f"{title} read as (misses in brackets): " + ", ".join(
+                    label_reads(asked, reads) for asked, reads in self.reads[kind].items())
+                  for kind, title in READ_KINDS.items() if kind in self.reads)]
 
     def as_dict(self) -> dict:
         """JSON-ready figures."""
         return {"emotion_accuracy": {k: h[0] / max(h[1], 1) for k, h in self.emotion.items()},
                 "identity_accuracy": self.identity[0] / max(self.identity[1], 1),
                 "lip_sync_r": self.lip_sync, "lip_sync_r_by_emotion": self.lip_sync_by_emotion,
-                "basic_reads": self.basic_reads}
+                **{f"{kind}_reads": reads for kind, reads in self.reads.items()}}
 
 
 def read_as(judge: ProbeJudge, reading: VideoReading, asked: str, portrait: str) -> str:
@@ -169,15 +172,15 @@ def score_videos(judge: ProbeJudge, made: list[tuple[PlannedVideo, np.ndarray]])
     identity = [0, 0]
     mouths: dict[str, list[np.ndarray]] = defaultdict(list)
     targets: dict[str, list[np.ndarray]] = defaultdict(list)
-    basic_reads: dict[str, dict[str, int]] = {}
+    reads_by_kind: dict[str, dict[str, dict[str, int]]] = {}
     for video, frames in made:
         reading = judge.read(frames, video.person.identity)
         read = read_as(judge, reading, video.asked, video.person.identity)
         hits = emotion.setdefault(video.kind, [0, 0])
         hits[0] += read == video.asked
         hits[1] += 1
-        if video.kind == "basic":
-            reads = basic_reads.setdefault(video.asked, {})
+        if video.kind in READ_KINDS:
+            reads = reads_by_kind.setdefault(video.kind, {}).setdefault(video.asked, {})
             reads[read] = reads.get(read, 0) + 1
         identity[0] += reading.is_face and reading.identity == video.person.identity
         identity[1] += 1
@@ -186,8 +189,9 @@ def score_videos(judge: ProbeJudge, made: list[tuple[PlannedVideo, np.ndarray]])
     pooled = lip_sync_correlation([*chain(*mouths.values())], [*chain(*targets.values())])
     return ShowcaseScores({k: tuple(v) for k, v in emotion.items()}, tuple(identity), pooled,
                           {e: lip_sync_correlation(mouths[e], targets[e]) for e in mouths},
-                          {asked: dict(sorted(reads.items(), key=lambda item: -item[1]))
-                           for asked, reads in basic_reads.items()})
+                          {kind: {asked: dict(sorted(reads.items(), key=lambda item: -item[1]))
+                                  for asked, reads in by_asked.items()}
+                           for kind, by_asked in reads_by_kind.items()})
 
 
 def showcase_sheet(made: list[tuple[PlannedVideo, np.ndarray]], identities: int = 2,

@@ -133,31 +133,37 @@ def test_ground_truth_videos_score_and_still_portraits_do_not(monkeypatch):
             return reading.emotion == emotion
 
     people = person()
-    plan = plan_videos([people], kinds=("basic", "compound"))
+    plan = plan_videos([people], kinds=("basic", "compound", "speech"))
     truth = score_videos(TruthJudge(), [(v, v.speech_clip.frames) for v in plan])
-    assert truth.emotion == {"basic": (6, 6), "compound": (4, 4)}
-    assert truth.identity == (10, 10) and truth.lip_sync == pytest.approx(1.0)
+    assert truth.emotion == {"basic": (6, 6), "compound": (4, 4), "speech": (6, 6)}
+    assert truth.identity == (16, 16) and truth.lip_sync == pytest.approx(1.0)
     assert sorted(truth.lip_sync_by_emotion) == sorted((*BASIC_EMOTIONS, *COMPOUND_EMOTIONS))
     assert all(r == pytest.approx(1.0) for r in truth.lip_sync_by_emotion.values())
     still = score_videos(TruthJudge(), [(v, np.repeat(people.portrait[None], 8, 0))
                                         for v in plan])
-    assert still.emotion == {"basic": (0, 6), "compound": (0, 4)} and still.lip_sync == 0.0
+    assert still.emotion == {"basic": (0, 6), "compound": (0, 4), "speech": (0, 6)}
+    assert still.lip_sync == 0.0
     assert set(still.lip_sync_by_emotion.values()) == {0.0}
     assert truth.lines()[3].startswith("lip sync by the speech clip's emotion: ")
     assert "basic 6/6 (100%)" in truth.lines()[0]
-    assert truth.basic_reads == {e: {e: 1} for e in BASIC_EMOTIONS}
-    assert still.basic_reads == {e: {"neutral": 1} for e in BASIC_EMOTIONS}
+    assert truth.reads == {kind: {e: {e: 1} for e in BASIC_EMOTIONS}
+                           for kind in ("basic", "speech")}
+    assert still.reads["basic"] == {e: {"neutral": 1} for e in BASIC_EMOTIONS}
     assert still.lines()[4] == "basic labels read as (misses in brackets): " + ", ".join(
         f"{e} 0/1 (neutral 1)" for e in BASIC_EMOTIONS)
+    assert still.lines()[5] == "speech voices read as (misses in brackets): " + ", ".join(
+        f"{e} 0/1 (neutral 1)" for e in BASIC_EMOTIONS)
     assert still.as_dict()["basic_reads"]["happy"] == {"neutral": 1}
+    assert still.as_dict()["speech_reads"]["sad"] == {"neutral": 1}
+    assert "compound_reads" not in still.as_dict()
 
     class RefusingJudge(TruthJudge):
         def reads_as(self, reading, emotion, portrait):
             return False
 
     refused = score_videos(RefusingJudge(), [(v, v.speech_clip.frames) for v in plan])
-    assert refused.emotion == {"basic": (0, 6), "compound": (0, 4)}  # the judge's verdict counts
-    assert refused.basic_reads == {e: {"refused by the judge": 1} for e in BASIC_EMOTIONS}
+    assert refused.emotion == {"basic": (0, 6), "compound": (0, 4), "speech": (0, 6)}
+    assert refused.reads["basic"] == {e: {"refused by the judge": 1} for e in BASIC_EMOTIONS}
 
 
 def test_a_split_without_complete_identities_is_one_clear_line(tmp_path):
