@@ -34,6 +34,15 @@ def test_missing_weights_is_one_clear_line(tmp_path):
         MoEENet(MoEENetConfig.sd15())
 
 
+def test_a_missing_speech_emotion_encoder_is_one_clear_line(tmp_path):
+    """Its loader reads the checkpoint's config first (classifier or bare encoder): a path
+    without one is the same one-line error as any missing part."""
+    with pytest.raises(pretrained.MissingWeightsError) as err:
+        pretrained.build_speech_encoder(pretrained.PRESETS["tiny"], str(tmp_path / "nowhere"))
+    message = str(err.value)
+    assert "\n" not in message and "speech emotion encoder" in message and "nowhere" in message
+
+
 def test_unet_weights_load_into_denoiser_and_reference_net(tmp_path):
     torch.manual_seed(3)
     saved = UNet2DConditionModel(**pretrained.PRESETS["tiny"].unet)
