@@ -43,8 +43,8 @@ def gated_module(weights: str) -> GatingModule:
 
 @torch.no_grad()
 def routing_table(module: GatingModule, shards: str, batches: int) -> dict:
-    """{(modality, kind): [clips, top-1 hits, summed cross-entropy, summed g]}, and for the
-    basic clips {(modality, emotion): [clips, 0, 0.0, summed g]} too."""
+    """{(modality, kind): [clips, top-1 hits, summed cross-entropy, summed g]}, ``kind`` being
+    basic, compound, or the emotion of a basic clip."""
     data = MoEEDataModule(train=shards, batch_size=16, num_workers=0,
                           clips=ClipFilter(emotions=[*BASIC_EMOTIONS, *COMPOUND_EMOTIONS]),
                           sampling=SamplingOptions(num_frames=4, mns_prob=0.8, apex_fraction=0.8,

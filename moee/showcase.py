@@ -37,9 +37,10 @@ from moee.emotions import BASIC_EMOTIONS, COMPOUND_EMOTIONS, NEUTRAL
 from moee.evaluation.probe_judge import ProbeJudge, VideoReading, lip_sync_correlation
 
 KINDS = ("basic", "compound", "text", "speech")
-READ_KINDS = {"basic": "basic labels", "speech": "speech voices"}
-"""The kinds whose reads are reported per asked emotion (what each one's videos read as)."""
 """The condition kinds, in report order."""
+READ_KINDS = {"basic": "basic labels", "speech": "speech voices"}
+"""The kinds whose reads are reported per asked emotion (what each one's videos read as), and
+their name in the report."""
 SHEET_LABELS = 84
 """Width in pixels of the emotion-label column on the left of :func:`showcase_sheet`."""
 
