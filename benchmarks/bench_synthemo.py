@@ -54,8 +54,9 @@ import yaml
 
 from moee.cli import main as moee
 from moee.emotions import BASIC_EMOTIONS
+from moee.errors import BadInputError
 from moee.metrics.tables import COLUMNS, markdown_table, wins_of
-from moee.quickstart import BUDGETS, CONFIGS, STAMP, animate_held_out, training_precision
+from moee.quickstart import BUDGETS, CONFIGS, animate_held_out, read_stamps, training_precision
 
 FULL, NO_MOE, NO_GLOBAL, NO_MNS = "MoEE (full)", "w/o MoE", "w/o global gate", "w/o MNS"
 EXPERTS = [f"expert_{e}.safetensors" for e in BASIC_EMOTIONS]
@@ -163,8 +164,11 @@ class Bench:
 
     def check_full(self, full: Path) -> None:
         """Refuse a quickstart's weights trained at another seed or budget than this bench's
-        (its ``stages.json``; folders from before it was written are taken as they are)."""
-        stamps = json.loads((full / STAMP).read_text()) if (full / STAMP).is_file() else {}
+        or export layout (its ``stages.json``)."""
+        try:
+            stamps = read_stamps(full)
+        except BadInputError as error:
+            sys.exit(f"error: --full {error}")
         for stage, stamp in stamps.items():
             steps = BUDGETS[self.budget].get(stage)
             if self.scale != 1 or stamp["seed"] != self.seed or stamp["max_steps"] != steps:

@@ -61,7 +61,12 @@ from the alignment warm-up (speech routed right for 0.61 of held-out clips again
 videos 10/24 against 14/24)."""
 STAMP = "stages.json"
 """Under WEIGHTS: each trained stage's seed, precision and step budget, so that a rerun
-skips only a stage trained as asked."""
+skips only a stage trained as asked, and the layout of its exports (:data:`STAMP_FORMAT`)."""
+STAMP_FORMAT = 2
+"""The layout of the exports a quickstart folder holds, in its stamps. 2: the tiny
+speech-emotion encoder is a classifier, and backbone exports no longer carry the random text
+and speech stand-ins (2026-12-06). A folder of another layout is refused before any stage
+runs, not when a later stage fails to load it."""
 
 
 def _timed(timings: dict[str, float], name: str, step: Callable[[], object]) -> None:
@@ -210,7 +215,7 @@ def quickstart(identities: int = 120, held_out: int = 8, frames: int = 24,
                                                        **QUICK_PROBES))
     precision = training_precision(precision)
     print(f"[quickstart] training precision: {precision}")
-    stamps = _read_stamps()
+    stamps = {} if force else read_stamps(WEIGHTS)
     for name, exports, config in STAGES:
         steps = asked[name] if asked.get(name) is not None else BUDGETS[budget].get(name)
         recipe = {"seed": seed, "precision": precision, "max_steps": steps}
@@ -227,7 +232,7 @@ def quickstart(identities: int = 120, held_out: int = 8, frames: int = 24,
         _timed(timings, name, lambda c=config, e=extra: moee(
             ["fit", "--config", str(CONFIGS / c), *e]))
         stamps[name] = recipe
-        write_text(WEIGHTS / STAMP, json.dumps(stamps, indent=2))
+        write_text(WEIGHTS / STAMP, json.dumps({"format": STAMP_FORMAT, **stamps}, indent=2))
     made: list = []
     dtype = torch.bfloat16 if precision == "bf16-mixed" else torch.float32
     _timed(timings, "animate", lambda: made.extend(animate_held_out(
@@ -246,16 +251,26 @@ def quickstart(identities: int = 120, held_out: int = 8, frames: int = 24,
     return timings
 
 
-def _read_stamps() -> dict[str, dict]:
-    """The stamps of the stages trained in WEIGHTS (:data:`STAMP`; none before any)."""
+def read_stamps(weights: Path) -> dict[str, dict]:
+    """{stage: stamp} of the stages trained in the quickstart weights folder ``weights``
+    (:data:`STAMP`; none before any). Exports of another layout than :data:`STAMP_FORMAT`
+    (a folder stamped before it, or with exports and no stamps) are one-line
+    :class:`~moee.errors.BadInputError`."""
     from moee.errors import BadInputError
 
-    path = WEIGHTS / STAMP
+    path = weights / STAMP
     try:
-        return json.loads(path.read_text()) if path.is_file() else {}
+        stamps = json.loads(path.read_text()) if path.is_file() else {}
     except (ValueError, OSError) as error:
         raise BadInputError(f"{path} is unreadable ({error}): delete it, or add --force to "
                             "retrain") from None
+    exported = any(weights.glob("*.safetensors"))
+    layout = stamps.pop("format", 1 if stamps or exported else STAMP_FORMAT)
+    if layout != STAMP_FORMAT:
+        raise BadInputError(f"{weights} holds exports of an earlier MoEE (layout {layout}, now "
+                            f"{STAMP_FORMAT}) that it can no longer load: run in another "
+                            "folder, or add --force to retrain")
+    return stamps
 
 
 def training_precision(choice: Precision) -> str:

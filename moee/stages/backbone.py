@@ -69,10 +69,12 @@ class BackboneModule(DiffusionStage):
 
     @property
     def carried_groups(self) -> tuple[str, ...]:
-        """The untrained Emotion-to-Latents, and the frozen spatial layers: the export holds
-        the whole backbone, whichever part of it this stage trained."""
+        """The untrained label path of Emotion-to-Latents (the experts that follow must all
+        condition on the same one), and the frozen spatial layers: the export holds the whole
+        backbone, whichever part of it this stage trained. The other modalities' paths and
+        their random stand-in encoders are left to the gating stage, which trains them."""
         frozen = ("backbone", "reference") if self.freeze_spatial else ()
-        return ("emotion_latents", "emotion_modalities", *frozen)
+        return ("emotion_latents", *frozen)
 
     @property
     def hears_audio(self) -> bool:

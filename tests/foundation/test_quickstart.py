@@ -191,6 +191,7 @@ def trained_runs(tmp_path, monkeypatch):
     for _, exports, _ in STAGES:
         for export in exports:
             (weights / export).touch()
+    (weights / quickstart.STAMP).write_text(json.dumps({"format": quickstart.STAMP_FORMAT}))
     monkeypatch.setenv("MOEE_CACHE", str(tmp_path / "cache"))
     from moee.evaluation.probes import cache_path
 
@@ -375,7 +376,8 @@ def test_a_rerun_with_another_seed_or_budget_refuses_the_weights_it_finds(traine
     stamps = {name: {"seed": 0, "precision": precision,
                      "max_steps": quickstart.BUDGETS["tiny"].get(name)}
               for name, _, _ in STAGES}
-    (trained_runs / quickstart.STAMP).write_text(json.dumps(stamps))
+    (trained_runs / quickstart.STAMP).write_text(
+        json.dumps({"format": quickstart.STAMP_FORMAT, **stamps}))
     monkeypatch.setattr("moee.cli.main", lambda argv: pytest.fail(f"{argv[2]} retrained"))
     for argv, what in ((["--seed", "1"], "'seed': 1"),
                        (["--budget", "small"], "'max_steps': 2800")):
@@ -394,6 +396,33 @@ def test_a_rerun_with_another_seed_or_budget_refuses_the_weights_it_finds(traine
         quickstart.main([])
     assert "stages.json is unreadable" in str(stop.value.code)
     assert "--force" in str(stop.value.code) and "\n" not in str(stop.value.code)
+
+
+@pytest.mark.parametrize("stamps", [None, {"backbone_image": {"seed": 0}}, {"format": 1}])
+def test_a_folder_of_an_earlier_export_layout_is_refused_before_any_stage(
+        trained_runs, monkeypatch, stamps):
+    """Exports stamped with an earlier layout, or with none (exports and no stamps), are one
+    line at the start, not a stage that fails to load them an hour in; --force retrains."""
+    from moee import quickstart
+
+    path = trained_runs / quickstart.STAMP
+    path.unlink()
+    if stamps is not None:
+        path.write_text(json.dumps(stamps))
+    monkeypatch.setattr("moee.cli.main", lambda argv: pytest.fail(f"{argv[2]} started"))
+    with pytest.raises(SystemExit) as stop:
+        quickstart.main([])
+    message = str(stop.value.code)
+    assert "earlier MoEE (layout 1, now 2)" in message and "--force" in message
+    assert "\n" not in message
+    trained = []
+    monkeypatch.setattr("moee.cli.main", lambda argv: trained.append(argv[2]))
+    monkeypatch.setattr(quickstart, "animate_held_out", lambda *args, dtype: [])
+    monkeypatch.setattr(quickstart, "read_held_out", lambda made, probes: {})
+    monkeypatch.setattr("moee.evaluation.probes.load_probes", lambda: None)
+    quickstart.quickstart(force=True)
+    assert len(trained) == len(STAGES) + 1  # SynthEmo too
+    assert json.loads(path.read_text())["format"] == quickstart.STAMP_FORMAT
 
 
 def test_the_table5_bench_trains_a_budget_and_refuses_weights_of_another(tmp_path, monkeypatch):
@@ -417,9 +446,15 @@ def test_the_table5_bench_trains_a_budget_and_refuses_weights_of_another(tmp_pat
     full = tmp_path / "full"
     full.mkdir()
     stamp = {"seed": 1, "precision": "32-true", "max_steps": 2800}
-    (full / quickstart.STAMP).write_text(json.dumps({"backbone_image": stamp}))
+    layout = {"format": quickstart.STAMP_FORMAT}
+    (full / quickstart.STAMP).write_text(json.dumps({**layout, "backbone_image": stamp}))
     bench.check_full(full)  # the same seed and budget: taken
-    (full / quickstart.STAMP).write_text(json.dumps({"backbone_image": {**stamp, "seed": 0}}))
+    (full / quickstart.STAMP).write_text(json.dumps({"backbone_image": stamp}))
+    with pytest.raises(SystemExit) as stop:
+        bench.check_full(full)  # an earlier layout
+    assert "earlier MoEE" in str(stop.value.code)
+    (full / quickstart.STAMP).write_text(
+        json.dumps({**layout, "backbone_image": {**stamp, "seed": 0}}))
     with pytest.raises(SystemExit) as stop:
         bench.check_full(full)
     assert "seed 0" in str(stop.value.code) and "budget small" in str(stop.value.code)

@@ -329,6 +329,10 @@ def test_experts_share_the_backbone_exports_emotion_latents(tmp_path, batch):
     assert not set(carried) & set(backbone.trained_parameters())
     export = str(backbone.export(tmp_path / "backbone.safetensors"))
     assert set(carried) <= set(load_file(export))
+    # the other modalities' paths and random stand-in encoders are the gating stage's
+    gating_only = tuple(f"emotion_to_latents.{part}." for part in (
+        "text_encoder", "speech_encoder", "to_queries.au", "to_queries.text", "to_queries.speech"))
+    assert not [n for n in load_file(export) if n.startswith(gating_only)]
 
     exports = []
     for seed, emotion in ((2, "sad"), (3, "happy")):
