@@ -55,15 +55,37 @@ from moee.models.weights import check_parallel_exports, load_net_weights, traine
 log = logging.getLogger(__name__)
 
 
-def load_stage_weights(net: MoEENet, paths: list[str | os.PathLike]) -> None:
-    """Load stage exports (safetensors) or Lightning checkpoints into ``net``, in order.
+def load_stage_weights(net: MoEENet, paths: list[str | os.PathLike]) -> set[str]:
+    """Load stage exports (safetensors) or Lightning checkpoints into ``net``, in order, and
+    return the names of the weights they held.
 
     Later files override earlier ones (backbone, the six experts, then the gates); exports of
     parallel stages must agree (:func:`~moee.models.weights.check_parallel_exports`).
     """
     check_parallel_exports(paths)
+    loaded: set[str] = set()
     for path in paths:
-        load_net_weights(net, path, hint=": train the stages first or fix the weights paths")
+        loaded |= load_net_weights(net, path,
+                                   hint=": train the stages first or fix the weights paths")
+    return loaded
+
+
+_CONDITION_NAMES = {"neutral": "neutral", "mixture": "a mix", "au": "AUs", "text": "text:",
+                    "speech": "speech"}
+
+
+def untrained_need(condition: EmotionCondition, gated: bool, trained: set[str]) -> str | None:
+    """What ``condition`` needs that no loaded weight in ``trained`` (MoEENet names) holds,
+    or ``None``: the learned gates when it is ``gated`` (its routing, or a timeline's blend
+    across routings, mixes experts through them), and its own Emotion-to-Latents path for
+    AUs, a text or the speech. Both come from the gating stage."""
+    if gated and not any(".emotion." in name and "_gate." in name for name in trained):
+        return "the learned gates"
+    path = f"emotion_to_latents.to_queries.{condition.kind}."
+    if condition.kind in ("au", "text", "speech") and not any(
+            name.startswith(path) for name in trained):
+        return f"the {_CONDITION_NAMES[condition.kind]} path of Emotion-to-Latents"
+    return None
 
 
 def branch_emotions(branches: list[dict], count: int) -> dict:
@@ -92,6 +114,9 @@ class MoEEPipeline:
         progress: show a tqdm bar over clips × steps.
         on_step: called after every denoising step with its :class:`StepProgress` (a web
             page's progress bar).
+        trained: names of the weights loaded from stage files (:meth:`from_weights`); an
+            emotion that needs weights none of them held is refused (:meth:`check_trained`).
+            ``None``: the network is taken as trained throughout.
     """
 
     def __init__(
@@ -102,8 +127,10 @@ class MoEEPipeline:
         size: int | None = None,
         progress: bool = True,
         on_step: ProgressCallback | None = None,
+        trained: set[str] | None = None,
     ) -> None:
         self.net = net.eval()
+        self.trained = trained
         self.conditioner = Conditioner(net)
         self.settings = settings = settings or SamplerSettings()
         self.objective = objective or DiffusionObjective()
@@ -146,8 +173,27 @@ class MoEEPipeline:
         if kwargs.get("objective") is None:
             kwargs["objective"] = trained_objective(weights)
         model = MoEENet(net)
-        load_stage_weights(model, weights)
-        return cls(model, **kwargs)
+        return cls(model, trained=load_stage_weights(model, weights), **kwargs)
+
+    def check_trained(self, track: EmotionTrack) -> None:
+        """Refuse, in one line (:class:`InputError`), an emotion track that needs weights the
+        loaded stage files did not hold (:func:`untrained_need`): neutral, mixes, AUs, text,
+        speech and timelines across emotions need the gating stage's export; basic and
+        compound labels need the experts alone."""
+        if self.trained is None:
+            return
+        conditions = track.conditions
+        across = len({Routing.of(c) for c in conditions}) > 1
+        for condition in conditions:
+            need = untrained_need(condition, across or Routing.of(condition).kind in
+                                  ("gates", "weights"), self.trained)
+            if need is not None:
+                what = (_CONDITION_NAMES.get(condition.kind, condition.name) if not across
+                        else "a timeline across emotions")
+                raise InputError(
+                    f"emotion {what!r} needs {need}, which none of the loaded weights "
+                    "trained: add the gating stage's export (gating.safetensors) to the "
+                    "weights, or ask for a basic or compound emotion")
 
     @property
     def device(self) -> torch.device:
@@ -234,6 +280,8 @@ class MoEEPipeline:
         learned gates).
         """
         net, f, steps = self.net, self.settings.clip_frames, self.steps_per_clip
+        for track in tracks:
+            self.check_trained(track)
         if len({len(a) for a in audios}) != 1:
             raise ValueError("videos sampled together need audio tracks of one length")
         count = len(audios)

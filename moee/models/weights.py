@@ -165,10 +165,10 @@ class ArchitectureMismatchError(StageWeightsError):
     of an older preset)."""
 
 
-def load_net_weights(net: MoEENet, path: str | Path, hint: str = "") -> None:
-    """Load (a subset of) MoEENet weights from ``path``; every key must exist in ``net`` with
-    the same shape, and an export's recorded Emotion MoE layout must fit the network's (else
-    one-line :class:`ArchitectureMismatchError`)."""
+def load_net_weights(net: MoEENet, path: str | Path, hint: str = "") -> set[str]:
+    """Load (a subset of) MoEENet weights from ``path`` and return their names; every key must
+    exist in ``net`` with the same shape, and an export's recorded Emotion MoE layout must fit
+    the network's (else one-line :class:`ArchitectureMismatchError`)."""
     metadata = export_metadata(path)
     recorded = metadata.get(EXPERTS_KEY)
     if recorded is not None and int(recorded) != net.config.num_experts:
@@ -198,3 +198,4 @@ def load_net_weights(net: MoEENet, path: str | Path, hint: str = "") -> None:
             "trained with other widths; retrain it or build the preset it was made for")
     net.load_state_dict(state, strict=False)
     log.info("loaded %d tensors from %s", len(state), path)
+    return set(state)

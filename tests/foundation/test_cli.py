@@ -80,17 +80,24 @@ def test_missing_stage_weights_are_one_clear_line(tmp_path):
     assert "Traceback" not in missing_shards.stderr
 
 
-def error_line(config: str, cwd: Path, command: str = "fit") -> str:
-    """The last stderr line of ``command --config configs/tiny/<config>``, which must fail
-    with one line and no traceback."""
-    path = str(Path(__file__).resolve().parents[2] / "configs" / "tiny" / config)
-    result = subprocess.run([sys.executable, "-m", "moee", command, "--config", path],
-                            cwd=cwd, capture_output=True, text=True, timeout=180)
-    assert result.returncode == 1 and "Traceback" not in result.stderr
-    return result.stderr.strip().splitlines()[-1]
+@pytest.fixture
+def error_line(capsys, monkeypatch, tmp_path):
+    """``error_line(config, command="fit")``: the last stderr line of ``command --config
+    configs/tiny/<config>`` run in ``tmp_path``, which must fail with status 1. In this process,
+    as :func:`in_process`: ``test_missing_stage_weights_are_one_clear_line`` checks the same
+    errors from a fresh interpreter."""
+    monkeypatch.chdir(tmp_path)
+
+    def last_line(config: str, command: str = "fit") -> str:
+        path = str(Path(__file__).resolve().parents[2] / "configs" / "tiny" / config)
+        status, _, err = in_process(capsys, command, "--config", path)
+        assert status == 1, err
+        return err.strip().splitlines()[-1]
+
+    return last_line
 
 
-def test_weights_of_another_objective_are_one_clear_line(tmp_path):
+def test_weights_of_another_objective_are_one_clear_line(tmp_path, error_line):
     from moee.models.objective import DiffusionObjective
     from moee.stages import BackboneModule
     from moee.stages.losses import MoEELoss
@@ -98,12 +105,12 @@ def test_weights_of_another_objective_are_one_clear_line(tmp_path):
     export = tmp_path / "runs" / "tiny" / "weights" / "backbone.safetensors"
     BackboneModule(objective=DiffusionObjective("v_prediction"),
                    loss=MoEELoss(perceptual_weights="random")).export(export)
-    last = error_line("expert_sad.yaml", tmp_path)
+    last = error_line("expert_sad.yaml")
     assert last.startswith("error: runs/tiny/weights/backbone.safetensors was trained with")
     assert "set model.init_args.objective to match" in last
 
 
-def test_weights_of_another_architecture_are_one_clear_line(tmp_path):
+def test_weights_of_another_architecture_are_one_clear_line(tmp_path, error_line):
     """An export of other widths (e.g. an older tiny preset's) or of another network's names
     stops the stage in one line, not torch's list of every size mismatch."""
     import torch
@@ -112,16 +119,16 @@ def test_weights_of_another_architecture_are_one_clear_line(tmp_path):
     weights = tmp_path / "runs" / "tiny" / "weights"
     weights.mkdir(parents=True)
     save_file({"denoiser.unet.conv_out.bias": torch.zeros(7)}, weights / "backbone.safetensors")
-    last = error_line("expert_sad.yaml", tmp_path)
+    last = error_line("expert_sad.yaml")
     assert last.startswith("error: runs/tiny/weights/backbone.safetensors: 1 tensors have other "
                            "shapes than this network's, e.g. denoiser.unet.conv_out.bias (7,)")
     assert "retrain it" in last
     save_file({"unet.conv_out.bias": torch.zeros(7)}, weights / "backbone.safetensors")
-    last = error_line("expert_sad.yaml", tmp_path)
+    last = error_line("expert_sad.yaml")
     assert "1 tensors are not this network's weights, e.g. unet.conv_out.bias" in last
 
 
-def test_gates_trained_without_the_global_gate_are_one_clear_line(tmp_path):
+def test_gates_trained_without_the_global_gate_are_one_clear_line(tmp_path, error_line):
     """A "w/o global gate" export has the full network's names and shapes, so only its recorded
     layout keeps the full network from loading it with that gate left untrained."""
     from safetensors.torch import save_file
@@ -134,14 +141,14 @@ def test_gates_trained_without_the_global_gate_are_one_clear_line(tmp_path):
     gates = {k: v for k, v in MoEENet(MoEENetConfig(global_gate=False)).state_dict().items()
              if ".local_gate." in k}
     save_file(gates, weights / "backbone.safetensors", metadata={GLOBAL_GATE_KEY: "false"})
-    last = error_line("expert_sad.yaml", tmp_path)
+    last = error_line("expert_sad.yaml")
     assert last.startswith("error: runs/tiny/weights/backbone.safetensors: its gates were "
                            "trained without the global gate")
     assert "global_gate false" in last
     load_net_weights(MoEENet(MoEENetConfig(global_gate=False)), weights / "backbone.safetensors")
 
 
-def test_experts_that_disagree_are_one_clear_line(tmp_path):
+def test_experts_that_disagree_are_one_clear_line(tmp_path, error_line):
     """Expert exports that each carry their own Emotion-to-Latents (the old recipe) would hand
     every expert the last one's at load time: the gating stage and ``moee test`` refuse them
     in one line, as they do missing weights."""
@@ -150,7 +157,7 @@ def test_experts_that_disagree_are_one_clear_line(tmp_path):
 
     from moee.emotions import BASIC_EMOTIONS
 
-    missing = error_line("test.yaml", tmp_path, command="test")  # moee test's rows, too
+    missing = error_line("test.yaml", command="test")  # moee test's rows, too
     assert missing.startswith("error: checkpoint not found: 'runs/tiny/weights/backbone.")
     weights = tmp_path / "runs" / "tiny" / "weights"
     weights.mkdir(parents=True)
@@ -160,7 +167,7 @@ def test_experts_that_disagree_are_one_clear_line(tmp_path):
         save_file({"emotion_to_latents.null_latent": torch.full((2, 3), float(index))},
                   weights / f"expert_{emotion}.safetensors", metadata={"stage": "ExpertModule"})
     for command, config in (("fit", "gating.yaml"), ("test", "test.yaml")):
-        last = error_line(config, tmp_path, command=command)
+        last = error_line(config, command=command)
         assert last.startswith("error: runs/tiny/weights/expert_angry.safetensors and ")
         assert "emotion_to_latents.null_latent" in last and "one backbone export" in last
 

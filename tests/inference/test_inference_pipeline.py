@@ -403,3 +403,49 @@ def test_emotion_onset_also_weighs_composed_and_weaker_emotions(net, spec, extra
     assert np.abs(onset[0].astype(int) - without[0].astype(int)).max() <= 1
     assert np.abs(onset[1:4].astype(int) - full[1:4].astype(int)).max() <= 1
     assert np.abs(onset[0].astype(int) - full[0].astype(int)).max() > 1
+
+
+def test_emotions_the_loaded_weights_cannot_serve_are_one_line(tmp_path):
+    """A backbone and its experts animate basic and compound labels; what routes through the
+    learned gates, or reads AUs, a text or the speech, is refused in one line before sampling
+    until the gating stage's gates and modality paths are loaded too."""
+    from safetensors.torch import save_file
+
+    from moee.models.moee_net import EMOTION_ENCODERS, parameter_group
+
+    torch.manual_seed(0)
+    net = MoEENet()
+    groups = {name: parameter_group(name, stand_ins=tuple(EMOTION_ENCODERS))
+              for name, _ in net.named_parameters()}
+    parts = {"gates": {"gates"}, "modalities": {"emotion_modalities"}}
+    parts["backbone_and_experts"] = set(groups.values()) - {"gates", "emotion_modalities"}
+    exports = {}
+    for part, kept in parts.items():
+        exports[part] = str(tmp_path / f"{part}.safetensors")
+        save_file({k: v for k, v in net.state_dict().items() if groups.get(k) in kept},
+                  exports[part])
+
+    def pipeline(*loaded: str) -> MoEEPipeline:
+        return MoEEPipeline.from_weights(net.config, [exports[p] for p in loaded],
+                                         settings=SamplerSettings(steps=1, clip_frames=4),
+                                         progress=False)
+
+    def refused(pipe: MoEEPipeline, spec: str, need: str) -> None:
+        with pytest.raises(InputError, match=need) as error:
+            run(pipe, spec, 0.16)
+        assert "gating.safetensors" in str(error.value) and "\n" not in str(error.value)
+
+    experts_only = pipeline("backbone_and_experts")
+    for spec in ("happy", "happily surprised@0.5"):
+        assert run(experts_only, spec, 0.16).shape == (4, SIZE, SIZE, 3)
+    for spec in ("neutral", "happy:0.5,sad:0.5", "0s:happy,0.1s:sad", "text:a wide smile",
+                 "speech", "AU12:1"):
+        refused(experts_only, spec, "needs the learned gates")
+    gated = pipeline("backbone_and_experts", "gates")
+    for spec in ("neutral", "happy:0.5,sad:0.5", "0s:happy,0.1s:sad"):
+        assert run(gated, spec, 0.16).shape == (4, SIZE, SIZE, 3)
+    for spec, path in (("text:a wide smile", "text:"), ("speech", "speech"), ("AU12:1", "AUs")):
+        refused(gated, spec, f"needs the {path} path of Emotion-to-Latents")
+    whole = pipeline("backbone_and_experts", "gates", "modalities")
+    for spec in ("text:a wide smile", "speech", "AU12:1"):
+        assert run(whole, spec, 0.16).shape == (4, SIZE, SIZE, 3)
