@@ -14,6 +14,7 @@ import re
 import shutil
 import tempfile
 import time
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
@@ -36,6 +37,19 @@ def random_weights(folder: Path) -> list[str]:
     return [str(path)]
 
 
+def wait_for_example(page, row) -> None:
+    """Until the clicked example's portrait and condition are in the form: a click on
+    Generate before then sends an empty portrait."""
+    portrait = row.locator("img").first.get_attribute("src").rsplit("/", 1)[-1]
+    page.wait_for_function(
+        "([portrait, condition]) => {"
+        " const img = document.querySelector('#portrait img');"
+        " const text = document.querySelector('#condition textarea, #condition input');"
+        " return img && img.complete && img.src.endsWith('/' + portrait)"
+        " && text && text.value === condition; }",
+        arg=[portrait, row.locator("td").nth(2).inner_text().strip()])
+
+
 def main(weights: str | None = None, screenshot: str | None = None,
          examples: int = 5) -> None:
     """Generate each of the first ``examples`` examples in the page and print the timings.
@@ -46,7 +60,10 @@ def main(weights: str | None = None, screenshot: str | None = None,
         examples: how many of the page's examples to generate.
     """
     scratch = Path(tempfile.mkdtemp(prefix="bench-demo-"))
-    model = DemoModel([weights] if weights else random_weights(scratch), "tiny", "cpu")
+    if not weights:  # on a thread that ends: no torch on the main thread, as in `moee demo`
+        with ThreadPoolExecutor(1) as thread:
+            weights = thread.submit(random_weights, scratch).result()[0]
+    model = DemoModel([weights], "tiny", "cpu")
     if model.pipeline is None:
         raise SystemExit(f"error: {model.status}")
     server = serve(model, port=None, block=False, quiet=True)
@@ -64,6 +81,7 @@ def main(weights: str | None = None, screenshot: str | None = None,
             print(f"{'example':<32} {'frames':>6} {'in the page':>12} {'first clip':>11}")
             for index in range(min(examples, rows.count())):
                 rows.nth(index).click()
+                wait_for_example(page, rows.nth(index))
                 previous = page.locator("#report").inner_text()
                 started = time.perf_counter()
                 page.locator("#generate").click()
@@ -89,6 +107,7 @@ def main(weights: str | None = None, screenshot: str | None = None,
             browser.close()
     finally:
         server.close()
+        model.close()
         shutil.rmtree(scratch, ignore_errors=True)
 
 

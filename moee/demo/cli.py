@@ -48,12 +48,12 @@ def demo(
     from moee.demo.app import serve
 
     check_port(host, port)
-    model = DemoModel(weights, net_preset, device,
-                      Limits(max_seconds=max_seconds, max_file_size=max_file_size))
-    if model.pipeline is None:
-        logging.getLogger(__name__).warning("%s", model.status)
-    signal.signal(signal.SIGTERM, _interrupt)  # a plain kill also removes the temporary files
-    serve(model, host, port, examples=examples)
+    with DemoModel(weights, net_preset, device,
+                   Limits(max_seconds=max_seconds, max_file_size=max_file_size)) as model:
+        if model.pipeline is None:
+            logging.getLogger(__name__).warning("%s", model.status)
+        signal.signal(signal.SIGTERM, _interrupt)  # a plain kill also removes the temp files
+        serve(model, host, port, examples=examples)
 
 
 def _interrupt(signum, frame) -> None:

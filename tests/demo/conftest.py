@@ -16,7 +16,9 @@ from tests.inference.test_inference_cli import speech, write_inputs, write_wav
 MAX_SECONDS = 2.0
 
 
-@pytest.fixture(scope="session")
+# Package-scoped: the demo's model thread and server end with the demo's tests, before the
+# tests after them run (a live thread that ran torch halves their OpenMP speed; DemoModel).
+@pytest.fixture(scope="package")
 def demo_files(tmp_path_factory) -> Path:
     """Random tiny weights and every input file, good and bad."""
     root = write_inputs(tmp_path_factory.mktemp("demo_inputs"))
@@ -27,13 +29,13 @@ def demo_files(tmp_path_factory) -> Path:
     return root
 
 
-@pytest.fixture(scope="session")
+@pytest.fixture(scope="package")
 def demo_model(demo_files) -> DemoModel:
     """The demo's model on the random tiny weights, speech limited to ``MAX_SECONDS``."""
-    model = DemoModel([str(demo_files / "w.safetensors")], "tiny", "cpu",
-                      Limits(max_seconds=MAX_SECONDS, max_file_size="1mb"))
-    assert model.pipeline is not None, model.status
-    return model
+    with DemoModel([str(demo_files / "w.safetensors")], "tiny", "cpu",
+                   Limits(max_seconds=MAX_SECONDS, max_file_size="1mb")) as model:
+        assert model.pipeline is not None, model.status
+        yield model
 
 
 def free_port() -> int:
@@ -43,7 +45,7 @@ def free_port() -> int:
         return probe.getsockname()[1]
 
 
-@pytest.fixture(scope="session")
+@pytest.fixture(scope="package")
 def server(demo_model):
     """The demo on a free localhost port, examples included. Every track the pipeline renders
     is recorded in ``.tracks``, and the most generations ever running at once in ``.peak``."""

@@ -1,7 +1,11 @@
 """The demo's model side: one line for every bad input, the pipeline's own progress, missing
-weights, and the session files."""
+weights, the one thread that runs the network, and the session files."""
 
 from __future__ import annotations
+
+import contextvars
+import threading
+from concurrent.futures import ThreadPoolExecutor
 
 import pytest
 
@@ -49,6 +53,43 @@ def test_generation_reports_every_step_and_writes_video_and_strip(demo_model, de
                                                                  result.strip.name])
     assert result.strip.stat().st_size > 0 and 0 < result.first_clip_seconds <= result.seconds
     assert "13 frames (0.52 s) for `happy`" in result.summary()
+
+
+def test_every_generation_runs_on_the_model_s_own_thread_in_the_caller_s_context(
+        demo_files, tmp_path, monkeypatch):
+    """Loading and every generation run on one thread, whichever thread asks (OpenMP keeps a
+    team of workers per thread that ran torch: rotating server threads would multiply them),
+    with the caller's context variables (gradio's progress bar); close ends that thread."""
+    from moee.demo import engine
+
+    ran_on, seen_context = [], []
+    load, generate = engine.load_pipeline, DemoModel._generate
+    caller = contextvars.ContextVar("caller")
+
+    def recording_load(*args, **kwargs):
+        ran_on.append(threading.current_thread())
+        return load(*args, **kwargs)
+
+    def recording_generate(self, *args):
+        ran_on.append(threading.current_thread())
+        seen_context.append(caller.get(None))
+        return generate(self, *args)
+
+    monkeypatch.setattr(engine, "load_pipeline", recording_load)
+    monkeypatch.setattr(DemoModel, "_generate", recording_generate)
+    with DemoModel([str(demo_files / "w.safetensors")], "tiny", "cpu") as model:
+        def ask(name: str):
+            caller.set(name)
+            return model.generate(request(demo_files), tmp_path / name)
+
+        with ThreadPoolExecutor(2) as servers:  # two server threads, one after the other
+            for name in ("first", "second"):
+                assert servers.submit(ask, name).result().frames == 13
+        with pytest.raises(MoEEError, match="unknown emotion"):  # errors cross the thread
+            model.generate(request(demo_files, emotion="ecstatic"), tmp_path / "bad")
+    assert len(ran_on) == 4 and len(set(ran_on)) == 1 and ran_on[0].name.startswith("moee-")
+    assert ran_on[0] is not threading.current_thread() and not ran_on[0].is_alive()
+    assert seen_context == ["first", "second", None]
 
 
 def test_missing_weights_name_the_command_that_makes_them(tmp_path):
