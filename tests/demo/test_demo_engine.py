@@ -97,10 +97,10 @@ def test_missing_weights_name_the_command_that_makes_them(tmp_path):
     assert line == (f"no trained weights at {tmp_path}/backbone.safetensors: make them with "
                     "`python -m moee quickstart`, or pass --weights")
     assert "python -m moee fit --config configs/backbone.yaml" in missing_weights([], "sd15")
-    model = DemoModel([str(tmp_path)])
-    assert model.pipeline is None and model.describe() == line
-    with pytest.raises(MoEEError, match="make them with `python -m moee quickstart`"):
-        model.generate(Request("a.png", "b.wav", "happy"), tmp_path / "out")
+    with DemoModel([str(tmp_path)]) as model:
+        assert model.pipeline is None and model.describe() == line
+        with pytest.raises(MoEEError, match="make them with `python -m moee quickstart`"):
+            model.generate(Request("a.png", "b.wav", "happy"), tmp_path / "out")
 
 
 def test_session_files_go_with_their_session(tmp_path):
