@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import socket
+from collections.abc import Iterator
 from pathlib import Path
 
 import numpy as np
@@ -30,7 +31,7 @@ def demo_files(tmp_path_factory) -> Path:
 
 
 @pytest.fixture(scope="package")
-def demo_model(demo_files) -> DemoModel:
+def demo_model(demo_files) -> Iterator[DemoModel]:
     """The demo's model on the random tiny weights, speech limited to ``MAX_SECONDS``."""
     with DemoModel([str(demo_files / "w.safetensors")], "tiny", "cpu",
                    Limits(max_seconds=MAX_SECONDS, max_file_size="1mb")) as model:
