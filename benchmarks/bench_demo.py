@@ -41,13 +41,15 @@ def wait_for_example(page, row) -> None:
     """Until the clicked example's portrait and condition are in the form: a click on
     Generate before then sends an empty portrait."""
     portrait = row.locator("img").first.get_attribute("src").rsplit("/", 1)[-1]
+    headers = page.locator("thead th").all_inner_texts()
+    column = next(i for i, header in enumerate(headers) if header.strip().startswith("Condition"))
     page.wait_for_function(
         "([portrait, condition]) => {"
         " const img = document.querySelector('#portrait img');"
         " const text = document.querySelector('#condition textarea, #condition input');"
         " return img && img.complete && img.src.endsWith('/' + portrait)"
         " && text && text.value === condition; }",
-        arg=[portrait, row.locator("td").nth(2).inner_text().strip()])
+        arg=[portrait, row.locator("td").nth(column).inner_text().strip()])
 
 
 def main(weights: str | None = None, screenshot: str | None = None,
@@ -76,7 +78,7 @@ def main(weights: str | None = None, screenshot: str | None = None,
             page.goto(server.url)
             page.locator("#generate").wait_for()
             print(f"page ready in {time.perf_counter() - started:.1f} s")
-            rows = page.locator(".gallery-item, tbody tr")
+            rows = page.locator("tbody tr")  # the examples' table
             rows.first.wait_for()
             print(f"{'example':<32} {'frames':>6} {'in the page':>12} {'first clip':>11}")
             for index in range(min(examples, rows.count())):

@@ -31,6 +31,7 @@ from timing import median_time  # noqa: E402
 from moee.models.conditioner import Conditioner  # noqa: E402
 from moee.models.emotion_latents import EmotionInputs  # noqa: E402
 from moee.models.moee_net import PARAMETER_GROUPS, MoEENet  # noqa: E402
+from moee.models.pretrained import PRESETS  # noqa: E402
 
 
 def training_step():
@@ -38,9 +39,9 @@ def training_step():
     torch.manual_seed(0)
     net = MoEENet().train()
     conditioner = Conditioner(net, trained_groups=PARAMETER_GROUPS)
-    channels = net.denoiser.unet.config.in_channels // 2  # the reference latent is beside it
-    side = 64 // net.vae.downsample
-    latents = torch.randn(1, 2, channels, side, side)
+    tiny = PRESETS["tiny"]
+    side = 64 // tiny.patch_size
+    latents = torch.randn(1, 2, tiny.unet["in_channels"], side, side)
     image, audio = torch.rand(1, 3, 64, 64) * 2 - 1, torch.randn(1, 6 * 640)
     optimizer = torch.optim.Adam([p for p in net.parameters() if p.requires_grad], lr=1e-4)
 
