@@ -55,7 +55,7 @@ from moee.emotions import (  # noqa: E402
 from moee.evaluation.probe_judge import ProbeJudge, VideoReading  # noqa: E402
 from moee.evaluation.probes import load_probes  # noqa: E402
 from moee.inference.animate import stage_weights  # noqa: E402
-from moee.inference.conditions import EmotionTrack, Routing  # noqa: E402
+from moee.inference.conditions import EmotionTrack  # noqa: E402
 from moee.inference.pipeline import MoEEPipeline  # noqa: E402
 from moee.inference.sampling import PRESET_SAMPLING  # noqa: E402
 from moee.models.moee_net import MoEENetConfig  # noqa: E402
@@ -88,7 +88,7 @@ def animate_person(pipeline: MoEEPipeline, person: Person, specs: list[str], fra
     audio = person.clips[NEUTRAL].audio[: frames * SAMPLES_PER_FRAME]
     groups: dict[str, list[str]] = {}
     for spec in specs:
-        groups.setdefault(Routing.of(parse_emotion(spec)).kind, []).append(spec)
+        groups.setdefault(pipeline.routing_kind(parse_emotion(spec)), []).append(spec)
     made = {}
     for group in groups.values():
         for start in range(0, len(group), batch):

@@ -94,7 +94,7 @@ def animate_held_out(people: int | None = None, seconds: float = 0.64, steps: in
     from moee.data.batch import from_numpy_frames
     from moee.data.media import VIDEO_FPS
     from moee.inference.animate import stage_weights
-    from moee.inference.conditions import EmotionTrack, Routing
+    from moee.inference.conditions import EmotionTrack
     from moee.inference.outputs import Animation
     from moee.inference.pipeline import MoEEPipeline
     from moee.inference.sampling import PRESET_SAMPLING
@@ -112,8 +112,8 @@ def animate_held_out(people: int | None = None, seconds: float = 0.64, steps: in
     plan = plan_videos(everyone, KINDS[:1]) + plan_videos(everyone[:people], KINDS[1:])
     groups: dict[tuple[str, str], list] = {}  # one portrait, one kind of routing per batch
     for video in plan:
-        routing = Routing.of(parse_emotion(video.condition))
-        groups.setdefault((video.person.identity, routing.kind), []).append(video)
+        routing = pipeline.routing_kind(parse_emotion(video.condition))
+        groups.setdefault((video.person.identity, routing), []).append(video)
     made = []
     with tqdm(total=len(plan), desc="animate", unit="video") as bar:
         for videos in (group[i : i + batch] for group in groups.values()

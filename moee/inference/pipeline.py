@@ -26,6 +26,7 @@ from __future__ import annotations
 import logging
 import os
 from dataclasses import replace
+from typing import get_args
 
 import numpy as np
 import torch
@@ -43,6 +44,7 @@ from moee.inference.portrait import ImageSource, InputError, PortraitSettings
 from moee.inference.sampling import (
     ProgressCallback,
     SamplerSettings,
+    SpeechRouting,
     StepProgress,
     face_region_weights,
     make_scheduler,
@@ -150,6 +152,14 @@ class MoEEPipeline:
         if settings.compound_regions is not None and settings.compose_compounds is None:
             raise InputError("compound_regions splits composed compounds by face region: set "
                              "compose_compounds too (2 in the tiny preset)")
+        if settings.speech_routing not in get_args(SpeechRouting):
+            raise InputError(f"speech_routing must be one of {get_args(SpeechRouting)}, got "
+                             f"{settings.speech_routing!r}")
+        if settings.speech_routing == "heard" and \
+                not net.emotion_to_latents.speech_encoder.hears_every_emotion:
+            raise InputError("speech_routing 'heard' needs a speech-emotion classifier that "
+                             "hears all six basic emotions; this network's does not: use "
+                             "speech_routing 'gates'")
         if not MOTION_FRAMES <= settings.clip_frames <= net.config.max_frames:
             raise InputError(f"clip_frames must be in [{MOTION_FRAMES}, "
                              f"{net.config.max_frames}], got {settings.clip_frames}")
@@ -194,6 +204,19 @@ class MoEEPipeline:
                     f"emotion {what!r} needs {need}, which none of the loaded weights "
                     "trained: add the gating stage's export (gating.safetensors) to the "
                     "weights, or ask for a basic or compound emotion")
+
+    def routing_kind(self, condition: EmotionCondition) -> str:
+        """The kind of routing (:attr:`Routing.kind`) this pipeline gives ``condition``:
+        videos sampled together (:meth:`generate_many`) need one kind."""
+        if condition.kind == "speech" and self.settings.speech_routing == "heard":
+            return "expert"
+        return Routing.of(condition).kind
+
+    def heard_routing(self, speech: torch.Tensor) -> Routing:
+        """The expert of the basic emotion the speech-emotion encoder hears most in ``speech``
+        (1, s) (``speech_routing: heard``)."""
+        heard = self.net.emotion_to_latents.speech_encoder(speech.to(self.device, self.dtype))
+        return Routing(expert=int(heard.emotions[0].argmax()))
 
     @property
     def device(self) -> torch.device:
@@ -336,6 +359,9 @@ class MoEEPipeline:
         """
         blend = track.blend(seconds)
         routing = track.routing(blend)
+        if self.settings.speech_routing == "heard" and all(
+                track.entries[index][1].kind == "speech" for index, _ in blend):
+            routing = self.heard_routing(speech)
         composed = self.settings.compose_compounds is not None and routing.kind == "shares"
         weighted = composed or self.settings.intensity_guidance
         parts = []

@@ -159,6 +159,11 @@ class SpeechEmotionEncoder(nn.Module):
         """Whether the encoder has an emotion classifier (:attr:`SpeechEmotion.emotions`)."""
         return self.class_emotions is not None
 
+    @property
+    def hears_every_emotion(self) -> bool:
+        """Whether its classifier has a class for each of the six basic emotions."""
+        return self.hears_emotion and bool((self.class_emotions.sum(0) > 0).all())
+
     def forward(self, waveform: torch.Tensor) -> SpeechEmotion:
         """(b s) 16 kHz -> features (b c) and, with a classifier, its logits and emotions."""
         out = self.model(normalize_waveform(waveform), output_hidden_states=self.hears_emotion)

@@ -14,7 +14,7 @@ import torch
 
 from moee.data.media import normalize_track
 from moee.data.sampling import SPEECH_FRAMES
-from moee.emotions import parse_emotion
+from moee.emotions import BASIC_EMOTIONS, parse_emotion
 from moee.inference.conditions import EmotionTrack
 from moee.inference.pipeline import MoEEPipeline
 from moee.inference.portrait import InputError
@@ -324,6 +324,53 @@ def test_speech_condition_encodes_the_clip_audio(net, spy):
         assert not heard[0, len(audio) :].any()
 
 
+@pytest.mark.parametrize("heard", ["fear", "happy"])
+def test_heard_speech_runs_the_expert_of_the_emotion_its_recogniser_hears(net, spy, heard):
+    """``speech_routing: heard``: every clip's speech latents go through the one expert of the
+    basic emotion the speech-emotion classifier hears most in the clip, without gates, as a
+    label's do; ``gates`` (the paper) routes the same latents through the learned gates."""
+    expert = BASIC_EMOTIONS.index(heard)  # the classifier's classes are BASIC_EMOTIONS
+    moe = next(m for m in net.denoiser.modules() if isinstance(m, EmotionMoE))
+    spy.watch("global_gate", moe.global_gate)
+    pipeline = make_pipeline(net, speech_routing="heard")
+    assert pipeline.routing_kind(parse_emotion("speech")) == "expert"
+    bias = net.emotion_to_latents.speech_encoder.model.classifier.bias
+    with torch.no_grad():
+        bias[expert] += 50.0
+    try:
+        run(pipeline, "speech", 0.3)  # two clips of 4 frames
+    finally:
+        with torch.no_grad():
+            bias[expert] -= 50.0
+    assert spy.moe == [(expert, None)] * 2
+    assert spy.experts_run == {expert} and not spy.modules_run["global_gate"]
+    spy.moe.clear()
+    gated = make_pipeline(net)
+    assert gated.routing_kind(parse_emotion("speech")) == "gates"
+    run(gated, "speech", 0.3)
+    assert spy.moe == [(None, None)] * 2 and len(spy.modules_run["global_gate"]) == 2
+
+
+def test_heard_speech_needs_a_recogniser_of_every_basic_emotion(net):
+    """A speech-emotion classifier with fewer classes (SUPERB's IEMOCAP head hears neutral,
+    happy, angry and sad) cannot name every expert: ``heard`` is refused in one line."""
+    iemocap = torch.zeros(4, 6)
+    for row, emotion in ((1, "happy"), (2, "angry"), (3, "sad")):
+        iemocap[row, BASIC_EMOTIONS.index(emotion)] = 1.0
+    encoder = net.emotion_to_latents.speech_encoder
+    every = encoder.class_emotions
+    encoder.class_emotions = iemocap
+    try:
+        with pytest.raises(InputError, match="speech_routing 'gates'") as error:
+            make_pipeline(net, speech_routing="heard")
+    finally:
+        encoder.class_emotions = every
+    assert "\n" not in str(error.value)
+    make_pipeline(net, speech_routing="gates")
+    with pytest.raises(InputError, match="speech_routing must be one of"):
+        make_pipeline(net, speech_routing="loudest")
+
+
 def test_timeline_switches_at_the_right_clip(net, spy):
     # 12 frames in clips of 4; the switch at 0.32 s is frame 8, the start of clip 2
     run(make_pipeline(net, transition=0), "0s:neutral,0.32s:happy", 0.48)
@@ -343,15 +390,18 @@ def test_timeline_transition_mixes_expert_weights(net, spy):
 @pytest.mark.parametrize("conditions", [("happy", "sad@0.5", "happy"),
                                         ("happy:0.5,sad:0.5", "angry:0.7,fear:0.3"),
                                         ("happily surprised", "sadly fearful"),
-                                        ("text:a broad smile", "AU6:0.8,AU12:1")])
+                                        ("text:a broad smile", "AU6:0.8,AU12:1"),
+                                        ("speech", "sad", "speech")])
 @pytest.mark.parametrize("compose", [None, 1.5])
 @pytest.mark.parametrize("intensity", [False, True])
 def test_videos_sampled_together_equal_each_sampled_alone(net, conditions, compose, intensity):
     """generate_many: one batched network call per step, each video from its own noise, the
     same frames (to float tolerance) as one generate call per video; guidance on, 2 clips;
-    with intensity_guidance, a full-intensity video batched with a weaker one too."""
+    with intensity_guidance, a full-intensity video batched with a weaker one too; speech
+    routed as heard (each video's own expert) beside a label."""
     pipeline = make_pipeline(net, steps=2, audio_guidance=2.0, emotion_guidance=3.0,
-                             compose_compounds=compose, intensity_guidance=intensity)
+                             compose_compounds=compose, intensity_guidance=intensity,
+                             speech_routing="heard")
     reference = torch.rand(3, SIZE, SIZE, generator=torch.Generator().manual_seed(1)) * 2 - 1
     audios = [speech(0.3) * (1 + i) for i in range(len(conditions))]
     tracks = [EmotionTrack.parse(c) for c in conditions]
