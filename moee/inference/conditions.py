@@ -11,13 +11,17 @@ mix ``happy:.7,...``   label (the mix)                              ``weights`` 
 neutral                zero label                                   learned gates
 ``AU6:0.8,...``        AUs                                          learned gates
 ``text:...``           T5 text                                      learned gates
-``speech``             speech-emotion encoder on the clip's audio   learned gates
+``speech``             speech-emotion encoder on the clip's audio   learned gates, or the
+                                                                    expert of the emotion heard
 =====================  ===========================================  =========================
 
 A label names its experts, and reaches them as they were trained (stage 2): a basic label its
 one expert, a compound label its two at the compound's shares, without gates
 (``EmotionMoE.forward(expert=shares)``). The learned gates route what names no emotion (AUs,
-a text, the speech), and a user's mix keeps the local gates with its weights.
+a text, the speech), and a user's mix keeps the local gates with its weights. With
+``SamplerSettings.speech_routing = "heard"`` (the tiny preset's) the pipeline sends each
+clip's speech latents through the one expert of the basic emotion its recogniser hears in
+that clip instead (:meth:`~moee.inference.pipeline.MoEEPipeline.heard_routing`).
 
 A timeline (``"0s:neutral,3s:happy"``) gives each clip a blend of its entries
 (:meth:`EmotionTrack.blend`): around each switch the new entry's share ramps linearly from 0 to
