@@ -164,7 +164,7 @@ class SamplerSettings:
             label reaches its expert; it needs a classifier that hears all six basic emotions
             (the tiny preset's recogniser: SUPERB's IEMOCAP head hears four). On the tiny
             quickstart the gates lose part of what the recogniser hears: held-out speech videos
-            read 16/24 against 14/24 (seed 0) and 14/24 against 12/24 (seed 2), as many as the
+            read 16, 18 and 14 of 24 against 14, 14 and 12 at seeds 0-2, as many as the
             recogniser hears right.
     """
 
