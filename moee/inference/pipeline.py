@@ -189,14 +189,16 @@ class MoEEPipeline:
         """Refuse, in one line (:class:`InputError`), an emotion track that needs weights the
         loaded stage files did not hold (:func:`untrained_need`): neutral, mixes, AUs, text,
         speech and timelines across emotions need the gating stage's export; basic and
-        compound labels need the experts alone."""
+        compound labels need the experts alone. A network of one attention (``num_experts:
+        1``, w/o MoE) has no gates to need."""
         if self.trained is None:
             return
         conditions = track.conditions
         across = len({Routing.of(c) for c in conditions}) > 1
+        routed = self.net.config.num_experts > 1  # one attention (w/o MoE) has no gates
         for condition in conditions:
-            need = untrained_need(condition, across or Routing.of(condition).kind in
-                                  ("gates", "weights"), self.trained)
+            gated = across or Routing.of(condition).kind in ("gates", "weights")
+            need = untrained_need(condition, routed and gated, self.trained)
             if need is not None:
                 what = (_CONDITION_NAMES.get(condition.kind, condition.name) if not across
                         else "a timeline across emotions")

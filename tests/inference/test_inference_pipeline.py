@@ -6,7 +6,7 @@ Spies (hooks and wrapped methods) check what reaches the network on each call.
 from __future__ import annotations
 
 import copy
-from dataclasses import fields
+from dataclasses import fields, replace
 
 import numpy as np
 import pytest
@@ -20,7 +20,7 @@ from moee.inference.pipeline import MoEEPipeline
 from moee.inference.portrait import InputError
 from moee.inference.sampling import Guidance, SamplerSettings
 from moee.models.emotion_moe import EmotionMoE
-from moee.models.moee_net import MoEENet
+from moee.models.moee_net import MoEENet, MoEENetConfig
 from tests.inference.nets import live_tiny_net
 
 SIZE = 64
@@ -455,36 +455,44 @@ def test_emotion_onset_also_weighs_composed_and_weaker_emotions(net, spec, extra
     assert np.abs(onset[0].astype(int) - full[0].astype(int)).max() > 1
 
 
-def test_emotions_the_loaded_weights_cannot_serve_are_one_line(tmp_path):
-    """A backbone and its experts animate basic and compound labels; what routes through the
-    learned gates, or reads AUs, a text or the speech, is refused in one line before sampling
-    until the gating stage's gates and modality paths are loaded too."""
+def stage_exports(net: MoEENet, folder) -> callable:
+    """``net``'s weights split as the stages export them (the backbone and experts, the
+    gates, the Emotion-to-Latents modality paths); returns a builder of a 1-step pipeline
+    from the named parts (and sampler settings)."""
     from safetensors.torch import save_file
 
     from moee.models.moee_net import EMOTION_ENCODERS, parameter_group
 
-    torch.manual_seed(0)
-    net = MoEENet()
     groups = {name: parameter_group(name, stand_ins=tuple(EMOTION_ENCODERS))
               for name, _ in net.named_parameters()}
     parts = {"gates": {"gates"}, "modalities": {"emotion_modalities"}}
     parts["backbone_and_experts"] = set(groups.values()) - {"gates", "emotion_modalities"}
     exports = {}
     for part, kept in parts.items():
-        exports[part] = str(tmp_path / f"{part}.safetensors")
+        exports[part] = str(folder / f"{part}.safetensors")
         save_file({k: v for k, v in net.state_dict().items() if groups.get(k) in kept},
                   exports[part])
 
-    def pipeline(*loaded: str) -> MoEEPipeline:
-        return MoEEPipeline.from_weights(net.config, [exports[p] for p in loaded],
-                                         settings=SamplerSettings(steps=1, clip_frames=4),
-                                         progress=False)
+    def pipeline(*loaded: str, **settings) -> MoEEPipeline:
+        return MoEEPipeline.from_weights(
+            net.config, [exports[p] for p in loaded],
+            settings=SamplerSettings(steps=1, clip_frames=4, **settings), progress=False)
+    return pipeline
 
-    def refused(pipe: MoEEPipeline, spec: str, need: str) -> None:
-        with pytest.raises(InputError, match=need) as error:
-            run(pipe, spec, 0.16)
-        assert "gating.safetensors" in str(error.value) and "\n" not in str(error.value)
 
+def refused(pipe: MoEEPipeline, spec: str, need: str) -> None:
+    """``spec`` is refused in one line that names ``need`` and the gating export."""
+    with pytest.raises(InputError, match=need) as error:
+        run(pipe, spec, 0.16)
+    assert "gating.safetensors" in str(error.value) and "\n" not in str(error.value)
+
+
+def test_emotions_the_loaded_weights_cannot_serve_are_one_line(tmp_path):
+    """A backbone and its experts animate basic and compound labels; what routes through the
+    learned gates, or reads AUs, a text or the speech, is refused in one line before sampling
+    until the gating stage's gates and modality paths are loaded too."""
+    torch.manual_seed(0)
+    pipeline = stage_exports(MoEENet(), tmp_path)
     experts_only = pipeline("backbone_and_experts")
     for spec in ("happy", "happily surprised@0.5"):
         assert run(experts_only, spec, 0.16).shape == (4, SIZE, SIZE, 3)
@@ -499,3 +507,21 @@ def test_emotions_the_loaded_weights_cannot_serve_are_one_line(tmp_path):
     whole = pipeline("backbone_and_experts", "gates", "modalities")
     for spec in ("text:a wide smile", "speech", "AU12:1"):
         assert run(whole, spec, 0.16).shape == (4, SIZE, SIZE, 3)
+
+
+def test_one_attention_needs_no_gates(tmp_path):
+    """The w/o MoE network (``num_experts: 1``) has no gates: every condition animates once
+    its modality paths are loaded, whatever routing it would take among six experts (speech
+    routed as heard or through the gates alike); only the modality paths are still needed."""
+    torch.manual_seed(0)
+    net = MoEENet(replace(MoEENetConfig(), num_experts=1))
+    assert not any("_gate." in name for name, _ in net.named_parameters())
+    pipeline = stage_exports(net, tmp_path)
+    experts_only = pipeline("backbone_and_experts")
+    for spec in ("neutral", "happy:0.5,sad:0.5", "0s:happy,0.1s:sad"):
+        assert run(experts_only, spec, 0.16).shape == (4, SIZE, SIZE, 3)
+    refused(experts_only, "speech", "needs the speech path of Emotion-to-Latents")
+    for routing in ("gates", "heard"):
+        whole = pipeline("backbone_and_experts", "modalities", speech_routing=routing)
+        for spec in ("text:a wide smile", "speech", "AU12:1"):
+            assert run(whole, spec, 0.16).shape == (4, SIZE, SIZE, 3)
