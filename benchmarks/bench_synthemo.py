@@ -2,6 +2,7 @@
 
     python benchmarks/bench_synthemo.py [--out runs/table5] [--full runs/tiny/weights]
                                         [--budget small] [--seed N]
+    python benchmarks/bench_synthemo.py --seeds runs/table5_s0 runs/table5_s1 runs/table5_s2
 
 Every variant trains every stage of the tiny recipe (``configs/tiny/``, as ``python -m moee
 quickstart`` runs them: image-mode backbone, video backbone, the six experts, the gates) with
@@ -37,6 +38,11 @@ sheet of two identities' basic and compound videos per variant to ``neutral_port
 stage's steps (``--scale
 0.01 --test-batches 1`` is a smoke run of the whole path). Finished stages are skipped on a
 rerun of the same ``--out``. Needs the quickstart's SynthEmo (``runs/synthemo``) and probes.
+
+``--seeds`` reads finished runs (one ``--out`` per seed) and prints both tables as mean ±
+standard deviation over the seeds, and at how many seeds the full model is ahead of each
+ablation in each column: an ordering that holds at every seed is a result, one that flips
+is noise.
 """
 
 from __future__ import annotations
@@ -55,8 +61,9 @@ import yaml
 from moee.cli import main as moee
 from moee.emotions import BASIC_EMOTIONS
 from moee.errors import BadInputError
-from moee.metrics.tables import COLUMNS, markdown_table, wins_of
+from moee.metrics.tables import COLUMNS, format_value, markdown_grid, markdown_table, wins_of
 from moee.quickstart import BUDGETS, CONFIGS, animate_held_out, read_stamps, training_precision
+from moee.showcase import KINDS
 
 FULL, NO_MOE, NO_GLOBAL, NO_MNS = "MoEE (full)", "w/o MoE", "w/o global gate", "w/o MNS"
 EXPERTS = [f"expert_{e}.safetensors" for e in BASIC_EMOTIONS]
@@ -233,6 +240,69 @@ class Bench:
         return readings
 
 
+NEUTRAL_COLUMNS = {**{kind: True for kind in KINDS}, "identity": True, "lip sync r": True}
+"""The neutral-portrait reading's columns (``neutral_portraits.json``): higher is better."""
+
+
+def neutral_row(scores: dict) -> dict[str, float]:
+    """One variant's neutral-portrait reading as columns: each kind's share read as asked,
+    the share of videos of the right person, lip sync r."""
+    return {**scores["emotion_accuracy"], "identity": scores["identity_accuracy"],
+            "lip sync r": scores["lip_sync_r"]}
+
+
+def test_table(run: Path) -> dict[str, dict[str, float]]:
+    """A finished run's ``moee test`` table (``table5.json``): model → its columns."""
+    rows = json.loads((run / "table5.json").read_text())["rows"]
+    return {row["model"]: {c: row[c] for c in COLUMNS if c in row} for row in rows}
+
+
+def neutral_table(run: Path) -> dict[str, dict[str, float]]:
+    """A finished run's neutral-portrait reading (``neutral_portraits.json``): model → its
+    columns (:func:`neutral_row`)."""
+    scores = json.loads((run / "neutral_portraits.json").read_text())
+    return {name: neutral_row(reading) for name, reading in scores.items()}
+
+
+def seed_summary(runs: list[Path]) -> str:
+    """Both tables of finished runs (one ``--out`` per seed) as mean ± standard deviation
+    over the runs, and, per ablation and column, at how many runs the full model is ahead
+    (strictly better; ties count for neither), in Markdown."""
+    text = []
+    for title, read, better in (("moee test", test_table, COLUMNS),
+                                ("from neutral portraits", neutral_table, NEUTRAL_COLUMNS)):
+        tables = [read(run) for run in runs]
+        columns = [c for c in better if c in tables[0][FULL]]
+        cells = [[name, *(mean_sd([table[name][c] for table in tables], c) for c in columns)]
+                 for name in tables[0]]
+        header = [f"{c} {'↑' if better[c] else '↓'}" for c in columns]
+        text.append(f"### Table 5, {title}: mean ± sd over {len(runs)} seeds\n\n"
+                    + markdown_grid(["Method", *header], cells, right_from=1))
+        ahead = [[name, *(f"{sum(ahead_of(t[FULL][c], t[name][c], better[c]) for t in tables)}"
+                          f"/{len(runs)}" for c in columns)]
+                 for name in tables[0] if name not in (FULL, "Ground truth")]
+        text.append(f"Seeds at which the full model is ahead ({title}):\n\n"
+                    + markdown_grid(["Ablation", *header], ahead, right_from=1))
+    return "\n".join(text)
+
+
+def mean_sd(values: list[float], column: str) -> str:
+    """``mean ± sd`` of one cell over the seeds (sample sd; the mean alone for one seed),
+    shares of the neutral-portrait reading in per cent."""
+    mean = sum(values) / len(values)
+    sd = (sum((v - mean) ** 2 for v in values) / (len(values) - 1)) ** 0.5 \
+        if len(values) > 1 else None
+    if column in KINDS or column == "identity":
+        return f"{100 * mean:.0f} %" + (f" ± {100 * sd:.0f}" if sd is not None else "")
+    return format_value(column, mean) + (f" ± {format_value(column, sd)}" if sd is not None
+                                         else "")
+
+
+def ahead_of(full: float, other: float, higher_better: bool) -> bool:
+    """Whether the full model's value is strictly better than ``other``'s."""
+    return full > other if higher_better else full < other
+
+
 def variant_folder(variant: str) -> str:
     """A variant's folder name: ``MoEE (full)`` → ``full``, ``w/o MoE`` → ``no_moe``."""
     if variant == FULL:
@@ -253,7 +323,17 @@ def main() -> None:
                         choices=["auto", "32-true", "bf16-mixed"], help="as the quickstart's")
     parser.add_argument("--test-batches", type=int, help="test batches of 4 clips (default: "
                         "configs/tiny/test.yaml's)")
+    parser.add_argument("--seeds", nargs="+", metavar="OUT", help="only summarise finished "
+                        "runs (one --out per seed): mean ± sd, and where the full model leads")
     args = parser.parse_args()
+    if args.seeds:
+        missing = [run for run in args.seeds if not (Path(run) / "neutral_portraits.json")
+                   .is_file() or not (Path(run) / "table5.json").is_file()]
+        if missing:
+            sys.exit(f"error: --seeds {', '.join(missing)}: not a finished run (no table5.json "
+                     "and neutral_portraits.json); rerun bench_synthemo.py with that --out")
+        print(seed_summary([Path(run) for run in args.seeds]))
+        return
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
     precision = training_precision(args.precision)
     bench = Bench(Path(args.out), Path(args.data), args.scale, args.seed, precision,

@@ -459,3 +459,45 @@ def test_the_table5_bench_trains_a_budget_and_refuses_weights_of_another(tmp_pat
     with pytest.raises(SystemExit) as stop:
         bench.check_full(full)
     assert "seed 0" in str(stop.value.code) and "budget small" in str(stop.value.code)
+
+
+def test_the_table5_bench_summarises_seeds(tmp_path, monkeypatch, capsys):
+    """``bench_synthemo.py --seeds`` prints each cell's mean ± sample sd over the runs, and at
+    how many runs the full model is strictly ahead of each ablation (lower FID is ahead,
+    higher basic accuracy is ahead, a tie is not); a run without its tables is refused."""
+    from pathlib import Path
+
+    monkeypatch.syspath_prepend(str(Path(__file__).resolve().parents[2] / "benchmarks"))
+    import bench_synthemo
+
+    def reading(basic: float) -> dict:
+        return {"emotion_accuracy": {"basic": basic, "compound": 0.5, "text": 0.5,
+                                     "speech": 0.5},
+                "identity_accuracy": 1.0, "lip_sync_r": 0.5}
+
+    runs = []
+    for seed, (full_fid, moe_fid, moe_basic) in enumerate([(10.0, 12.0, 0.5), (14.0, 13.0, 0.75)]):
+        run = tmp_path / f"s{seed}"
+        run.mkdir()
+        (run / "table5.json").write_text(json.dumps({"rows": [
+            {"model": bench_synthemo.FULL, "FID": full_fid},
+            {"model": bench_synthemo.NO_MOE, "FID": moe_fid}]}))
+        (run / "neutral_portraits.json").write_text(json.dumps(
+            {bench_synthemo.FULL: reading(0.75), bench_synthemo.NO_MOE: reading(moe_basic)}))
+        runs.append(str(run))
+    monkeypatch.setattr("sys.argv", ["bench_synthemo.py", "--seeds", *runs])
+    bench_synthemo.main()
+    lines = capsys.readouterr().out.splitlines()
+    rows = [line for line in lines if "±" in line and not line.startswith("###")]
+    # FID 10, 14: mean 12, sd 2.83; 12, 13: 12.5 ± 0.71; basic 75 %, 75 % and 50 %, 75 %
+    assert rows[0].startswith(f"| {bench_synthemo.FULL} | 12.00 ± 2.83 |")
+    assert rows[1].startswith(f"| {bench_synthemo.NO_MOE} | 12.50 ± 0.71 |")
+    assert rows[2].startswith(f"| {bench_synthemo.FULL} | 75 % ± 0 | 50 % ± 0 |")
+    assert rows[3].startswith(f"| {bench_synthemo.NO_MOE} | 62 % ± 18 | 50 % ± 0 |")
+    ahead = [line for line in lines if "/2 |" in line]
+    assert ahead[0] == f"| {bench_synthemo.NO_MOE} | 1/2 |"  # FID: ahead at seed 0 only
+    assert ahead[1].startswith(f"| {bench_synthemo.NO_MOE} | 1/2 | 0/2 |")  # a tie is not
+    (tmp_path / "s1" / "table5.json").unlink()
+    with pytest.raises(SystemExit) as stop:
+        bench_synthemo.main()
+    assert "not a finished run" in str(stop.value.code) and "s1" in str(stop.value.code)
