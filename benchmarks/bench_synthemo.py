@@ -51,6 +51,7 @@ import argparse
 import json
 import os
 import shutil
+import statistics
 import sys
 import time
 from pathlib import Path
@@ -286,12 +287,32 @@ def seed_summary(runs: list[Path]) -> str:
     return "\n".join(text)
 
 
+def seed_summary_of(outs: list[str]) -> str:
+    """:func:`seed_summary` of the ``--seeds`` folders, or exit with one line naming a folder
+    that is not a finished run of the same variants as the first."""
+    runs = [Path(out) for out in outs]
+    variants = [variants_of(run) for run in runs]
+    for run, found in zip(runs, variants):
+        if found != variants[0] or FULL not in found[1]:
+            sys.exit(f"error: --seeds {run}: its variants differ from {runs[0]}'s (or lack "
+                     f"{FULL!r}); summarise runs of the same bench")
+    return seed_summary(runs)
+
+
+def variants_of(run: Path) -> list[set[str]]:
+    """The model names of a finished run's two tables, or exit with one line."""
+    try:
+        return [set(test_table(run)), set(neutral_table(run))]
+    except (OSError, ValueError, KeyError, TypeError) as error:
+        sys.exit(f"error: --seeds {run}: not a finished run ({error!r} reading its table5.json "
+                 "and neutral_portraits.json); rerun bench_synthemo.py with that --out")
+
+
 def mean_sd(values: list[float], column: str) -> str:
     """``mean ± sd`` of one cell over the seeds (sample sd; the mean alone for one seed),
     shares of the neutral-portrait reading in per cent."""
-    mean = sum(values) / len(values)
-    sd = (sum((v - mean) ** 2 for v in values) / (len(values) - 1)) ** 0.5 \
-        if len(values) > 1 else None
+    mean = statistics.mean(values)
+    sd = statistics.stdev(values) if len(values) > 1 else None
     if column in KINDS or column == "identity":
         return f"{100 * mean:.0f} %" + (f" ± {100 * sd:.0f}" if sd is not None else "")
     return format_value(column, mean) + (f" ± {format_value(column, sd)}" if sd is not None
@@ -327,12 +348,7 @@ def main() -> None:
                         "runs (one --out per seed): mean ± sd, and where the full model leads")
     args = parser.parse_args()
     if args.seeds:
-        missing = [run for run in args.seeds if not (Path(run) / "neutral_portraits.json")
-                   .is_file() or not (Path(run) / "table5.json").is_file()]
-        if missing:
-            sys.exit(f"error: --seeds {', '.join(missing)}: not a finished run (no table5.json "
-                     "and neutral_portraits.json); rerun bench_synthemo.py with that --out")
-        print(seed_summary([Path(run) for run in args.seeds]))
+        print(seed_summary_of(args.seeds))
         return
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
     precision = training_precision(args.precision)

@@ -497,7 +497,17 @@ def test_the_table5_bench_summarises_seeds(tmp_path, monkeypatch, capsys):
     ahead = [line for line in lines if "/2 |" in line]
     assert ahead[0] == f"| {bench_synthemo.NO_MOE} | 1/2 |"  # FID: ahead at seed 0 only
     assert ahead[1].startswith(f"| {bench_synthemo.NO_MOE} | 1/2 | 0/2 |")  # a tie is not
+    (tmp_path / "s1" / "neutral_portraits.json").write_text(json.dumps(
+        {bench_synthemo.FULL: reading(0.75)}))  # another bench's variants
+    with pytest.raises(SystemExit) as stop:
+        bench_synthemo.main()
+    assert "variants differ" in str(stop.value.code) and "s1" in str(stop.value.code)
+    for broken in ("", '{"rows": [{"FID": 1.0}]}'):  # truncated; a row without its model
+        (tmp_path / "s1" / "table5.json").write_text(broken)
+        with pytest.raises(SystemExit) as stop:
+            bench_synthemo.main()
+        assert "not a finished run" in str(stop.value.code) and "s1" in str(stop.value.code)
     (tmp_path / "s1" / "table5.json").unlink()
     with pytest.raises(SystemExit) as stop:
         bench_synthemo.main()
-    assert "not a finished run" in str(stop.value.code) and "s1" in str(stop.value.code)
+    assert "not a finished run" in str(stop.value.code) and "\n" not in str(stop.value.code)

@@ -6,7 +6,9 @@ Spies (hooks and wrapped methods) check what reaches the network on each call.
 from __future__ import annotations
 
 import copy
+from collections.abc import Callable
 from dataclasses import fields, replace
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -455,7 +457,7 @@ def test_emotion_onset_also_weighs_composed_and_weaker_emotions(net, spec, extra
     assert np.abs(onset[0].astype(int) - full[0].astype(int)).max() > 1
 
 
-def stage_exports(net: MoEENet, folder) -> callable:
+def stage_exports(net: MoEENet, folder: Path) -> Callable[..., MoEEPipeline]:
     """``net``'s weights split as the stages export them (the backbone and experts, the
     gates, the Emotion-to-Latents modality paths); returns a builder of a 1-step pipeline
     from the named parts (and sampler settings)."""
