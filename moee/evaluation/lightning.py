@@ -3,13 +3,13 @@
 :class:`EvaluationModule` is the LightningModule of the ``test`` subcommand. For every test
 clip (a window of ``data.init_args.sampling.num_frames`` frames) and every compared model it
 animates the clip's reference frame with the clip's audio under the clip's own emotion condition
-(:mod:`moee.evaluation.generation`), then updates that model's metric suite
-(:mod:`moee.evaluation.suites`) with the generated and the ground-truth frames. At the end of
-the test epoch every suite is computed (its states are sums, reduced over DDP ranks), logged
-through Lightning as ``test/<model>/<column>``, and rank 0 writes the table
-(:mod:`moee.metrics.tables`): ``<output_dir>/<table>.{md,json,csv}``. The run ends with
-``N of M test clips scored, K skipped``: the clips of damaged test shards and bad samples are
-the skipped ones, listed in ``<output_dir>/<table>_skipped.csv``.
+(its label, or per row its description or its speech's tone: :mod:`moee.evaluation.generation`),
+then updates that model's metric suite (:mod:`moee.evaluation.suites`) with the generated and
+the ground-truth frames. At the end of the test epoch every suite is computed (its states are
+sums, reduced over DDP ranks), logged through Lightning as ``test/<model>/<column>``, and
+rank 0 writes the table (:mod:`moee.metrics.tables`): ``<output_dir>/<table>.{md,json,csv}``.
+The run ends with ``N of M test clips scored, K skipped``: the clips of damaged test shards and
+bad samples are the skipped ones, listed in ``<output_dir>/<table>_skipped.csv``.
 
 Besides trained models a row may be ``ground_truth`` (the real frames: the metrics' floor,
 e.g. FID 0, Emotion-Acc = the probe's accuracy) or ``reference`` (the still reference frame
@@ -36,7 +36,7 @@ import torch
 from torch import Tensor, nn
 from torchmetrics.aggregation import SumMetric
 
-from moee.evaluation.generation import generate_clips, suite_inputs
+from moee.evaluation.generation import ClipConditioning, generate_clips, suite_inputs
 from moee.evaluation.suites import SuiteFactory
 from moee.inference.pipeline import MoEEPipeline, load_stage_weights
 from moee.inference.sampling import SamplerSettings
@@ -64,6 +64,10 @@ class ModelEntry:
         sampler: this row's sampler settings (step-count curves); default: the module's.
         reference_row: shown but not ranked (best values are chosen among the other rows);
             ``ground_truth`` and ``reference`` rows always are.
+        conditioning: what this row's clips are animated under: ``label`` (each clip's label
+            at its intensity), ``text`` (its description) or ``speech`` (its speech's tone
+            alone). Labels reach their experts directly, so a gate ablation shows only in the
+            rows of the other two.
     """
 
     name: str
@@ -72,6 +76,7 @@ class ModelEntry:
     net: MoEENetConfig | None = None
     sampler: SamplerSettings | None = None
     reference_row: bool = False
+    conditioning: ClipConditioning = "label"
 
     @property
     def ranked(self) -> bool:
@@ -144,7 +149,8 @@ class EvaluationModule(L.LightningModule):
             return batch["frames"]
         if entry.source == "reference":
             return batch["reference"][:, None].expand_as(batch["frames"])
-        return generate_clips(self.pipelines[entry.name], batch, self.seed)
+        return generate_clips(self.pipelines[entry.name], batch, self.seed,
+                              entry.conditioning)
 
     def test_step(self, batch: dict[str, Any], batch_idx: int) -> None:
         """Generate the batch's clips with every model and update its suite."""

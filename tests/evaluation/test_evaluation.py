@@ -11,6 +11,7 @@ import io
 import json
 import shutil
 from pathlib import Path
+from types import SimpleNamespace
 
 import lightning as L
 import pytest
@@ -27,8 +28,9 @@ from moee.data.sampling import SamplingOptions
 from moee.data.shards import read_manifest, shard_urls
 from moee.data.synth.generator import ClipConfig, generate_dataset
 from moee.emotions import EMOTION_CLASSES
+from moee.errors import BadInputError
 from moee.evaluation.callbacks import EvaluationCallback
-from moee.evaluation.generation import clip_condition
+from moee.evaluation.generation import clip_condition, clip_emotion
 from moee.evaluation.lightning import EvaluationModule, ModelEntry
 from moee.evaluation.probes import SynthEmoProbes, load_probes, save_probes
 from moee.evaluation.synthemo import SynthEmoMetrics
@@ -170,6 +172,32 @@ def test_callback_logs_metrics_and_a_video_to_tensorboard(workspace, tmp_path):
     with Image.open(io.BytesIO(video.encoded_image_string)) as gif:
         assert gif.n_frames == 8
     assert "eval/Emotion-Acc" in trainer.progress_bar_metrics
+
+
+def test_rows_may_animate_each_clip_under_its_text_or_its_speech(workspace, tmp_path):
+    """A row's ``conditioning`` changes what its clips are animated under, and only its row."""
+    weights = [str(workspace / "net.safetensors")]
+    table = run_test_command(workspace, tmp_path, models=[
+        {"name": name, "weights": weights, "conditioning": name}
+        for name in ("label", "text", "speech")] + [
+        {"name": "label again", "weights": weights}])
+    rows = {row["model"]: row for row in table["rows"]}
+    assert rows["label again"] == {**rows["label"], "model": "label again"}
+    for other in ("text", "speech"):
+        assert rows[other]["FID"] != pytest.approx(rows["label"]["FID"], rel=1e-4), other
+
+
+def test_clip_emotion_is_the_label_the_description_or_the_speech():
+    batch = {"key": ["a/sad", "b/sad"], "emotion_name": ["sad", "sad"],
+             "intensity": torch.tensor([0.5, 0.5]),
+             "emotion": SimpleNamespace(text=["a face heavy with sorrow", None])}
+    label = clip_emotion(batch, 0)
+    assert (label.kind, label.name, label.intensity) == ("basic", "sad", pytest.approx(0.5))
+    text = clip_emotion(batch, 0, "text")
+    assert (text.kind, text.text) == ("text", "a face heavy with sorrow")
+    assert clip_emotion(batch, 1, "speech").kind == "speech"
+    with pytest.raises(BadInputError, match="'b/sad' has no text description"):
+        clip_emotion(batch, 1, "text")
 
 
 def test_clip_condition_keeps_label_and_intensity():
