@@ -36,6 +36,7 @@ import torch
 from torch import Tensor, nn
 from torchmetrics.aggregation import SumMetric
 
+from moee.errors import MoEEError
 from moee.evaluation.generation import ClipConditioning, generate_clips, suite_inputs
 from moee.evaluation.suites import SuiteFactory
 from moee.inference.pipeline import MoEEPipeline, load_stage_weights
@@ -77,6 +78,23 @@ class ModelEntry:
     sampler: SamplerSettings | None = None
     reference_row: bool = False
     conditioning: ClipConditioning = "label"
+
+    def __post_init__(self) -> None:
+        """Refuse, in one line, a row whose ``source`` and ``weights`` contradict each other.
+
+        A config's ``models`` list of the same length as an earlier config's is merged into
+        it item by item (jsonargparse), so a row that leaves out ``source`` takes the earlier
+        row's: a model row over ``configs/tiny/test.yaml``'s second row would silently score
+        the ground truth."""
+        if self.source == "model" and not self.weights:
+            raise MoEEError(f"model row {self.name!r} has no weights: list its stage exports "
+                            "or checkpoints, or give it source: ground_truth or reference")
+        if self.source != "model" and self.weights:
+            raise MoEEError(
+                f"row {self.name!r} has weights but source {self.source!r}, perhaps taken "
+                "from the row at its place in an earlier config (lists of rows of equal "
+                "length merge item by item): give it source: model, or weights: [] if it "
+                "is not a model")
 
     @property
     def ranked(self) -> bool:

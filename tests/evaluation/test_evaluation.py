@@ -28,7 +28,7 @@ from moee.data.sampling import SamplingOptions
 from moee.data.shards import read_manifest, shard_urls
 from moee.data.synth.generator import ClipConfig, generate_dataset
 from moee.emotions import EMOTION_CLASSES
-from moee.errors import BadInputError
+from moee.errors import BadInputError, MoEEError
 from moee.evaluation.callbacks import EvaluationCallback
 from moee.evaluation.generation import clip_condition, clip_emotion
 from moee.evaluation.lightning import EvaluationModule, ModelEntry
@@ -185,6 +185,24 @@ def test_rows_may_animate_each_clip_under_its_text_or_its_speech(workspace, tmp_
     assert rows["label again"] == {**rows["label"], "model": "label again"}
     for other in ("text", "speech"):
         assert rows[other]["FID"] != pytest.approx(rows["label"]["FID"], rel=1e-4), other
+
+
+def test_a_model_row_over_a_reference_row_of_an_earlier_config_is_refused(workspace, tmp_path,
+                                                                          capsys):
+    """Three rows over the tiny test config's three merge item by item: the second, a model
+    row without ``source``, would take ``ground_truth`` and score the real frames."""
+    weights = [str(workspace / "net.safetensors")]
+    with pytest.raises(SystemExit) as info:
+        run_test_command(workspace, tmp_path, models=[{"name": "a", "weights": weights},
+                                                      {"name": "b", "weights": weights},
+                                                      {"name": "c", "weights": weights}])
+    error = str(info.value.code) + capsys.readouterr().err
+    assert "row 'b' has weights but source 'ground_truth'" in error
+    assert "give it source: model" in error
+    for row in ({"name": "a", "source": "model"}, {"name": "b", "weights": weights,
+                                                   "source": "reference"}):
+        with pytest.raises(MoEEError, match="row .* (has no weights|has weights but source)"):
+            ModelEntry(**row)
 
 
 def test_clip_emotion_is_the_label_the_description_or_the_speech():
