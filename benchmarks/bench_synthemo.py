@@ -24,13 +24,17 @@ w/o MNS             no masked noisy emotion sampling (``sampling.mns_prob: 0``):
 The speech-emotion stand-in does not depend on any of these and is trained once. Then
 ``python -m moee test`` (``configs/tiny/test.yaml``: held-out identities from pure noise, the
 quickstart's sampling) scores every variant and the ground truth with the SynthEmo probes,
-and the script prints the table and which of the paper's orderings hold. ``moee test``
-animates each test clip from one of its own frames; the animations MNS trains for start from
-a portrait that shows none of the asked emotion, so every variant is also read as the
-quickstart reads its own model: from every test identity's neutral portrait, from pure noise,
-each basic label, and on four of them each compound, text description and the speech's tone
-(emotion per kind, identity, lip sync; written to ``neutral_portraits.json``, and a contact
-sheet of two identities' basic and compound videos per variant to ``neutral_portraits.png``).
+twice: each clip under its label (``table5.json``), and under its text description
+(``table5_text.json``), which reaches the experts through the emotion-to-latents path and the
+gates where a label goes to its expert directly (so w/o global gate differs from the full
+model only there); the script prints both tables and which of the paper's orderings hold.
+``moee test`` animates each test clip from one of its own frames; the animations MNS trains
+for start from a portrait that shows none of the asked emotion, so every variant is also read
+as the quickstart reads its own model: from every test identity's neutral portrait, from pure
+noise, each basic label, and on four of them each compound, text description and the speech's
+tone (emotion per kind, identity, lip sync; written to ``neutral_portraits.json``, and a
+contact sheet of two identities' basic and compound videos per variant to
+``neutral_portraits.png``).
 ``--full`` reuses the full model's weights from a quickstart run with the same settings (its
 ``runs/tiny/weights``).
 ``--budget`` trains every variant for a quickstart budget's steps (``moee.quickstart.BUDGETS``:
@@ -39,10 +43,10 @@ stage's steps (``--scale
 0.01 --test-batches 1`` is a smoke run of the whole path). Finished stages are skipped on a
 rerun of the same ``--out``. Needs the quickstart's SynthEmo (``runs/synthemo``) and probes.
 
-``--seeds`` reads finished runs (one ``--out`` per seed) and prints both tables as mean ±
-standard deviation over the seeds, and at how many seeds the full model is ahead of each
-ablation in each column: an ordering that holds at every seed is a result, one that flips
-is noise.
+``--seeds`` reads finished runs (one ``--out`` per seed) and prints the tables as mean ±
+standard deviation over the seeds (the text-conditioned one over the runs that have it), and
+at how many seeds the full model is ahead of each ablation in each column: an ordering that
+holds at every seed is a result, one that flips is noise.
 """
 
 from __future__ import annotations
@@ -74,6 +78,8 @@ REUSED = {"shared": ["speech_emotion.safetensors"],
 """What ``--full`` takes from a quickstart's weights folder, by the variant it stands for."""
 TABLE5 = CONFIGS / "tiny" / "ablations" / "common" / "table5.yaml"
 """The ``moee test`` overlay that names every variant's weights under ``runs/table5``."""
+TABLES = {"label": "table5", "text": "table5_text"}
+"""The ``moee test`` table of each conditioning of the test clips, by its file name."""
 
 
 def recipe(stage: str) -> dict:
@@ -184,23 +190,32 @@ class Bench:
                 sys.exit(f"error: --full {full} holds a {stage} stage of {trained}; this bench "
                          f"trains seed {self.seed}, budget {self.budget} x {self.scale}")
 
-    def evaluate(self, test_batches: int | None) -> dict:
+    def evaluate(self, test_batches: int | None) -> dict[str, dict]:
         """``moee test`` of every variant and the ground truth, with the Table 5 overlay
-        (``configs/tiny/ablations/common/table5.yaml``) read from ``out``; returns model →
+        (``configs/tiny/ablations/common/table5.yaml``) read from ``out``, once per
+        conditioning of the test clips (:data:`TABLES`); returns conditioning → model →
         columns."""
         overlay = yaml.safe_load(TABLE5.read_text().replace("runs/table5", str(self.out)))
-        overlay["trainer"] = {"default_root_dir": str(self.out / "test"),
-                              "enable_progress_bar": False}
+        overlay["trainer"] = {"enable_progress_bar": False}
         if test_batches:
             overlay["trainer"]["limit_test_batches"] = test_batches
         overlay["data"] = {"init_args": {"test": str(self.data / "test")}}
-        path = self.out / "table5_overlay.yaml"
-        path.write_text(yaml.safe_dump(overlay))
-        start = time.perf_counter()
-        moee(["test", "--config", str(CONFIGS / "tiny" / "test.yaml"), "--config", str(path)])
-        self.timings["evaluation"] = round(time.perf_counter() - start, 1)
-        rows = json.loads((self.out / "table5.json").read_text())["rows"]
-        return {row.pop("model"): row for row in rows}
+        results = {}
+        for conditioning, table in TABLES.items():
+            overlay["trainer"]["default_root_dir"] = str(self.out / "test" / conditioning)
+            init = overlay["model"]["init_args"]
+            init["table"] = table
+            for row in init["models"]:
+                if "weights" in row:
+                    row.update(source="model", conditioning=conditioning)
+            path = self.out / f"{table}_overlay.yaml"
+            path.write_text(yaml.safe_dump(overlay))
+            start = time.perf_counter()
+            moee(["test", "--config", str(CONFIGS / "tiny" / "test.yaml"), "--config",
+                  str(path)])
+            self.timings[f"evaluation, {conditioning}"] = round(time.perf_counter() - start, 1)
+            results[conditioning] = test_table(self.out, table)
+        return results
 
     def neutral_portraits(self) -> dict[str, dict]:
         """Every variant's quickstart reading (:func:`~moee.quickstart.animate_held_out` on
@@ -214,7 +229,7 @@ class Bench:
         from moee.showcase import SHEET_LABELS, score_videos, showcase_sheet
 
         probes = load_probes()
-        overlay = yaml.safe_load((self.out / "table5_overlay.yaml").read_text())
+        overlay = yaml.safe_load((self.out / f"{TABLES['label']}_overlay.yaml").read_text())
         dtype = torch.bfloat16 if self.precision == "bf16-mixed" else torch.float32
         start, readings, sheets = time.perf_counter(), {}, []
         for model in overlay["model"]["init_args"]["models"]:
@@ -252,9 +267,9 @@ def neutral_row(scores: dict) -> dict[str, float]:
             "lip sync r": scores["lip_sync_r"]}
 
 
-def test_table(run: Path) -> dict[str, dict[str, float]]:
-    """A finished run's ``moee test`` table (``table5.json``): model → its columns."""
-    rows = json.loads((run / "table5.json").read_text())["rows"]
+def test_table(run: Path, table: str = TABLES["label"]) -> dict[str, dict[str, float]]:
+    """A finished run's ``moee test`` table (``<table>.json``): model → its columns."""
+    rows = json.loads((run / f"{table}.json").read_text())["rows"]
     return {row["model"]: {c: row[c] for c in COLUMNS if c in row} for row in rows}
 
 
@@ -266,21 +281,27 @@ def neutral_table(run: Path) -> dict[str, dict[str, float]]:
 
 
 def seed_summary(runs: list[Path]) -> str:
-    """Both tables of finished runs (one ``--out`` per seed) as mean ± standard deviation
-    over the runs, and, per ablation and column, at how many runs the full model is ahead
+    """The tables of finished runs (one ``--out`` per seed; the text-conditioned ``moee
+    test`` over the runs that have it) as mean ± standard deviation over the runs, and, per
+    ablation and column, at how many runs the full model is ahead
     (strictly better; ties count for neither), in Markdown."""
     text = []
-    for title, read, better in (("moee test", test_table, COLUMNS),
-                                ("from neutral portraits", neutral_table, NEUTRAL_COLUMNS)):
-        tables = [read(run) for run in runs]
+    texts = [run for run in runs if (run / f"{TABLES['text']}.json").is_file()]
+    for title, tables, better in (
+            ("moee test", [test_table(run) for run in runs], COLUMNS),
+            ("moee test, each clip under its description",
+             [test_table(run, TABLES["text"]) for run in texts], COLUMNS),
+            ("from neutral portraits", [neutral_table(run) for run in runs], NEUTRAL_COLUMNS)):
+        if not tables:
+            continue
         columns = [c for c in better if c in tables[0][FULL]]
         cells = [[name, *(mean_sd([table[name][c] for table in tables], c) for c in columns)]
                  for name in tables[0]]
         header = [f"{c} {'↑' if better[c] else '↓'}" for c in columns]
-        text.append(f"### Table 5, {title}: mean ± sd over {len(runs)} seeds\n\n"
+        text.append(f"### Table 5, {title}: mean ± sd over {len(tables)} seeds\n\n"
                     + markdown_grid(["Method", *header], cells, right_from=1))
         ahead = [[name, *(f"{sum(ahead_of(t[FULL][c], t[name][c], better[c]) for t in tables)}"
-                          f"/{len(runs)}" for c in columns)]
+                          f"/{len(tables)}" for c in columns)]
                  for name in tables[0] if name not in (FULL, "Ground truth")]
         text.append(f"Seeds at which the full model is ahead ({title}):\n\n"
                     + markdown_grid(["Ablation", *header], ahead, right_from=1))
@@ -300,9 +321,14 @@ def seed_summary_of(outs: list[str]) -> str:
 
 
 def variants_of(run: Path) -> list[set[str]]:
-    """The model names of a finished run's two tables, or exit with one line."""
+    """The model names of a finished run's two tables, or exit with one line (also when its
+    text-conditioned table, where it has one, is damaged or scores other models)."""
     try:
-        return [set(test_table(run)), set(neutral_table(run))]
+        names = [set(test_table(run)), set(neutral_table(run))]
+        if (run / f"{TABLES['text']}.json").is_file() and \
+                set(test_table(run, TABLES["text"])) != names[0]:
+            raise ValueError(f"{TABLES['text']}.json scores other models than table5.json")
+        return names
     except (OSError, ValueError, KeyError, TypeError) as error:
         sys.exit(f"error: --seeds {run}: not a finished run ({error!r} reading its table5.json "
                  "and neutral_portraits.json); rerun bench_synthemo.py with that --out")
@@ -359,10 +385,13 @@ def main() -> None:
           f"{precision}; data {args.data}", flush=True)
     start = time.perf_counter()
     bench.run(Path(args.full) if args.full else None)
-    results = bench.evaluate(args.test_batches)
+    tables = bench.evaluate(args.test_batches)
     readings = bench.neutral_portraits()
     total = time.perf_counter() - start
+    results = tables["label"]
     print(markdown_table(results, "SynthEmo ablations (paper Table 5)",
+                         exclude=["Ground truth"]))
+    print(markdown_table(tables["text"], "The same, each test clip under its text description",
                          exclude=["Ground truth"]))
     wins = wins_of(results, FULL, exclude=["Ground truth"])
     print(f"[bench] full model best in {sum(wins.values())}/{len(wins)} columns: "

@@ -4,6 +4,7 @@ import json
 
 import numpy as np
 import pytest
+import yaml
 
 from moee.emotions import BASIC_EMOTIONS, COMPOUND_EMOTIONS, NEUTRAL, parse_emotion
 from moee.quickstart import STAGES
@@ -461,6 +462,43 @@ def test_the_table5_bench_trains_a_budget_and_refuses_weights_of_another(tmp_pat
     assert "seed 0" in str(stop.value.code) and "budget small" in str(stop.value.code)
 
 
+def test_the_table5_bench_scores_each_clip_under_its_label_and_its_text(tmp_path, monkeypatch,
+                                                                        capsys):
+    """``Bench.evaluate`` runs ``moee test`` once per conditioning: every variant's row under
+    the clips' labels into ``table5``, under their descriptions into ``table5_text``, the
+    ground truth in both; the overlays it writes parse as ``moee test`` configs."""
+    from pathlib import Path
+
+    from moee.cli import main as moee_main
+    from moee.quickstart import CONFIGS
+
+    monkeypatch.syspath_prepend(str(Path(__file__).resolve().parents[2] / "benchmarks"))
+    import bench_synthemo
+
+    def fake_test(argv: list[str]) -> None:  # writes the table `moee test` would
+        overlay = yaml.safe_load(Path(argv[-1]).read_text())["model"]["init_args"]
+        rows = [{"model": row["name"], "FID": 1.0 + (row.get("conditioning") == "text")}
+                for row in overlay["models"]]
+        (tmp_path / f"{overlay['table']}.json").write_text(json.dumps({"rows": rows}))
+
+    monkeypatch.setattr(bench_synthemo, "moee", fake_test)
+    tables = bench_synthemo.Bench(tmp_path, tmp_path / "data", 1.0, 0, "32-true").evaluate(None)
+    variants = [bench_synthemo.FULL, bench_synthemo.NO_MOE, bench_synthemo.NO_GLOBAL,
+                bench_synthemo.NO_MNS]
+    assert {name: row["FID"] for name, row in tables["label"].items()} == {
+        **dict.fromkeys(variants, 1.0), "Ground truth": 1.0}
+    assert {name: row["FID"] for name, row in tables["text"].items()} == {
+        **dict.fromkeys(variants, 2.0), "Ground truth": 1.0}
+    for conditioning, table in bench_synthemo.TABLES.items():
+        with pytest.raises(SystemExit):
+            moee_main(["test", "--config", str(CONFIGS / "tiny" / "test.yaml"), "--config",
+                       str(tmp_path / f"{table}_overlay.yaml"), "--print_config"])
+        printed = yaml.safe_load(capsys.readouterr().out)["model"]["init_args"]
+        assert printed["table"] == table
+        assert [(row["source"], row["conditioning"]) for row in printed["models"]] == [
+            ("model", conditioning)] * 4 + [("ground_truth", "label")]
+
+
 def test_the_table5_bench_summarises_seeds(tmp_path, monkeypatch, capsys):
     """``bench_synthemo.py --seeds`` prints each cell's mean ± sample sd over the runs, and at
     how many runs the full model is strictly ahead of each ablation (lower FID is ahead,
@@ -485,9 +523,16 @@ def test_the_table5_bench_summarises_seeds(tmp_path, monkeypatch, capsys):
         (run / "neutral_portraits.json").write_text(json.dumps(
             {bench_synthemo.FULL: reading(0.75), bench_synthemo.NO_MOE: reading(moe_basic)}))
         runs.append(str(run))
+    (tmp_path / "s1" / "table5_text.json").write_text(json.dumps({"rows": [
+        {"model": bench_synthemo.FULL, "FID": 9.0},
+        {"model": bench_synthemo.NO_MOE, "FID": 11.0}]}))  # text-conditioned, one run has it
     monkeypatch.setattr("sys.argv", ["bench_synthemo.py", "--seeds", *runs])
     bench_synthemo.main()
-    lines = capsys.readouterr().out.splitlines()
+    sections = capsys.readouterr().out.split("### ")
+    (text,) = [s for s in sections if "each clip under its description: mean ± sd over 1 " in s]
+    assert f"| {bench_synthemo.FULL} | 9.00 |" in text
+    assert f"| {bench_synthemo.NO_MOE} | 1/1 |" in text
+    lines = "### ".join(s for s in sections if s != text).splitlines()
     rows = [line for line in lines if "±" in line and not line.startswith("###")]
     # FID 10, 14: mean 12, sd 2.83; 12, 13: 12.5 ± 0.71; basic 75 %, 75 % and 50 %, 75 %
     assert rows[0].startswith(f"| {bench_synthemo.FULL} | 12.00 ± 2.83 |")
