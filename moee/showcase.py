@@ -198,7 +198,8 @@ def score_videos(judge: ProbeJudge, made: list[tuple[PlannedVideo, np.ndarray]])
 def showcase_sheet(made: list[tuple[PlannedVideo, np.ndarray]], identities: int = 2,
                    frames: int = 4) -> np.ndarray:
     """Contact sheet of the basic and compound videos: one row per emotion (the neutral
-    portrait first), ``frames`` evenly spaced frames for each of the first ``identities``."""
+    portrait first), ``frames`` evenly spaced frames ending at the last for each of the first
+    ``identities``."""
     by_person: dict[str, dict[str, np.ndarray]] = defaultdict(dict)
     portraits = {}
     for video, video_frames in made:
@@ -218,7 +219,9 @@ def showcase_sheet(made: list[tuple[PlannedVideo, np.ndarray]], identities: int 
             if video is None:
                 cells += [np.zeros_like(portraits[person])] * frames
                 continue
-            picks = np.linspace(0, len(video) - 1, frames).round().astype(int)
+            # evenly spaced, the last frame included (one frame: the last, where the emotion
+            # has set in after its onset)
+            picks = np.linspace(len(video) - 1, 0, frames)[::-1].round().astype(int)
             cells += list(video[picks])
         rows.append(np.concatenate(cells, 1))
     grid = np.concatenate(rows, 0)

@@ -556,3 +556,19 @@ def test_the_table5_bench_summarises_seeds(tmp_path, monkeypatch, capsys):
     with pytest.raises(SystemExit) as stop:
         bench_synthemo.main()
     assert "not a finished run" in str(stop.value.code) and "\n" not in str(stop.value.code)
+
+
+def test_a_one_frame_sheet_shows_each_video_s_last_frame():
+    """The Table 5 sheet has one frame per video: the last, after the emotion's onset, not the
+    first, which still shows the portrait's expression."""
+    from types import SimpleNamespace
+
+    from moee.showcase import SHEET_LABELS, showcase_sheet
+
+    person = Person("p", np.zeros((32, 32, 3), np.uint8), {})
+    video = np.broadcast_to(np.arange(16, dtype=np.uint8)[:, None, None, None], (16, 32, 32, 3))
+    made = [(SimpleNamespace(kind="basic", asked="angry", person=person), video)]
+    one = showcase_sheet(made, identities=1, frames=1)
+    assert one[32:64, SHEET_LABELS:].min() == 15  # the angry row (after the portrait's): the last
+    four = showcase_sheet(made, identities=1, frames=4)
+    assert [int(four[32, SHEET_LABELS + 32 * k, 0]) for k in range(4)] == [0, 5, 10, 15]
