@@ -283,8 +283,8 @@ def neutral_table(run: Path) -> dict[str, dict[str, float]]:
 def seed_summary(runs: list[Path]) -> str:
     """The tables of finished runs (one ``--out`` per seed; the text-conditioned ``moee
     test`` over the runs that have it) as mean ± standard deviation over the runs, and, per
-    ablation and column, at how many runs the full model is ahead
-    (strictly better; ties count for neither), in Markdown."""
+    ablation and column, at how many runs the full model is ahead (strictly better; ties
+    count for neither), in Markdown."""
     text = []
     texts = [run for run in runs if (run / f"{TABLES['text']}.json").is_file()]
     for title, tables, better in (
@@ -330,8 +330,9 @@ def variants_of(run: Path) -> list[set[str]]:
             raise ValueError(f"{TABLES['text']}.json scores other models than table5.json")
         return names
     except (OSError, ValueError, KeyError, TypeError) as error:
-        sys.exit(f"error: --seeds {run}: not a finished run ({error!r} reading its table5.json "
-                 "and neutral_portraits.json); rerun bench_synthemo.py with that --out")
+        sys.exit(f"error: --seeds {run}: not a finished run ({error!r} reading its tables: "
+                 "table5.json, neutral_portraits.json and any table5_text.json); rerun "
+                 "bench_synthemo.py with that --out")
 
 
 def mean_sd(values: list[float], column: str) -> str:

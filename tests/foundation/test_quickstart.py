@@ -542,6 +542,12 @@ def test_the_table5_bench_summarises_seeds(tmp_path, monkeypatch, capsys):
     ahead = [line for line in lines if "/2 |" in line]
     assert ahead[0] == f"| {bench_synthemo.NO_MOE} | 1/2 |"  # FID: ahead at seed 0 only
     assert ahead[1].startswith(f"| {bench_synthemo.NO_MOE} | 1/2 | 0/2 |")  # a tie is not
+    (tmp_path / "s1" / "table5_text.json").write_text(json.dumps({"rows": [
+        {"model": bench_synthemo.FULL, "FID": 9.0}]}))  # a text table of other models
+    with pytest.raises(SystemExit) as stop:
+        bench_synthemo.main()
+    assert "table5_text.json scores other models" in str(stop.value.code)
+    (tmp_path / "s1" / "table5_text.json").unlink()
     (tmp_path / "s1" / "neutral_portraits.json").write_text(json.dumps(
         {bench_synthemo.FULL: reading(0.75)}))  # another bench's variants
     with pytest.raises(SystemExit) as stop:
