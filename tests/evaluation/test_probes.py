@@ -1,5 +1,6 @@
 """SynthEmo probes: cache and loading interface (fast); training to target accuracy (slow)."""
 
+import numpy as np
 import pytest
 import torch
 
@@ -40,10 +41,17 @@ def test_cached_probes_load_with_their_interface(tmp_path):
 @pytest.mark.slow
 def test_tiny_probes_learn_on_unseen_identities(tmp_path):
     _, metrics = train_probes(size=32, train_identities=24, frames_per_identity=30,
-                              heldout_identities=6, expression_steps=700, identity_steps=60,
+                              heldout_identities=6, expression_steps=2000, identity_steps=60,
                               batch=48, cache_dir=tmp_path, threads=1, log=lambda _: None)
+    # The landmark reference: every held-out face given the held-out faces' own mean landmarks
+    # (0.050 of the image). At 700 steps the probe sat at that level (0.042-0.054 by CPU and
+    # thread count) and a fixed 0.05 bound could not tell learning from none; at 2,000 steps it
+    # reads 0.027 (2026-12-07, one thread, 70 s).
+    held = render_probe_data(0, range(24, 30), 20, 32).landmarks
+    mean_landmarks_error = np.linalg.norm(held - held.mean(0), axis=-1).mean()
+    assert metrics["landmark_error"] < 0.75 * mean_landmarks_error
     assert metrics["emotion_accuracy"] > 0.4  # 11 classes: chance is 0.09
-    assert metrics["landmark_error"] < 0.05
+    assert metrics["identity_nn_accuracy"] > 0.9
 
 
 @pytest.mark.slow
