@@ -224,11 +224,16 @@ def showcase_sheet(made: list[tuple[PlannedVideo, np.ndarray]], identities: int 
             picks = np.linspace(len(video) - 1, 0, frames)[::-1].round().astype(int)
             cells += list(video[picks])
         rows.append(np.concatenate(cells, 1))
-    grid = np.concatenate(rows, 0)
-    size = grid.shape[0] // len(emotions)
+    names = ["portrait" if emotion == NEUTRAL else emotion for emotion in emotions]
+    return with_row_labels(np.concatenate(rows, 0), names)
+
+
+def with_row_labels(grid: np.ndarray, names: list[str]) -> np.ndarray:
+    """``grid`` (H, W, 3) uint8 of ``len(names)`` equal rows, right of a white column
+    (:data:`SHEET_LABELS` px) naming each row at its top."""
+    size = grid.shape[0] // len(names)
     labels = np.full((grid.shape[0], SHEET_LABELS, 3), 255, np.uint8)
-    for row, emotion in enumerate(emotions):
-        label = with_header(np.zeros((0, SHEET_LABELS, 3), np.uint8),
-                            ["portrait" if emotion == NEUTRAL else emotion], SHEET_LABELS)
+    for row, name in enumerate(names):
+        label = with_header(np.zeros((0, SHEET_LABELS, 3), np.uint8), [name], SHEET_LABELS)
         labels[row * size: row * size + label.shape[0]] = label
     return np.concatenate([labels, grid], 1)
