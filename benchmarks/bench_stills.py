@@ -3,9 +3,10 @@
 For every held-out SynthEmo identity, its neutral portrait is animated as one still per basic
 label, from pure noise, in image mode (no temporal layers: what the image-mode backbone stage
 trains), hearing the audio of that emotion's clip at its apex frame, with emotion guidance
-against the backbone alone. The probes then read
-each still as the quickstart reads its videos (a face of the right person, the asked emotion),
-and the confusion of asked vs read emotions is printed. Each person is drawn from
+against the backbone alone. The probes then read each still as the quickstart reads its videos
+(a face of the right person, the asked emotion), and the confusion of asked vs read emotions is
+printed, then each emotion's pixel error against its clip's apex frame by face region
+(``bench_regions.py``: brows, eyes, mouth, chin, rest). Each person is drawn from
 ``--noise_seeds`` noise draws (3): one draw reads several stills of 48 above or below another
 (46, 39 and 35 of 48 for seeds 0, 1, 2 of one export), and happy, the faintest emotion, the
 most. It takes ~20 s on 2 cores (three draws), against ~2 minutes for the quickstart's videos, so
@@ -26,6 +27,7 @@ from dataclasses import replace
 
 import numpy as np
 import torch
+from bench_regions import REGIONS, region_errors
 
 from moee.data.batch import from_numpy_frames
 from moee.data.sampling import clip_track, window_audio
@@ -92,6 +94,7 @@ def read_stills(args: argparse.Namespace) -> None:
     judge = ProbeJudge(load_probes(), {p.identity: p.portrait for p in people})
     for guidance in args.guidance:
         confusion = np.zeros((len(BASIC_EMOTIONS), len(EMOTION_CLASSES)), int)
+        errors: dict[str, list[dict[str, float]]] = {emotion: [] for emotion in BASIC_EMOTIONS}
         right = same_person = 0
         rows: list[list[np.ndarray]] = [[p.portrait for p in people]]
         rows += [[] for _ in BASIC_EMOTIONS]
@@ -103,6 +106,10 @@ def read_stills(args: argparse.Namespace) -> None:
                 confusion[i, int(reading.probabilities.argmax())] += 1
                 right += judge.reads_as(reading, emotion, person.identity)
                 same_person += reading.identity == person.identity
+                truth = person.clips[emotion]
+                apex = slice(apex_frame(truth), apex_frame(truth) + 1)
+                errors[emotion].append(region_errors(stills[i:i + 1], truth.frames[apex],
+                                                     truth.landmarks[apex]))
                 if seed == 0:
                     rows[i + 1].append(stills[i])
         total = args.noise_seeds * len(people) * len(BASIC_EMOTIONS)
@@ -111,6 +118,10 @@ def read_stills(args: argparse.Namespace) -> None:
         print("asked \\ read: " + " ".join(e[:5] for e in EMOTION_CLASSES))
         for emotion, counts in zip(BASIC_EMOTIONS, confusion):
             print(f"{emotion:>12} " + " ".join(f"{c:5d}" for c in counts))
+        print("pixel error against the apex frame (0-255): " + " ".join(f"{r:>6}" for r in REGIONS))
+        for emotion, rows_of_errors in errors.items():
+            print(f"{emotion:>42} " + " ".join(
+                f"{np.mean([e[r] for e in rows_of_errors]):6.1f}" for r in REGIONS))
         if args.sheet:
             write_png(args.sheet, np.concatenate([np.concatenate(r, 1) for r in rows], 0))
 
