@@ -16,7 +16,6 @@ the first person, and the error averaged over everyone (white: 85 or more).
 
 from __future__ import annotations
 
-import json
 import sys
 from pathlib import Path
 
@@ -27,6 +26,7 @@ from moee.data.media import MediaError, read_video
 from moee.data.shards import ShardError
 from moee.data.synth.sheet import with_header, write_png
 from moee.showcase import held_out_people, plan_videos, with_row_labels
+from moee.utils import write_json
 
 REGION_LANDMARKS = {"brows": range(17, 27), "eyes": range(36, 48), "mouth": range(48, 68)}
 """iBUG-68 points whose box (plus a margin) is each region."""
@@ -82,6 +82,8 @@ def main(run: Path = Path("runs/tiny"), data: Path = Path("runs/synthemo"), fram
         sheet: write the error contact sheet there.
         json_out: write ``{emotion: {region: error}}`` there.
     """
+    if frames < 1:
+        sys.exit(f"error: --frames must be at least 1, got {frames}")
     try:
         people = held_out_people(data / "test")
         plan = [video for video in plan_videos(people, ("basic", "compound"))
@@ -93,10 +95,10 @@ def main(run: Path = Path("runs/tiny"), data: Path = Path("runs/synthemo"), fram
     except (ShardError, MediaError, FileNotFoundError) as error:
         sys.exit(f"error: {error} (run the quickstart, or pass --run and --data of a run)")
     table: dict[str, list[dict[str, float]]] = {}
-    maps: dict[str, list[np.ndarray]] = {}
+    maps: dict[str, list[tuple[np.ndarray, np.ndarray]]] = {}
     for video in plan:
         video_frames = made[video.name]
-        last = range(len(video_frames) - frames, len(video_frames))
+        last = range(max(len(video_frames) - frames, 0), len(video_frames))
         clip = video.speech_clip
         table.setdefault(video.asked, []).append(region_errors(
             video_frames[last], clip.frames[last], clip.landmarks[last]))
@@ -110,7 +112,7 @@ def main(run: Path = Path("runs/tiny"), data: Path = Path("runs/synthemo"), fram
     for emotion, row in means.items():
         print(f"{emotion:>18}" + "".join(f"{row[name]:8.1f}" for name in REGIONS))
     if json_out is not None:
-        json_out.write_text(json.dumps(means, indent=1))
+        write_json(json_out, means)
     if sheet is not None:
         write_png(sheet, error_sheet(maps))
         print(f"sheet: {sheet}")
