@@ -81,15 +81,21 @@ def apex_audio(person: Person, emotions: tuple[str, ...] = BASIC_EMOTIONS) -> to
     return torch.from_numpy(np.stack(windows)).float()
 
 
+@torch.no_grad()
+def basic_emotion_latents(pipeline: MoEEPipeline) -> torch.Tensor:
+    """(e m c): the emotion latents of each basic label, in :data:`BASIC_EMOTIONS` order."""
+    silence = torch.zeros(1, 640)
+    encode = pipeline.conditioner.encode_emotion
+    return torch.cat([encode(emotion_inputs(parse_emotion(e), silence, "cpu"))
+                      for e in BASIC_EMOTIONS])
+
+
 def read_stills(args: argparse.Namespace) -> None:
     """Draw and read the stills at each guidance scale; print the figures (and the sheet)."""
     pipeline = MoEEPipeline.from_weights(
         MoEENetConfig(preset="tiny"), args.weights, progress=False,
         settings=SamplerSettings(sampler=args.sampler, steps=args.steps))
-    silence = torch.zeros(1, 640)
-    encode = pipeline.conditioner.encode_emotion
-    latents = torch.cat([encode(emotion_inputs(parse_emotion(e), silence, "cpu"))
-                         for e in BASIC_EMOTIONS])
+    latents = basic_emotion_latents(pipeline)
     people = held_out_people(args.test)
     judge = ProbeJudge(load_probes(), {p.identity: p.portrait for p in people})
     for guidance in args.guidance:

@@ -1,6 +1,7 @@
 """Test-wide settings: offline hubs, a deterministic CPU, and the ``gpu`` marker."""
 
 import os
+from pathlib import Path
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
@@ -24,3 +25,9 @@ def pytest_collection_modifyitems(config, items):
 def _seeded():
     """Every test starts from the same torch seed."""
     torch.manual_seed(0)
+
+
+@pytest.fixture
+def benchmarks_importable(monkeypatch):
+    """``benchmarks/`` on ``sys.path`` for the test, so that it can import a bench script."""
+    monkeypatch.syspath_prepend(str(Path(__file__).resolve().parents[1] / "benchmarks"))

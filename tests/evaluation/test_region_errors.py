@@ -1,7 +1,6 @@
 """``benchmarks/bench_regions.py``: pixel error by face region against the truth's landmarks."""
 
 import json
-from pathlib import Path
 
 import numpy as np
 import pytest
@@ -11,8 +10,7 @@ from moee.emotions import parse_emotion
 
 
 @pytest.fixture
-def bench_regions(monkeypatch):
-    monkeypatch.syspath_prepend(str(Path(__file__).resolve().parents[2] / "benchmarks"))
+def bench_regions(benchmarks_importable):
     import bench_regions
 
     return bench_regions

@@ -427,15 +427,13 @@ def test_a_folder_of_an_earlier_export_layout_is_refused_before_any_stage(
     assert json.loads(path.read_text())["format"] == quickstart.STAMP_FORMAT
 
 
-def test_the_table5_bench_trains_a_budget_and_refuses_weights_of_another(tmp_path, monkeypatch):
+def test_the_table5_bench_trains_a_budget_and_refuses_weights_of_another(
+        tmp_path, monkeypatch, benchmarks_importable):
     """``bench_synthemo.py --budget small`` gives every stage the budget's steps (the config's
     where the budget names none) and takes a quickstart's weights only of its seed and budget."""
-    from pathlib import Path
+    import bench_synthemo
 
     from moee import quickstart
-
-    monkeypatch.syspath_prepend(str(Path(__file__).resolve().parents[2] / "benchmarks"))
-    import bench_synthemo
 
     ran = []
     monkeypatch.setattr(bench_synthemo, "moee", ran.append)
@@ -462,18 +460,17 @@ def test_the_table5_bench_trains_a_budget_and_refuses_weights_of_another(tmp_pat
     assert "seed 0" in str(stop.value.code) and "budget small" in str(stop.value.code)
 
 
-def test_the_table5_bench_scores_each_clip_under_its_label_and_its_text(tmp_path, monkeypatch,
-                                                                        capsys):
+def test_the_table5_bench_scores_each_clip_under_its_label_and_its_text(
+        tmp_path, monkeypatch, capsys, benchmarks_importable):
     """``Bench.evaluate`` runs ``moee test`` once per conditioning: every variant's row under
     the clips' labels into ``table5``, under their descriptions into ``table5_text``, the
     ground truth in both; the overlays it writes parse as ``moee test`` configs."""
     from pathlib import Path
 
+    import bench_synthemo
+
     from moee.cli import main as moee_main
     from moee.quickstart import CONFIGS
-
-    monkeypatch.syspath_prepend(str(Path(__file__).resolve().parents[2] / "benchmarks"))
-    import bench_synthemo
 
     def fake_test(argv: list[str]) -> None:  # writes the table `moee test` would
         overlay = yaml.safe_load(Path(argv[-1]).read_text())["model"]["init_args"]
@@ -499,13 +496,10 @@ def test_the_table5_bench_scores_each_clip_under_its_label_and_its_text(tmp_path
             ("model", conditioning)] * 4 + [("ground_truth", "label")]
 
 
-def test_the_table5_bench_summarises_seeds(tmp_path, monkeypatch, capsys):
+def test_the_table5_bench_summarises_seeds(tmp_path, monkeypatch, capsys, benchmarks_importable):
     """``bench_synthemo.py --seeds`` prints each cell's mean ± sample sd over the runs, and at
     how many runs the full model is strictly ahead of each ablation (lower FID is ahead,
     higher basic accuracy is ahead, a tie is not); a run without its tables is refused."""
-    from pathlib import Path
-
-    monkeypatch.syspath_prepend(str(Path(__file__).resolve().parents[2] / "benchmarks"))
     import bench_synthemo
 
     def reading(basic: float) -> dict:
