@@ -6,12 +6,14 @@ trains), hearing the audio of that emotion's clip at its apex frame, with emotio
 against the backbone alone. The probes then read each still as the quickstart reads its videos
 (a face of the right person, the asked emotion), and the confusion of asked vs read emotions is
 printed, then each emotion's pixel error against its clip's apex frame by face region
-(``bench_regions.py``: brows, eyes, mouth, chin, rest). Each person is drawn from
-``--noise_seeds`` noise draws (3): one draw reads several stills of 48 above or below another
-(46, 39 and 35 of 48 for seeds 0, 1, 2 of one export), and happy, the faintest emotion, the
-most. It takes ~20 s on 2 cores (three draws), against ~2 minutes for the quickstart's videos, so
-one image-stage run (or any export carrying the experts) can be judged at once; a contact
-sheet (portrait row, then a row per emotion, the first draw) shows what the numbers mean.
+(``bench_regions.py``: brows, eyes, mouth, chin, rest), beside the same error of the portrait
+itself, printed first (a still that moved nothing: how far each region has to go). Each
+person is drawn from ``--noise_seeds`` noise draws (3): one draw reads several stills of 48
+above or below another (46, 39 and 35 of 48 for seeds 0, 1, 2 of one export), and happy, the
+faintest emotion, the most. It takes ~20 s on 2 cores (three draws), against ~2 minutes for
+the quickstart's videos, so one image-stage run (or any export carrying the experts) can be
+judged at once; a contact sheet (portrait row, then a row per emotion, the first draw) shows
+what the numbers mean.
 
     python benchmarks/bench_stills.py runs/tiny/weights/backbone_image.safetensors \\
         [--guidance 2 5] [--steps 8] [--noise_seeds 3] [--sheet stills.png]
@@ -81,6 +83,20 @@ def apex_audio(person: Person, emotions: tuple[str, ...] = BASIC_EMOTIONS) -> to
     return torch.from_numpy(np.stack(windows)).float()
 
 
+def apex_region_errors(still: np.ndarray, clip) -> dict[str, float]:
+    """Pixel error of one still (H W 3) against ``clip``'s apex frame, by face region."""
+    apex = slice(apex_frame(clip), apex_frame(clip) + 1)
+    return region_errors(still[None], clip.frames[apex], clip.landmarks[apex])
+
+
+def print_region_table(title: str, errors: dict[str, list[dict[str, float]]]) -> None:
+    """A row per emotion: its mean error per region over the stills in ``errors[emotion]``."""
+    print(f"{title:<43} " + " ".join(f"{r:>6}" for r in REGIONS))
+    for emotion, rows_of_errors in errors.items():
+        print(f"{emotion:>43} " + " ".join(
+            f"{np.mean([e[r] for e in rows_of_errors]):6.1f}" for r in REGIONS))
+
+
 @torch.no_grad()
 def basic_emotion_latents(pipeline: MoEEPipeline) -> torch.Tensor:
     """(e m c): the emotion latents of each basic label, in :data:`BASIC_EMOTIONS` order."""
@@ -98,6 +114,9 @@ def read_stills(args: argparse.Namespace) -> None:
     latents = basic_emotion_latents(pipeline)
     people = held_out_people(args.test)
     judge = ProbeJudge(load_probes(), {p.identity: p.portrait for p in people})
+    print_region_table("the portrait itself against the apex frame (a still that moved nothing):",
+                       {e: [apex_region_errors(p.portrait, p.clips[e]) for p in people]
+                        for e in BASIC_EMOTIONS})
     for guidance in args.guidance:
         confusion = np.zeros((len(BASIC_EMOTIONS), len(EMOTION_CLASSES)), int)
         errors: dict[str, list[dict[str, float]]] = {emotion: [] for emotion in BASIC_EMOTIONS}
@@ -112,10 +131,7 @@ def read_stills(args: argparse.Namespace) -> None:
                 confusion[i, int(reading.probabilities.argmax())] += 1
                 right += judge.reads_as(reading, emotion, person.identity)
                 same_person += reading.identity == person.identity
-                truth = person.clips[emotion]
-                apex = slice(apex_frame(truth), apex_frame(truth) + 1)
-                errors[emotion].append(region_errors(stills[i:i + 1], truth.frames[apex],
-                                                     truth.landmarks[apex]))
+                errors[emotion].append(apex_region_errors(stills[i], person.clips[emotion]))
                 if seed == 0:
                     rows[i + 1].append(stills[i])
         total = args.noise_seeds * len(people) * len(BASIC_EMOTIONS)
@@ -124,10 +140,7 @@ def read_stills(args: argparse.Namespace) -> None:
         print("asked \\ read: " + " ".join(e[:5] for e in EMOTION_CLASSES))
         for emotion, counts in zip(BASIC_EMOTIONS, confusion):
             print(f"{emotion:>12} " + " ".join(f"{c:5d}" for c in counts))
-        print("pixel error against the apex frame (0-255): " + " ".join(f"{r:>6}" for r in REGIONS))
-        for emotion, rows_of_errors in errors.items():
-            print(f"{emotion:>42} " + " ".join(
-                f"{np.mean([e[r] for e in rows_of_errors]):6.1f}" for r in REGIONS))
+        print_region_table("pixel error against the apex frame (0-255):", errors)
         if args.sheet:
             write_png(args.sheet, np.concatenate([np.concatenate(r, 1) for r in rows], 0))
 

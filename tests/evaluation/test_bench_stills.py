@@ -47,9 +47,9 @@ def run(bench_stills, monkeypatch, *argv: str) -> None:
     bench_stills.main()
 
 
-def region_table(printed: str) -> dict[str, list[float]]:
+def region_table(printed: str, title: str = "pixel error") -> dict[str, list[float]]:
     lines = printed.splitlines()
-    start = next(i for i, line in enumerate(lines) if line.startswith("pixel error"))
+    start = next(i for i, line in enumerate(lines) if line.startswith(title))
     return {line.split()[0]: [float(x) for x in line.split()[1:]]
             for line in lines[start + 1:start + 1 + len(BASIC_EMOTIONS)]}
 
@@ -58,8 +58,9 @@ def test_stills_are_compared_with_the_apex_of_the_clip_they_heard(bench_stills, 
                                                                   tiny_export, tmp_path,
                                                                   monkeypatch, capsys):
     """A draw that returns each clip's own apex frame errs 0 in every region, and its sheet is
-    the portrait over those frames; one that returns the portrait errs where the emotion
-    shows (the surprised mouth); every still is read once."""
+    the portrait over those frames; one that returns the portrait errs as the printed
+    portrait reference does, and where the emotion shows (the surprised mouth); every still
+    is read once."""
     person, = held_out_people(synthemo / "test")
 
     def truths(*_args, **_kwargs):
@@ -86,8 +87,10 @@ def test_stills_are_compared_with_the_apex_of_the_clip_they_heard(bench_stills, 
                         lambda *_a, **_k: np.stack([person.portrait] * len(BASIC_EMOTIONS)))
     run(bench_stills, monkeypatch, tiny_export, "--test", str(synthemo / "test"),
         "--guidance", "2", "--noise_seeds", "1")
-    mouth = bench_stills.REGIONS.index("mouth")
-    assert region_table(capsys.readouterr().out)["surprised"][mouth] > 5
+    printed = capsys.readouterr().out
+    drawn, portrait = region_table(printed), region_table(printed, "the portrait itself")
+    assert drawn == portrait
+    assert portrait["surprised"][bench_stills.REGIONS.index("mouth")] > 5
 
 
 def test_a_draw_is_one_still_per_emotion_and_fixed_by_its_seed(bench_stills, synthemo,
