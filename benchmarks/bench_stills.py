@@ -33,7 +33,7 @@ from bench_regions import REGIONS, region_errors
 
 from moee.data.batch import from_numpy_frames
 from moee.data.sampling import clip_track, window_audio
-from moee.data.shards import ShardError
+from moee.data.shards import Clip, ShardError
 from moee.data.synth.sheet import write_png
 from moee.emotions import BASIC_EMOTIONS, EMOTION_CLASSES, parse_emotion
 from moee.evaluation.probe_judge import ProbeJudge
@@ -83,7 +83,7 @@ def apex_audio(person: Person, emotions: tuple[str, ...] = BASIC_EMOTIONS) -> to
     return torch.from_numpy(np.stack(windows)).float()
 
 
-def apex_region_errors(still: np.ndarray, clip) -> dict[str, float]:
+def apex_region_errors(still: np.ndarray, clip: Clip) -> dict[str, float]:
     """Pixel error of one still (H W 3) against ``clip``'s apex frame, by face region."""
     apex = slice(apex_frame(clip), apex_frame(clip) + 1)
     return region_errors(still[None], clip.frames[apex], clip.landmarks[apex])
@@ -91,7 +91,8 @@ def apex_region_errors(still: np.ndarray, clip) -> dict[str, float]:
 
 def print_region_table(title: str, errors: dict[str, list[dict[str, float]]]) -> None:
     """A row per emotion: its mean error per region over the stills in ``errors[emotion]``."""
-    print(f"{title:<43} " + " ".join(f"{r:>6}" for r in REGIONS))
+    print(title)
+    print(" " * 44 + " ".join(f"{r:>6}" for r in REGIONS))
     for emotion, rows_of_errors in errors.items():
         print(f"{emotion:>43} " + " ".join(
             f"{np.mean([e[r] for e in rows_of_errors]):6.1f}" for r in REGIONS))
@@ -158,6 +159,8 @@ def main() -> None:
     args = parser.parse_args()
     if args.noise_seeds < 1:
         parser.error(f"--noise_seeds must be at least 1, got {args.noise_seeds}")
+    if args.steps < 1:
+        parser.error(f"--steps must be at least 1, got {args.steps}")
     torch.manual_seed(0)
     try:  # missing weights, probes or split; exports of other runs: one line, no traceback
         read_stills(args)

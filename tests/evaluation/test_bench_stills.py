@@ -5,7 +5,6 @@ import sys
 
 import numpy as np
 import pytest
-import torch
 from PIL import Image
 from safetensors.torch import save_file
 
@@ -35,7 +34,6 @@ def bench_stills(benchmarks_importable, tmp_path, monkeypatch):
 
 @pytest.fixture
 def tiny_export(tmp_path):
-    torch.manual_seed(0)
     path = tmp_path / "backbone_image.safetensors"
     net = MoEENet(MoEENetConfig(preset="tiny"))  # its parameters, a tied one once
     save_file({name: p.detach() for name, p in net.named_parameters()}, str(path))
@@ -51,7 +49,7 @@ def region_table(printed: str, title: str = "pixel error") -> dict[str, list[flo
     lines = printed.splitlines()
     start = next(i for i, line in enumerate(lines) if line.startswith(title))
     return {line.split()[0]: [float(x) for x in line.split()[1:]]
-            for line in lines[start + 1:start + 1 + len(BASIC_EMOTIONS)]}
+            for line in lines[start + 2:start + 2 + len(BASIC_EMOTIONS)]}  # title, regions
 
 
 def test_stills_are_compared_with_the_apex_of_the_clip_they_heard(bench_stills, synthemo,
@@ -116,7 +114,11 @@ def test_a_draw_is_one_still_per_emotion_and_fixed_by_its_seed(bench_stills, syn
     assert np.abs(draw(1).astype(int) - first).mean() > 1
 
 
-def test_a_missing_split_is_one_line(bench_stills, tiny_export, tmp_path, monkeypatch):
+def test_a_missing_split_or_no_steps_is_one_line(bench_stills, tiny_export, tmp_path,
+                                                  monkeypatch, capsys):
     with pytest.raises(SystemExit, match="^error: .*") as stop:
         run(bench_stills, monkeypatch, tiny_export, "--test", str(tmp_path / "absent"))
     assert "\n" not in str(stop.value.code)
+    with pytest.raises(SystemExit):
+        run(bench_stills, monkeypatch, tiny_export, "--steps", "0")
+    assert "--steps must be at least 1, got 0" in capsys.readouterr().err
